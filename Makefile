@@ -1,0 +1,55 @@
+# The commands the README names. Each installs what it needs on first use into .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -q -c requirements.lock
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: serve test lint train evaluate bench bench-train load fault docker-lint clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Serving needs no PyTorch: the committed model runs on ONNX Runtime.
+$(VENV)/.serve: pyproject.toml requirements.lock | $(BIN)/python
+	$(PIP) -e '.[serve]'
+	@touch $@
+
+$(VENV)/.dev: pyproject.toml requirements.lock | $(BIN)/python
+	$(PIP) -e '.[dev]'
+	@touch $@ $(VENV)/.serve
+
+serve: $(VENV)/.serve  ## start the web app and API on http://127.0.0.1:8000
+	$(BIN)/digitrec serve
+
+test: $(VENV)/.dev lint  ## lint, then every test (unit, API, server, browser)
+	$(BIN)/pytest
+
+lint: $(VENV)/.dev  ## ruff, mypy and hadolint
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
+
+train: $(VENV)/.dev  ## train the default recipe (about 8 minutes on 2 cores)
+	$(BIN)/digitrec train
+
+evaluate: $(VENV)/.dev  ## measure the newest model on the MNIST test set
+	$(BIN)/digitrec evaluate
+
+bench: $(VENV)/.dev  ## inference, preprocessing and HTTP benchmarks -> benchmarks/results/
+	$(BIN)/python benchmarks/bench_inference.py
+	$(BIN)/python benchmarks/bench_http.py
+	$(BIN)/python benchmarks/summary.py
+
+bench-train: $(VENV)/.dev  ## our recipe vs the tutorial recipe, same data, same run
+	$(BIN)/python benchmarks/bench_train.py
+
+load: $(VENV)/.dev  ## 60 s at concurrency 32 against a real server on loopback
+	$(BIN)/python benchmarks/load_test.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

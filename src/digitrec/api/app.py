@@ -1,0 +1,107 @@
+"""The app factory: ``create_app(settings, predictor)`` builds the FastAPI application.
+
+Nothing is loaded at import. The model is loaded in the lifespan (or passed in by
+tests). Every error leaves as ``{"error": {"code", "message"}}`` with a fitting status;
+unexpected exceptions become a bare 500 without details (they are logged instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from digitrec import __version__
+from digitrec.api.routes import api, health
+from digitrec.api.security import BodyLimitMiddleware, SecurityHeadersMiddleware
+from digitrec.api.service import Service
+from digitrec.api.web import mount_static, web
+from digitrec.config import Settings
+from digitrec.errors import DigitrecError, RateLimited
+from digitrec.predict import Predictor
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Reads handwritten digits. Send an image to `POST /api/v1/predict` as a
+multipart upload (field `image`), as the raw file with an `image/*` content type, or as
+JSON `{"image": "<base64 or data URL>"}`; get the top digits with their probabilities.
+Errors are JSON: `{"error": {"code": ..., "message": ...}}`."""
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
+                        headers=headers)
+
+
+async def _digitrec_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DigitrecError)
+    headers = None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    elif exc.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    return error_response(exc.status, exc.code, exc.message, headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ())) or "request"
+    return error_response(422, "validation_error", f"{where}: {first.get('msg', 'invalid')}")
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    code = codes.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "the server failed to answer; it was logged")
+
+
+def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
+    settings = settings or Settings()
+    service = Service(settings, predictor)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        yield
+        await service.stop()
+
+    app = FastAPI(title="Neural Digit Recognizer", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan, docs_url=None, redoc_url=None, debug=False)
+    app.state.service = service
+    app.include_router(api)
+    app.include_router(health)
+    app.include_router(web)
+    mount_static(app)
+    app.add_exception_handler(DigitrecError, _digitrec_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "x-api-key", "content-type"])
+    # Room for base64 (4/3) and multipart headers; the image itself is checked exactly later.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes * 4 // 3 + 65536)
+    app.add_middleware(SecurityHeadersMiddleware)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn workers: settings come from DIGITREC_* variables."""
+    return create_app(Settings())

@@ -1,0 +1,98 @@
+"""The REST API: /api/v1/predict, /api/v1/model, /healthz, /readyz."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from digitrec.api.deps import get_service, guard
+from digitrec.api.inputs import read_image
+from digitrec.api.schemas import ErrorOut, Health, ModelCard, ModelRef, PredictionOut, Ready
+from digitrec.api.service import Service
+from digitrec.card import summary
+from digitrec.preprocess import to_png
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        400: "malformed request: empty body, bad JSON or base64, missing field 'image'",
+        401: "an API key is required (keys are on) or the key is not valid",
+        403: "the API key was revoked",
+        413: "the body or the image (pixels) is over the limit",
+        415: "not an image format we read (send PNG, JPEG, WebP, BMP, GIF or TIFF)",
+        422: "the image is damaged, blank, or a parameter is out of range",
+        429: "rate limit reached; see Retry-After",
+        503: "no model is loaded",
+    }
+    return {c: {"model": ErrorOut, "description": described[c]} for c in codes}
+
+
+api = APIRouter(prefix="/api/v1", tags=["recognition"], dependencies=[Depends(guard)],
+                responses=_errors(401, 403, 429))
+
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The image: a multipart upload in field 'image', the raw file with an "
+                       "image/* content type, or JSON with base64 or a data URL.",
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary"}}}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictJSON"}},
+        },
+    }
+}
+
+
+@api.post("/predict", response_model=PredictionOut, response_model_exclude_none=True,
+          summary="Read the digit in an image", openapi_extra=_IMAGE_BODY,
+          responses=_errors(400, 413, 415, 422, 503))
+async def predict(
+    request: Request, service: ServiceDep,
+    top_k: Annotated[int | None, Query(ge=1, le=10, description="answers (default 3)")] = None,
+    include_input: Annotated[bool, Query(description="also return the 28x28 image the model "
+                                         "saw, as a PNG data URL")] = False,
+) -> dict[str, Any]:
+    service.require_predictor()
+    raw, body_top_k = await read_image(request, service.settings.max_upload_bytes)
+    k = top_k or body_top_k or service.settings.top_k
+    prediction = await service.predict(raw, k)
+    out = prediction.to_dict()
+    if include_input:
+        png = base64.b64encode(to_png(prediction.image)).decode()
+        out["input_image"] = f"data:image/png;base64,{png}"
+    return out
+
+
+@api.get("/model", response_model=ModelCard, summary="The served model's card",
+         responses=_errors(503))
+async def model_card(service: ServiceDep) -> dict[str, Any]:
+    predictor, _ = service.require_predictor()
+    return {**summary(predictor.entry), "backend": predictor.backend.name}
+
+
+health = APIRouter(tags=["health"])
+
+
+@health.get("/healthz", response_model=Health, summary="The process is alive")
+async def healthz() -> Health:
+    return Health()
+
+
+@health.get("/readyz", response_model=Ready, summary="A model is loaded and answering",
+            responses={503: {"model": Ready, "description": "no model is loaded, with why"}})
+async def readyz(service: ServiceDep) -> Any:
+    if service.ready and service.predictor is not None:
+        p = service.predictor
+        return Ready(ready=True, model=ModelRef(name=p.name, version=p.version))
+    reason = service.load_error or "the model is still loading"
+    return JSONResponse(Ready(ready=False, reason=reason).model_dump(), status_code=503)

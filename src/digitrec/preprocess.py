@@ -1,0 +1,284 @@
+"""The one path from image bytes to the 1x28x28 input the model expects.
+
+Training, evaluation, the API, the web app and the CLI all go through this module, so a
+drawing or photo is prepared exactly the way MNIST digits were:
+
+1. ``decode``: read PNG, JPEG, WebP, BMP, GIF (first frame) or TIFF with size limits
+   checked before any pixel is decoded; apply the EXIF orientation; big JPEGs are
+   decoded at a reduced scale (draft mode).
+2. ``ink_map``: any colour mode to one float channel where ink = 1 and paper = 0:
+   transparency, polarity (dark on light or light on dark), uneven lighting and faint
+   noise are dealt with here.
+3. ``mnist_layout``: crop to the ink, fit a 20x20 box keeping the aspect ratio
+   (anti-aliased), paste into 28x28 with the centre of mass at the centre.
+4. ``normalize``: ``(x - mean) / std`` with the constants of the model's manifest.
+
+Only numpy and Pillow are needed: the ONNX serving path runs without PyTorch.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+from digitrec.errors import BlankImage, ImageTooLarge, InvalidImage, InvalidRequest
+from digitrec.errors import UnsupportedMediaType
+
+# Pillow format names we decode; anything else (SVG, PDF, ICO, PSD, ...) is refused.
+SUPPORTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "GIF", "TIFF")
+FORMAT_LIST = "PNG, JPEG, WebP, BMP, GIF or TIFF"
+WORK_SIDE = 384  # images are reduced to at most this side before the ink analysis
+MIN_CONTRAST = 0.08  # below this ink-to-paper contrast an image counts as blank
+MIN_INK_PIXELS = 4  # fewer marked pixels than this (at working size) count as blank
+MARK_LEVEL = 0.3  # ink level (after stretching) that marks a pixel as part of the digit
+
+ArrayT = TypeVar("ArrayT")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a model's inputs were prepared; stored in its manifest and read back from it."""
+
+    size: int = 28  # side of the model input
+    box: int = 20  # the digit is scaled to fit a box this big, keeping its aspect ratio
+    mean: float = 0.1307  # MNIST training pixel mean (pixels scaled to [0, 1])
+    std: float = 0.3081  # MNIST training pixel standard deviation
+    centering: str = "mass"  # the centre of mass is moved to the middle, as MNIST did
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    max_side: int = 20_000
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """The model input (1, size, size) float32, and the same image as uint8 to show people."""
+
+    tensor: np.ndarray
+    image: np.ndarray
+
+
+def normalize(x: ArrayT, spec: PreprocessSpec) -> ArrayT:
+    """Scale [0, 1] pixels as training did. Works on numpy arrays and torch tensors alike."""
+    return (x - spec.mean) / spec.std  # type: ignore[operator]
+
+
+# --- 1. decode -------------------------------------------------------------------------
+
+
+def decode(raw: bytes, limits: Limits = Limits()) -> Image.Image:
+    """Decode image bytes safely, or raise a DigitrecError that says what is wrong."""
+    if not raw:
+        raise InvalidRequest("the image is empty (0 bytes)", code="empty_image")
+    if len(raw) > limits.max_bytes:
+        raise ImageTooLarge(f"the image is {len(raw)} bytes; the limit is {limits.max_bytes}",
+                            code="payload_too_large")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw), formats=SUPPORTED_FORMATS)
+            _check_size(img, limits)
+            if img.format == "JPEG" and img.mode in ("L", "RGB"):
+                img.draft("L", (WORK_SIDE, WORK_SIDE))  # decode at 1/2..1/8 scale, grey
+            img.seek(0)  # first frame of an animation
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except UnidentifiedImageError:
+        raise UnsupportedMediaType(f"not an image digitrec can read; send {FORMAT_LIST}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge("the image declares too many pixels") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
+        raise InvalidImage(f"the image is damaged or truncated ({_short(exc)})") from None
+    return img
+
+
+def _check_size(img: Image.Image, limits: Limits) -> None:
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise InvalidImage("the image has no pixels")
+    if max(width, height) > limits.max_side or width * height > limits.max_pixels:
+        raise ImageTooLarge(
+            f"the image is {width}x{height} pixels; the limits are {limits.max_side} per side "
+            f"and {limits.max_pixels} in all")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:120]
+
+
+# --- 2. ink map ------------------------------------------------------------------------
+
+
+def _to_float_channels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Grey levels in [0, 1] and alpha in [0, 1] (None when the image is opaque)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        grey = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if img.mode.startswith("I;16") or grey.max() > 255 else 255.0
+        return np.clip(grey / top, 0, 1), None
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode == "P" and "transparency" in img.info)
+    if img.mode == "1":
+        img = img.convert("L")
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3]
+        grey = rgba[..., 0] * 0.299 + rgba[..., 1] * 0.587 + rgba[..., 2] * 0.114
+        return grey, (alpha if alpha.min() < 0.99 else None)
+    if img.mode != "L":
+        img = img.convert("RGB").convert("L")
+    return np.asarray(img, dtype=np.float32) / 255.0, None
+
+
+def _border(a: np.ndarray) -> np.ndarray:
+    width = max(1, min(a.shape) // 20)
+    return np.concatenate([a[:width].ravel(), a[-width:].ravel(),
+                           a[:, :width].ravel(), a[:, -width:].ravel()])
+
+
+def _reduce(img: Image.Image) -> Image.Image:
+    if max(img.size) > WORK_SIDE:
+        img = img.copy()
+        img.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
+    return img
+
+
+def _flatten_lighting(ink: np.ndarray) -> np.ndarray:
+    """Subtract a smooth estimate of the paper level (shadows, gradients) from the ink map.
+
+    The paper level is the ink map with strokes removed: a grey-scale opening (min filter,
+    then max filter) wider than any stroke, computed on a small copy and smoothed.
+    """
+    h, w = ink.shape
+    small_side = 64
+    scale = small_side / max(h, w)
+    small = Image.fromarray(ink).resize(
+        (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
+    size = 9  # in the 64-pixel copy: 1/7 of the side, wider than strokes in a photo
+    paper = small.filter(ImageFilter.MinFilter(size)).filter(ImageFilter.MaxFilter(size))
+    paper = paper.filter(ImageFilter.GaussianBlur(size / 2)).resize((w, h),
+                                                                     Image.Resampling.BILINEAR)
+    return ink - np.asarray(paper, dtype=np.float32)
+
+
+def ink_map(img: Image.Image) -> np.ndarray:
+    """One float channel in [0, 1] where the digit's ink is high and the paper is 0."""
+    grey, alpha = _to_float_channels(_reduce(img))
+    if alpha is not None and np.median(_border(alpha)) < 0.5:
+        # Transparent background (e.g. a canvas export): the strokes are where alpha is.
+        ink = alpha.copy()
+    else:
+        if alpha is not None:  # opaque background with holes: composite over the paper
+            paper = float(np.median(_border(grey)))
+            grey = grey * alpha + paper * (1 - alpha)
+        paper = float(np.median(_border(grey)))
+        lo, hi = np.percentile(grey, [0.5, 99.5])
+        light_ink = (hi - paper) > (paper - lo)
+        ink = grey if light_ink else 1.0 - grey
+    border = _border(ink)
+    if np.percentile(border, 95) - np.percentile(border, 5) > 0.08:
+        ink = _flatten_lighting(ink)  # uneven lighting: remove it locally
+    else:
+        ink = ink - float(np.median(border))  # even background: remove its level
+    noise = float(np.std(np.clip(_border(ink), -1, 1)))
+    return _stretch(ink, floor=min(0.25, 3 * noise))
+
+
+def _stretch(ink: np.ndarray, floor: float) -> np.ndarray:
+    """Map the paper to 0 and the strongest ink to 1; drop noise below ``floor``."""
+    ink = np.clip(ink, 0, None)
+    peak_img = Image.fromarray(ink.astype(np.float32))
+    if min(ink.shape) >= 3:
+        peak_img = peak_img.filter(ImageFilter.MedianFilter(3))  # ignore single hot pixels
+    peak = float(np.asarray(peak_img).max())
+    if peak < MIN_CONTRAST:
+        raise BlankImage("the image looks blank: no ink stands out from the background")
+    ink = np.clip(ink / peak, 0, 1)
+    if floor > 0:
+        ink = np.clip((ink - floor) / (1 - floor), 0, 1)
+    return ink.astype(np.float32)
+
+
+# --- 3. MNIST layout ----------------------------------------------------------------------
+
+
+def _ink_bbox(ink: np.ndarray) -> tuple[int, int, int, int]:
+    mask = ink > MARK_LEVEL
+    if min(ink.shape) > 96:  # in big images, ignore specks smaller than ~2% of the side
+        opened = Image.fromarray(mask.astype(np.uint8) * 255).filter(
+            ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
+        opened_mask = np.asarray(opened) > 0
+        if opened_mask.sum() >= MIN_INK_PIXELS:
+            mask = opened_mask
+    if mask.sum() < MIN_INK_PIXELS and ink.size > 4 * MIN_INK_PIXELS:
+        raise BlankImage("the image looks blank: too little ink to read a digit")
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        raise BlankImage("the image looks blank: no ink found")
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def mnist_layout(ink: np.ndarray, spec: PreprocessSpec = PreprocessSpec()) -> np.ndarray:
+    """Crop to the ink, fit ``box`` keeping the aspect, centre the mass in ``size``."""
+    top, bottom, left, right = _ink_bbox(ink)
+    crop = ink[top:bottom, left:right]
+    h, w = crop.shape
+    ratio = spec.box / max(h, w)
+    new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
+    method = Image.Resampling.LANCZOS if ratio < 1 else Image.Resampling.BILINEAR
+    fitted = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((new_w, new_h), method))
+    fitted = np.clip(fitted, 0, 1)
+
+    canvas = np.zeros((spec.size, spec.size), dtype=np.float32)
+    mass = float(fitted.sum())
+    if mass <= 0:
+        raise BlankImage("the image looks blank after scaling")
+    cy = float((fitted.sum(1) * np.arange(new_h)).sum()) / mass
+    cx = float((fitted.sum(0) * np.arange(new_w)).sum()) / mass
+    centre = spec.size // 2
+    y0 = int(np.clip(round(centre - cy), 0, spec.size - new_h))
+    x0 = int(np.clip(round(centre - cx), 0, spec.size - new_w))
+    canvas[y0:y0 + new_h, x0:x0 + new_w] = fitted
+    return canvas
+
+
+# --- the whole path ----------------------------------------------------------------------
+
+
+def prepare(img: Image.Image, spec: PreprocessSpec = PreprocessSpec()) -> Preprocessed:
+    """Decoded image -> model input and the 28x28 picture the model sees."""
+    layout = mnist_layout(ink_map(img), spec)
+    image = np.rint(layout * 255).astype(np.uint8)
+    # Quantise like MNIST's uint8 pixels so serving sees exactly what training saw.
+    tensor = normalize(image.astype(np.float32) / 255.0, spec)[None, :, :]
+    return Preprocessed(tensor=tensor.astype(np.float32), image=image)
+
+
+def preprocess_bytes(raw: bytes, spec: PreprocessSpec = PreprocessSpec(),
+                     limits: Limits = Limits()) -> Preprocessed:
+    """Image file bytes -> model input. The function every caller uses."""
+    return prepare(decode(raw, limits), spec)
+
+
+def to_png(image: np.ndarray) -> bytes:
+    """Encode a uint8 grey image as PNG (e.g. the 28x28 input, to show it)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,143 @@
+"""Evaluation reports: confusion matrix, per-class metrics, and the plots of a run.
+
+Metric functions work on plain numpy arrays; plots use matplotlib's Agg backend and
+are written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitrec.storage import atomic_write_bytes, atomic_write_text
+
+NUM_CLASSES = 10
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int = NUM_CLASSES) -> np.ndarray:
+    """``cm[t, p]`` counts images of true class t predicted as p."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+
+
+def per_class_metrics(cm: np.ndarray) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support of each class (0 where undefined)."""
+    tp = np.diag(cm).astype(np.float64)
+    predicted = cm.sum(0).astype(np.float64)
+    support = cm.sum(1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return [
+        {"digit": d, "precision": round(float(precision[d]), 6), "recall": round(float(recall[d]), 6),
+         "f1": round(float(f1[d]), 6), "support": int(support[d])}
+        for d in range(cm.shape[0])
+    ]
+
+
+def accuracy(cm: np.ndarray) -> float:
+    total = cm.sum()
+    return float(np.trace(cm) / total) if total else 0.0
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_confusion_csv(path: Path, cm: np.ndarray) -> None:
+    header = ["true\\predicted", *[str(d) for d in range(cm.shape[1])]]
+    rows = [[str(t), *cm[t].tolist()] for t in range(cm.shape[0])]
+    atomic_write_text(path, csv_text(header, rows))
+
+
+def write_per_class_csv(path: Path, metrics: list[dict[str, Any]]) -> None:
+    header = ["digit", "precision", "recall", "f1", "support"]
+    atomic_write_text(path, csv_text(header, [[m[h] for h in header] for m in metrics]))
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(path: Path, cm: np.ndarray, title: str = "Test confusion matrix") -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    # Log-ish colour scale so that the few errors are visible next to the large diagonal.
+    shown = np.log1p(cm)
+    image = ax.imshow(shown, cmap="Blues")
+    for t in range(cm.shape[0]):
+        for p in range(cm.shape[1]):
+            if cm[t, p]:
+                colour = "white" if shown[t, p] > shown.max() * 0.6 else "black"
+                ax.text(p, t, str(cm[t, p]), ha="center", va="center", fontsize=7, color=colour)
+    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(image, ax=ax, label="log(1 + count)")
+    _save_figure(fig, path)
+
+
+def plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss", yscale="log")
+    ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], marker="o", label="train")
+    ax_acc.plot(epochs, [100 * h["val_accuracy"] for h in history], marker="o", label="validation")
+    if history and "test_accuracy" in history[0]:
+        ax_acc.plot(epochs, [100 * h["test_accuracy"] for h in history], marker="o", label="test")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save_figure(fig, path)
+
+
+def worst_mistakes(probs: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the wrong predictions made with the most confidence."""
+    predicted = probs.argmax(1)
+    wrong = np.flatnonzero(predicted != labels)
+    return wrong[np.argsort(-probs[wrong, predicted[wrong]])][:n]
+
+
+def plot_mistakes(path: Path, images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
+                  n: int = 36) -> None:
+    """Grid of the most confident test mistakes, titled 'pred (p) / true'."""
+    plt = _pyplot()
+    picks = worst_mistakes(probs, labels, n)
+    cols = 6
+    rows = max(1, -(-len(picks) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.7), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), picks, strict=False):
+        pred = int(probs[i].argmax())
+        ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(f"{pred} ({probs[i, pred]:.2f}) / {int(labels[i])}", fontsize=8, color="#b00")
+    fig.suptitle("Worst test mistakes: predicted (probability) / true", fontsize=10)
+    _save_figure(fig, path)
