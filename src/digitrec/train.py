@@ -256,6 +256,7 @@ class Trainer:
     def __init__(self, settings: Settings, run_dir: Path, data: Mnist | None = None,
                  progress: bool = True, epoch_hook: EpochHook | None = None) -> None:
         self.settings = settings
+        self.commit = git_commit()  # the code that trains, read before anything else changes
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.epoch_hook = epoch_hook
@@ -449,7 +450,7 @@ def build_manifest(trainer: Trainer, run_id: str, metrics: dict[str, Any]) -> di
                  "split_seed": s.split_seed},
         "settings": s.training_dict(),
         "run": run_id,
-        "git_commit": git_commit(),
+        "git_commit": trainer.commit,
         "software": {"digitrec": __version__, "torch": torch.__version__,
                      "python": platform.python_version()},
         "device": describe_device(trainer.device, trainer.dtype),
