@@ -84,3 +84,79 @@ def stroke_image(size: int = 280, *, box: tuple[int, int, int, int] = (100, 60, 
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+# --- a real server process on loopback ------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """`digitrec serve` in a subprocess on 127.0.0.1, stopped with SIGTERM."""
+
+    def __init__(self, home: Path, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        import subprocess
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = home / "server.log"
+        home.mkdir(parents=True, exist_ok=True)
+        full_env = {**os.environ, "DIGITREC_HOME": str(home), "DIGITREC_DATA_DIR": str(MNIST_CACHE),
+                    **(env or {})}
+        self._log_file = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "digitrec.cli", "serve", "--host", "127.0.0.1",
+             "--port", str(self.port), *args],
+            env=full_env, stdout=self._log_file, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        import time
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+        raise RuntimeError(f"server not ready after {timeout}s: {self.log.read_text()[-2000:]}")
+
+    def stop(self, timeout: float = 30) -> int:
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()
+        return int(self.process.returncode)
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A real `digitrec serve` on loopback with the shipped model (shared by a module)."""
+    server = LiveServer(tmp_path_factory.mktemp("live"),
+                        env={"DIGITREC_RATE_LIMIT_PER_MINUTE": "0",
+                             "DIGITREC_WEB_RATE_LIMIT_PER_MINUTE": "0"})
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

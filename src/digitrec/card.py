@@ -49,8 +49,8 @@ def render(entry: ModelEntry) -> str:
         f"| Test accuracy | {acc * 100:.2f} % on {s['test_size']:,} MNIST test images |"
         if acc is not None else "| Test accuracy | not measured |",
         f"| Test errors | {metrics.get('test_errors')} |",
-        f"| Validation accuracy | {(s['val_accuracy'] or 0) * 100:.2f} % (best epoch "
-        f"{metrics.get('best_epoch')} of {s['epochs']}) |",
+        f"| Validation accuracy | {(s['val_accuracy'] or 0) * 100:.2f} % (selected epoch "
+        f"{metrics.get('selected_epoch')} of {s['epochs']}) |",
         f"| Trained | {s['trained_at']} on {s['device']} in {s['train_seconds']} s |",
         f"| Commit | {m.get('git_commit') or 'unknown'} |",
         "",

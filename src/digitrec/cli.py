@@ -224,7 +224,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     if result.entry is not None:
         print(f"model: {result.entry.ref} ({result.entry.path})")
     print(f"test accuracy: {m['test_accuracy'] * 100:.2f} % ({m['test_errors']} errors in "
-          f"{m['test_size']}), best epoch {m['best_epoch']} of {m['epochs']}")
+          f"{m['test_size']}); epoch {m['selected_epoch']} of {m['epochs']} selected on validation")
     return 0
 
 

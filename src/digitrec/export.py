@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,21 +30,32 @@ def export_onnx_file(model: nn.Module, path: Path) -> None:
     model = model.eval().float().to("cpu", memory_format=torch.contiguous_format)
     example = (torch.zeros(2, 1, 28, 28),)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    quiet = logging.getLogger("torch.onnx")
-    previous = quiet.level
-    quiet.setLevel(logging.ERROR)  # it warns about torchvision ops we never use
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            program = torch.onnx.export(
-                model, example, dynamo=True, verbose=False, opset_version=OPSET,
-                input_names=["input"], output_names=["logits"],
-                dynamic_shapes={"x": {0: batch}}, external_data=False)
-    finally:
-        quiet.setLevel(previous)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            model, example, dynamo=True, verbose=False, opset_version=OPSET,
+            input_names=["input"], output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}}, external_data=False)
     if program is None:  # pragma: no cover - only the legacy exporter returns None
         raise ModelInvalid("ONNX export produced nothing")
     program.save(str(path), external_data=False)
     verify_onnx(model, path)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs every optimisation pass and warns about torchvision ops we never use."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def verify_onnx(model: nn.Module, path: Path, tolerance: float = TOLERANCE) -> float:

@@ -14,6 +14,8 @@ import re
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from digitrec.api.schemas import PredictJSON
 from digitrec.errors import (
@@ -57,8 +59,9 @@ async def read_image(request: Request, max_bytes: int) -> tuple[bytes, int | Non
 async def _from_multipart(request: Request) -> bytes:
     try:
         form = await request.form(max_files=2, max_fields=10)
-    except Exception as exc:  # python-multipart/starlette raise several unrelated types
-        raise InvalidRequest(f"malformed multipart body ({str(exc)[:100]})",
+    except (HTTPException, MultiPartException, ValueError, UnicodeDecodeError) as exc:
+        detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
+        raise InvalidRequest(f"malformed multipart body ({str(detail)[:100]})",
                              code="invalid_multipart") from None
     try:
         upload = form.get(FIELD)

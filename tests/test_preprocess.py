@@ -1,0 +1,218 @@
+"""Preprocessing: decoding, ink extraction, MNIST layout, and how bad images are refused."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitrec.errors import (
+    BlankImage,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRequest,
+    UnsupportedMediaType,
+)
+from digitrec.preprocess import (
+    Limits,
+    PreprocessSpec,
+    decode,
+    ink_map,
+    mnist_layout,
+    normalize,
+    preprocess_bytes,
+)
+from tests.conftest import encode, stroke_image
+
+SPEC = PreprocessSpec()
+
+
+def bar(**kwargs: object) -> bytes:
+    return encode(Image.fromarray(stroke_image(**kwargs)))  # type: ignore[arg-type]
+
+
+def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
+    a = image.astype(np.float64)
+    rows, cols = np.indices(a.shape)
+    return float((rows * a).sum() / a.sum()), float((cols * a).sum() / a.sum())
+
+
+def test_output_shape_range_and_normalisation() -> None:
+    out = preprocess_bytes(bar())
+    assert out.tensor.shape == (1, 28, 28) and out.tensor.dtype == np.float32
+    assert out.image.shape == (28, 28) and out.image.dtype == np.uint8
+    assert np.allclose(out.tensor[0], normalize(out.image / 255.0, SPEC), atol=1e-6)
+    assert out.tensor.min() == pytest.approx(-SPEC.mean / SPEC.std, abs=1e-5)  # paper
+
+
+def test_fits_20_pixel_box_and_centres_mass() -> None:
+    image = preprocess_bytes(bar(box=(20, 10, 60, 250))).image  # tall bar near the left edge
+    rows = np.flatnonzero(image.max(1) > 0)
+    assert rows[-1] - rows[0] + 1 == 20  # the longer side fills the 20-pixel box
+    cy, cx = centre_of_mass(image)
+    assert abs(cy - 14) <= 0.75 and abs(cx - 14) <= 0.75
+
+
+def test_aspect_ratio_is_kept() -> None:
+    image = preprocess_bytes(bar(box=(40, 100, 240, 150))).image  # 200 x 50 bar
+    rows = np.flatnonzero(image.max(1) > 64)
+    cols = np.flatnonzero(image.max(0) > 64)
+    assert cols[-1] - cols[0] + 1 == 20
+    assert 4 <= rows[-1] - rows[0] + 1 <= 6
+
+
+@pytest.mark.parametrize("ink, paper", [(0, 255), (255, 0), (40, 200), (230, 90)])
+def test_polarity_ink_always_becomes_white(ink: int, paper: int) -> None:
+    image = preprocess_bytes(bar(ink=ink, paper=paper)).image
+    assert image.max() == 255 and image[0, 0] == 0 and image[14, 14] > 200
+
+
+def test_same_digit_in_any_polarity_gives_the_same_input() -> None:
+    dark_on_light = preprocess_bytes(bar(ink=0, paper=255)).image
+    light_on_dark = preprocess_bytes(bar(ink=255, paper=0)).image
+    assert np.array_equal(dark_on_light, light_on_dark)
+
+
+def test_transparent_canvas_export_uses_alpha() -> None:
+    rgba = np.zeros((280, 280, 4), dtype=np.uint8)  # transparent black background
+    rgba[60:220, 100:130] = (0, 0, 0, 255)  # black stroke: invisible without alpha
+    from_alpha = preprocess_bytes(encode(Image.fromarray(rgba))).image
+    assert np.array_equal(from_alpha, preprocess_bytes(bar()).image)
+
+
+def test_white_stroke_on_transparent_background() -> None:
+    rgba = np.zeros((100, 100, 4), dtype=np.uint8)
+    rgba[20:80, 45:55] = (255, 255, 255, 255)
+    image = preprocess_bytes(encode(Image.fromarray(rgba))).image
+    assert image.max() == 255 and image[0, 0] == 0
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGB", "CMYK", "I;16", "1", "I", "F"])
+def test_every_colour_mode_is_read(mode: str) -> None:
+    img = Image.fromarray(stroke_image()).convert(mode)
+    fmt = "TIFF" if mode in ("CMYK", "I", "F") else "PNG"
+    image = preprocess_bytes(encode(img, fmt)).image
+    assert image[14, 14] > 200 and image[0, 0] == 0
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"])
+def test_every_supported_format(fmt: str) -> None:
+    img = Image.fromarray(stroke_image()).convert("RGB" if fmt == "JPEG" else "L")
+    assert preprocess_bytes(encode(img, fmt)).image[14, 14] > 200
+
+
+def test_exif_orientation_is_applied() -> None:
+    base = stroke_image(box=(40, 120, 240, 150))  # horizontal bar
+    img = Image.fromarray(base).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the displayed bar is vertical
+    rotated = preprocess_bytes(encode(img, "JPEG", exif=exif.tobytes())).image
+    plain = preprocess_bytes(encode(img, "JPEG")).image
+    assert np.count_nonzero(rotated.max(0) > 128) < np.count_nonzero(plain.max(0) > 128)
+
+
+def test_animated_gif_uses_the_first_frame() -> None:
+    first = Image.fromarray(stroke_image())
+    second = Image.fromarray(stroke_image(box=(20, 120, 260, 150)))
+    buffer = io.BytesIO()
+    first.save(buffer, "GIF", save_all=True, append_images=[second], duration=100, loop=0)
+    assert np.array_equal(preprocess_bytes(buffer.getvalue()).image,
+                          preprocess_bytes(encode(first, "GIF")).image)
+
+
+def test_uneven_lighting_and_noise_are_removed() -> None:
+    rng = np.random.default_rng(0)
+    h, w = 480, 640
+    paper = np.linspace(0.95, 0.55, w)[None, :] * np.ones((h, 1))  # strong shadow
+    ink = np.zeros((h, w))
+    ink[100:380, 300:340] = 1
+    grey = paper * (1 - ink) + 0.1 * ink + rng.normal(0, 0.03, (h, w))
+    photo = Image.fromarray(np.clip(grey * 255, 0, 255).astype(np.uint8)).convert("RGB")
+    image = preprocess_bytes(encode(photo, "JPEG", quality=85)).image
+    rows = np.flatnonzero(image.max(1) > 100)
+    assert rows[-1] - rows[0] + 1 >= 18  # the bar, not the shadow, fills the box
+    assert image[:, :8].max() < 60 and image[:, -8:].max() < 60  # no background left
+
+
+@pytest.mark.parametrize("value", [0, 128, 255])
+def test_blank_images_are_refused(value: int) -> None:
+    with pytest.raises(BlankImage):
+        preprocess_bytes(encode(Image.new("L", (280, 280), value)))
+
+
+def test_faint_noise_only_is_blank() -> None:
+    rng = np.random.default_rng(1)
+    noise = np.clip(240 + rng.normal(0, 2, (200, 200)), 0, 255).astype(np.uint8)
+    with pytest.raises(BlankImage):
+        preprocess_bytes(encode(Image.fromarray(noise)))
+
+
+def test_one_pixel_image_is_blank_not_a_guess() -> None:
+    with pytest.raises(BlankImage):
+        preprocess_bytes(encode(Image.new("L", (1, 1), 0)))
+
+
+def test_empty_bytes() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        decode(b"")
+    assert info.value.code == "empty_image"
+
+
+@pytest.mark.parametrize("raw", [
+    b"hello, this is text",
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>',
+    b"%PDF-1.4\n",
+])
+def test_non_images_are_unsupported(raw: bytes) -> None:
+    with pytest.raises(UnsupportedMediaType):
+        decode(raw)
+
+
+def test_truncated_png_is_invalid() -> None:
+    raw = bar()
+    with pytest.raises(InvalidImage):
+        preprocess_bytes(raw[: len(raw) // 2])
+
+
+def test_png_with_bad_crc_is_invalid() -> None:
+    raw = bytearray(bar())
+    idat = raw.index(b"IDAT")
+    raw[idat + 10] ^= 0xFF  # corrupt compressed data; the chunk CRC no longer matches
+    with pytest.raises(InvalidImage):
+        preprocess_bytes(bytes(raw))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG that declares a huge size (a decompression bomb's header)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    with pytest.raises(ImageTooLarge):
+        decode(png_header_only(60000, 60000))
+
+
+def test_pixel_and_byte_limits_come_from_settings() -> None:
+    with pytest.raises(ImageTooLarge):
+        decode(bar(), Limits(max_bytes=10**6, max_pixels=1000, max_side=10**4))
+    with pytest.raises(ImageTooLarge):
+        decode(bar(), Limits(max_bytes=100))
+
+
+def test_mnist_digit_is_left_as_mnist_made_it(mnist) -> None:  # type: ignore[no-untyped-def]
+    """An MNIST digit already is in MNIST layout: preprocessing must barely change it."""
+    diffs = []
+    for i in range(200):
+        digit = mnist.test_images[i]
+        out = mnist_layout(ink_map(Image.fromarray(digit)), SPEC)
+        diffs.append(np.abs(out - digit / 255.0).mean())
+    assert float(np.median(diffs)) < 0.03
