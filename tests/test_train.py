@@ -128,7 +128,7 @@ def test_dry_run_cli_end_to_end(tmp_path: Path) -> None:
     assert len(entries) == 1 and entries[0].dry_run
 
 
-TRAIN_ARGS = ("train", "--no-progress", "--train-subset", "2560", "--val-size", "1000",
+TRAIN_ARGS = ("train", "--no-progress", "--train-subset", "1536", "--val-size", "1000",
               "--epochs", "3", "--batch-size", "64", "--threads", "1", "--seed", "5")
 
 

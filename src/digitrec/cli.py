@@ -377,8 +377,12 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
 }
 
 
+LONG_RUNNING = {"train", "serve", "data", "export"}  # commands that report progress by default
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    default = logging.INFO if args.command in LONG_RUNNING else logging.WARNING
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else default
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
 

@@ -56,15 +56,22 @@ class Backend(Protocol):
         ...
 
 
-def load_torch_model(entry: ModelEntry) -> nn.Module:
-    """Rebuild the architecture from the manifest and load its safetensors weights."""
+def _import_torch() -> Any:
     try:
-        from safetensors.torch import load_file
-
-        from digitrec.model import create_model
+        import torch
     except ImportError as exc:
         raise DependencyMissing("PyTorch is not installed: pip install 'digitrec[train]', "
-                                "or serve the ONNX model with --backend onnx") from exc
+                                "or use the ONNX model with --backend onnx") from exc
+    return torch
+
+
+def load_torch_model(entry: ModelEntry) -> nn.Module:
+    """Rebuild the architecture from the manifest and load its safetensors weights."""
+    _import_torch()
+    from safetensors.torch import load_file
+
+    from digitrec.model import create_model
+
     arch = entry.manifest["architecture"]
     model = create_model(arch["name"], **arch.get("args", {}))
     try:
@@ -78,8 +85,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, entry: ModelEntry, threads: int | None = None) -> None:
-        import torch
-
+        torch = _import_torch()
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch

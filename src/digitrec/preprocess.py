@@ -31,7 +31,7 @@ from digitrec.errors import BlankImage, ImageTooLarge, InvalidImage, InvalidRequ
 from digitrec.errors import UnsupportedMediaType
 
 # Pillow format names we decode; anything else (SVG, PDF, ICO, PSD, ...) is refused.
-SUPPORTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "BMP", "DIB", "GIF", "TIFF")
+SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "GIF", "TIFF")  # JPEG covers MPO
 FORMAT_LIST = "PNG, JPEG, WebP, BMP, GIF or TIFF"
 WORK_SIDE = 384  # images are reduced to at most this side before the ink analysis
 MIN_CONTRAST = 0.08  # below this ink-to-paper contrast an image counts as blank
@@ -130,9 +130,10 @@ def _short(exc: BaseException) -> str:
 def _to_float_channels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     """Grey levels in [0, 1] and alpha in [0, 1] (None when the image is opaque)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # High bit depth: the value range varies (16-bit, 32-bit, float); use the image's own.
         grey = np.asarray(img, dtype=np.float32)
-        top = 65535.0 if img.mode.startswith("I;16") or grey.max() > 255 else 255.0
-        return np.clip(grey / top, 0, 1), None
+        low, high = float(grey.min()), float(grey.max())
+        return (grey - low) / (high - low) if high > low else np.zeros_like(grey), None
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode == "P" and "transparency" in img.info)
     if img.mode == "1":
@@ -147,10 +148,14 @@ def _to_float_channels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]
     return np.asarray(img, dtype=np.float32) / 255.0, None
 
 
-def _border(a: np.ndarray) -> np.ndarray:
+def _border_strips(a: np.ndarray) -> list[np.ndarray]:
+    """The four edges of an image, each 5 % of the shorter side wide (at least 1 pixel)."""
     width = max(1, min(a.shape) // 20)
-    return np.concatenate([a[:width].ravel(), a[-width:].ravel(),
-                           a[:, :width].ravel(), a[:, -width:].ravel()])
+    return [a[:width].ravel(), a[-width:].ravel(), a[:, :width].ravel(), a[:, -width:].ravel()]
+
+
+def _border(a: np.ndarray) -> np.ndarray:
+    return np.concatenate(_border_strips(a))
 
 
 def _reduce(img: Image.Image) -> Image.Image:
@@ -164,18 +169,31 @@ def _flatten_lighting(ink: np.ndarray) -> np.ndarray:
     """Subtract a smooth estimate of the paper level (shadows, gradients) from the ink map.
 
     The paper level is the ink map with strokes removed: a grey-scale opening (min filter,
-    then max filter) wider than any stroke, computed on a small copy and smoothed.
+    then max filter) wider than any stroke, computed on a small 8-bit copy and smoothed.
     """
     h, w = ink.shape
-    small_side = 64
-    scale = small_side / max(h, w)
-    small = Image.fromarray(ink).resize(
+    scale = 64 / max(h, w)
+    small = Image.fromarray(np.rint(np.clip(ink, 0, 1) * 255).astype(np.uint8)).resize(
         (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
-    size = 9  # in the 64-pixel copy: 1/7 of the side, wider than strokes in a photo
+    size = 15  # in the 64-pixel copy: a quarter of the side, wider than any pen stroke
     paper = small.filter(ImageFilter.MinFilter(size)).filter(ImageFilter.MaxFilter(size))
     paper = paper.filter(ImageFilter.GaussianBlur(size / 2)).resize((w, h),
                                                                      Image.Resampling.BILINEAR)
-    return ink - np.asarray(paper, dtype=np.float32)
+    return ink - np.asarray(paper, dtype=np.float32) / 255.0
+
+
+def _light_ink(grey: np.ndarray) -> bool:
+    """Is the ink lighter than the paper? The extreme farther from the edges' level wins.
+
+    Extremes are taken after a 3x3 median filter so single noisy pixels do not count, and
+    not as percentiles, so that even a small digit on a big canvas decides.
+    """
+    paper = float(np.median(_border(grey)))
+    smooth = Image.fromarray(np.rint(grey * 255).astype(np.uint8))
+    if min(grey.shape) >= 3:
+        smooth = smooth.filter(ImageFilter.MedianFilter(3))
+    levels = np.asarray(smooth, dtype=np.float32) / 255.0
+    return float(levels.max()) - paper > paper - float(levels.min())
 
 
 def ink_map(img: Image.Image) -> np.ndarray:
@@ -188,16 +206,16 @@ def ink_map(img: Image.Image) -> np.ndarray:
         if alpha is not None:  # opaque background with holes: composite over the paper
             paper = float(np.median(_border(grey)))
             grey = grey * alpha + paper * (1 - alpha)
-        paper = float(np.median(_border(grey)))
-        lo, hi = np.percentile(grey, [0.5, 99.5])
-        light_ink = (hi - paper) > (paper - lo)
-        ink = grey if light_ink else 1.0 - grey
-    border = _border(ink)
-    if np.percentile(border, 95) - np.percentile(border, 5) > 0.08:
-        ink = _flatten_lighting(ink)  # uneven lighting: remove it locally
+        ink = grey if _light_ink(grey) else 1.0 - grey
+    # Uneven lighting shows as edges of different brightness (ink touching an edge moves
+    # that edge's median far less than a shadow does).
+    side_levels = [float(np.median(strip)) for strip in _border_strips(ink)]
+    if max(side_levels) - min(side_levels) > 0.08:
+        ink = _flatten_lighting(ink)  # remove the lighting locally
     else:
-        ink = ink - float(np.median(border))  # even background: remove its level
-    noise = float(np.std(np.clip(_border(ink), -1, 1)))
+        ink = ink - float(np.median(_border(ink)))  # even background: remove its level
+    border = _border(ink)
+    noise = 1.4826 * float(np.median(np.abs(border - np.median(border))))  # robust std
     return _stretch(ink, floor=min(0.25, 3 * noise))
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -54,7 +54,7 @@ from digitrec.report import (
     write_per_class_csv,
 )
 from digitrec.storage import (
-    atomic_write,
+    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     remove_stale_temporaries,
@@ -218,7 +218,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     tensors.update(optim_tensors)
     meta = {"state": json.dumps(state), "optimizer": json.dumps(optim_meta),
             "scheduler": json.dumps(scheduler.state_dict() if scheduler else None)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict, Any]:
@@ -230,9 +230,14 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return model_state, json.loads(meta["state"]), optim, json.loads(meta["scheduler"])
 
 
+def weights_bytes(model: nn.Module) -> bytes:
+    """The model's state as safetensors bytes (serialised in memory, so that a full disk
+    surfaces as an ordinary OSError when the bytes are written)."""
+    return save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+
+
 def save_weights(path: Path, model: nn.Module) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+    atomic_write_bytes(path, weights_bytes(model))
 
 
 # --- the trainer -------------------------------------------------------------------------------
@@ -476,8 +481,7 @@ def register(trainer: Trainer, run_id: str, metrics: dict[str, Any],
     registry = Registry.from_settings(trainer.settings)
     manifest = build_manifest(trainer, run_id, metrics)
     writers: dict[str, Callable[[Path], None]] = {
-        WEIGHTS: lambda p: save_file({k: v.detach().cpu().contiguous()
-                                      for k, v in trainer.model.state_dict().items()}, str(p)),
+        WEIGHTS: lambda p: p.write_bytes(weights_bytes(trainer.model)),
     }
     if export_onnx:
         from digitrec.export import onnx_writer
@@ -534,8 +538,14 @@ def resolve_run(settings: Settings, ref: str) -> Path:
 
 
 def load_run_settings(run_dir: Path, current: Settings) -> Settings:
-    """The settings a run started with (paths and device may differ on resume)."""
+    """The settings a run started with. Paths come from now; device and threads too, but
+    only when given explicitly (another thread count can change the numbers slightly)."""
     stored = json.loads((run_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
-    keep = {"home", "data_dir", "models_dir", "runs_dir", "device", "threads"}
-    merged = {**stored, **{k: getattr(current, k) for k in keep}}
+    paths = {"home", "data_dir", "models_dir", "runs_dir"}
+    override = paths | ({"device", "threads"} & current.model_fields_set)
+    ignored = sorted(k for k in current.model_fields_set - override
+                     if k in stored and stored[k] != getattr(current, k))
+    if ignored:
+        log.warning("resuming with the run's own settings; ignoring %s", ", ".join(ignored))
+    merged = {**stored, **{k: getattr(current, k) for k in override}}
     return Settings(**{k: v for k, v in merged.items() if k in Settings.model_fields})
