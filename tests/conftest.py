@@ -26,8 +26,12 @@ MNIST_CACHE = Settings().data_dir  # the user's MNIST cache: fetched once, reuse
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings rooted in a temporary folder; MNIST from the shared cache."""
-    return Settings(home=tmp_path / "home", data_dir=MNIST_CACHE, rate_limit_per_minute=0,
-                    web_rate_limit_per_minute=0)
+    return Settings(
+        home=tmp_path / "home",
+        data_dir=MNIST_CACHE,
+        rate_limit_per_minute=0,
+        web_rate_limit_per_minute=0,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -73,8 +77,13 @@ def mnist_png(mnist: Mnist, index: int, scale: int = 1, invert: bool = False) ->
     return encode(img)
 
 
-def stroke_image(size: int = 280, *, box: tuple[int, int, int, int] = (100, 60, 130, 220),
-                 ink: int = 0, paper: int = 255) -> np.ndarray:
+def stroke_image(
+    size: int = 280,
+    *,
+    box: tuple[int, int, int, int] = (100, 60, 130, 220),
+    ink: int = 0,
+    paper: int = 255,
+) -> np.ndarray:
     """A synthetic 'digit': one filled rectangle (a '1'-like bar) on plain paper."""
     a = np.full((size, size), paper, dtype=np.uint8)
     x0, y0, x1, y1 = box
@@ -100,8 +109,9 @@ def free_port() -> int:
 class LiveServer:
     """`digitrec serve` in a subprocess on 127.0.0.1, stopped with SIGTERM."""
 
-    def __init__(self, home: Path, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, home: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         import subprocess
         import sys
 
@@ -109,13 +119,29 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = home / "server.log"
         home.mkdir(parents=True, exist_ok=True)
-        full_env = {**os.environ, "DIGITREC_HOME": str(home), "DIGITREC_DATA_DIR": str(MNIST_CACHE),
-                    **(env or {})}
+        full_env = {
+            **os.environ,
+            "DIGITREC_HOME": str(home),
+            "DIGITREC_DATA_DIR": str(MNIST_CACHE),
+            **(env or {}),
+        }
         self._log_file = self.log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "digitrec.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port), *args],
-            env=full_env, stdout=self._log_file, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "digitrec.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            env=full_env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout: float = 60) -> None:
         import time
@@ -152,9 +178,10 @@ class LiveServer:
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A real `digitrec serve` on loopback with the shipped model (shared by a module)."""
-    server = LiveServer(tmp_path_factory.mktemp("live"),
-                        env={"DIGITREC_RATE_LIMIT_PER_MINUTE": "0",
-                             "DIGITREC_WEB_RATE_LIMIT_PER_MINUTE": "0"})
+    server = LiveServer(
+        tmp_path_factory.mktemp("live"),
+        env={"DIGITREC_RATE_LIMIT_PER_MINUTE": "0", "DIGITREC_WEB_RATE_LIMIT_PER_MINUTE": "0"},
+    )
     try:
         server.wait_ready()
         yield server

@@ -33,7 +33,7 @@ def assert_error(response, status: int, code: str) -> None:  # type: ignore[no-u
 
 def check_prediction(body: dict, top_k: int = 3) -> None:
     assert 0 <= body["digit"] <= 9
-    assert [t["digit"] for t in body["top"]][0] == body["digit"]
+    assert body["top"][0]["digit"] == body["digit"]
     assert len(body["top"]) == top_k
     probs = [t["probability"] for t in body["top"]]
     assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
@@ -57,8 +57,9 @@ def test_multipart_upload(client: TestClient, mnist) -> None:  # type: ignore[no
 
 @pytest.mark.mnist
 def test_raw_body(client: TestClient, mnist) -> None:  # type: ignore[no-untyped-def]
-    response = client.post(PREDICT, content=mnist_png(mnist, 1, scale=10),
-                           headers={"content-type": "image/png"})
+    response = client.post(
+        PREDICT, content=mnist_png(mnist, 1, scale=10), headers={"content-type": "image/png"}
+    )
     assert response.status_code == 200
     assert response.json()["digit"] == mnist.test_labels[1]
 
@@ -77,13 +78,16 @@ def test_json_base64_and_data_url(client: TestClient, mnist, as_data_url: bool) 
 
 @pytest.mark.mnist
 def test_include_input_returns_the_28x28_png(client: TestClient, mnist) -> None:  # type: ignore[no-untyped-def]
-    response = client.post(f"{PREDICT}?include_input=true&top_k=1",
-                           content=mnist_png(mnist, 3), headers={"content-type": "image/png"})
+    response = client.post(
+        f"{PREDICT}?include_input=true&top_k=1",
+        content=mnist_png(mnist, 3),
+        headers={"content-type": "image/png"},
+    )
     body = response.json()
     check_prediction(body, top_k=1)
     prefix = "data:image/png;base64,"
     assert body["input_image"].startswith(prefix)
-    seen = Image.open(io.BytesIO(base64.b64decode(body["input_image"][len(prefix):])))
+    seen = Image.open(io.BytesIO(base64.b64decode(body["input_image"][len(prefix) :])))
     assert seen.size == (28, 28) and seen.mode == "L"
 
 
@@ -96,11 +100,14 @@ def test_query_top_k_wins_over_json(client: TestClient) -> None:
 # --- golden images ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, digit", [
-    ("canvas_transparent_7.png", 7),
-    ("photo_paper_3.jpg", 3),
-    ("canvas_dark_2.png", 2),
-])
+@pytest.mark.parametrize(
+    "name, digit",
+    [
+        ("canvas_transparent_7.png", 7),
+        ("photo_paper_3.jpg", 3),
+        ("canvas_dark_2.png", 2),
+    ],
+)
 def test_golden_images(client: TestClient, name: str, digit: int) -> None:
     raw = (GOLDEN / name).read_bytes()
     kind = "image/jpeg" if name.endswith(".jpg") else "image/png"
@@ -112,28 +119,46 @@ def test_golden_images(client: TestClient, name: str, digit: int) -> None:
 # --- documented errors --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs, status, code", [
-    ({"content": b"", "headers": {"content-type": "image/png"}}, 400, "empty_image"),
-    ({"content": b""}, 400, "empty_body"),
-    ({"content": b"just text", "headers": {"content-type": "text/plain"}}, 415,
-     "unsupported_media_type"),
-    ({"content": b"just text", "headers": {"content-type": "image/png"}}, 415,
-     "unsupported_media_type"),
-    ({"content": b"<svg xmlns='http://www.w3.org/2000/svg'/>",
-      "headers": {"content-type": "image/svg+xml"}}, 415, "unsupported_media_type"),
-    ({"files": {"picture": ("d.png", b"x", "image/png")}}, 400, "missing_field"),
-    ({"files": {"image": ("d.png", b"", "image/png")}}, 400, "empty_image"),
-    ({"data": {"image": "not a file"}, "files": {"other": ("a", b"b")}}, 400, "invalid_field"),
-    ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400,
-     "invalid_json"),
-    ({"json": ["image"]}, 400, "invalid_json"),
-    ({"json": {"img": "abc"}}, 400, "missing_field"),
-    ({"json": {"image": "abc", "extra": 1}}, 400, "unknown_field"),
-    ({"json": {"image": "!!!not base64!!!"}}, 400, "invalid_base64"),
-    ({"json": {"image": "data:text/plain;base64,aGVsbG8="}}, 415, "unsupported_media_type"),
-    ({"json": {"image": "data:image/png,rawtext"}}, 400, "invalid_base64"),
-    ({"json": {"image": "aGVsbG8=", "top_k": 0}}, 422, "validation_error"),
-])
+@pytest.mark.parametrize(
+    "kwargs, status, code",
+    [
+        ({"content": b"", "headers": {"content-type": "image/png"}}, 400, "empty_image"),
+        ({"content": b""}, 400, "empty_body"),
+        (
+            {"content": b"just text", "headers": {"content-type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            {"content": b"just text", "headers": {"content-type": "image/png"}},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            {
+                "content": b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+                "headers": {"content-type": "image/svg+xml"},
+            },
+            415,
+            "unsupported_media_type",
+        ),
+        ({"files": {"picture": ("d.png", b"x", "image/png")}}, 400, "missing_field"),
+        ({"files": {"image": ("d.png", b"", "image/png")}}, 400, "empty_image"),
+        ({"data": {"image": "not a file"}, "files": {"other": ("a", b"b")}}, 400, "invalid_field"),
+        (
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+            "invalid_json",
+        ),
+        ({"json": ["image"]}, 400, "invalid_json"),
+        ({"json": {"img": "abc"}}, 400, "missing_field"),
+        ({"json": {"image": "abc", "extra": 1}}, 400, "unknown_field"),
+        ({"json": {"image": "!!!not base64!!!"}}, 400, "invalid_base64"),
+        ({"json": {"image": "data:text/plain;base64,aGVsbG8="}}, 415, "unsupported_media_type"),
+        ({"json": {"image": "data:image/png,rawtext"}}, 400, "invalid_base64"),
+        ({"json": {"image": "aGVsbG8=", "top_k": 0}}, 422, "validation_error"),
+    ],
+)
 def test_bad_requests(client: TestClient, kwargs: dict, status: int, code: str) -> None:
     assert_error(client.post(PREDICT, **kwargs), status, code)
 
@@ -141,8 +166,7 @@ def test_bad_requests(client: TestClient, kwargs: dict, status: int, code: str) 
 @pytest.mark.parametrize("query", ["top_k=0", "top_k=11", "top_k=three", "include_input=maybe"])
 def test_bad_query_parameters(client: TestClient, query: str) -> None:
     png = encode(Image.fromarray(stroke_image()))
-    response = client.post(f"{PREDICT}?{query}", content=png,
-                           headers={"content-type": "image/png"})
+    response = client.post(f"{PREDICT}?{query}", content=png, headers={"content-type": "image/png"})
     assert_error(response, 422, "validation_error")
 
 
@@ -154,22 +178,27 @@ def test_damaged_images(client: TestClient) -> None:
 
 
 def test_blank_image(client: TestClient) -> None:
-    response = client.post(PREDICT, content=encode(Image.new("L", (280, 280), 255)),
-                           headers={"content-type": "image/png"})
+    response = client.post(
+        PREDICT,
+        content=encode(Image.new("L", (280, 280), 255)),
+        headers={"content-type": "image/png"},
+    )
     assert_error(response, 422, "blank_image")
 
 
 def test_decompression_bomb(client: TestClient) -> None:
-    response = client.post(PREDICT, content=png_header_only(50000, 50000),
-                           headers={"content-type": "image/png"})
+    response = client.post(
+        PREDICT, content=png_header_only(50000, 50000), headers={"content-type": "image/png"}
+    )
     assert_error(response, 413, "image_too_large")
 
 
 def test_body_over_the_limit(tmp_path: Path, predictor: Predictor) -> None:
     settings = Settings(home=tmp_path, max_upload_bytes=4096)
     with TestClient(create_app(settings, predictor)) as small:
-        response = small.post(PREDICT, content=b"\0" * 100_000,
-                              headers={"content-type": "image/png"})
+        response = small.post(
+            PREDICT, content=b"\0" * 100_000, headers={"content-type": "image/png"}
+        )
     assert_error(response, 413, "payload_too_large")
 
 
@@ -211,8 +240,11 @@ def test_not_ready_without_a_model(tmp_path: Path) -> None:
 def test_openapi_documents_every_route_and_error(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     predict = spec["paths"][PREDICT]["post"]
-    assert set(predict["requestBody"]["content"]) >= {"multipart/form-data", "image/png",
-                                                      "application/json"}
+    assert set(predict["requestBody"]["content"]) >= {
+        "multipart/form-data",
+        "image/png",
+        "application/json",
+    }
     assert {"200", "400", "413", "415", "422", "429"} <= set(predict["responses"])
     assert {"/api/v1/model", "/healthz", "/readyz"} <= set(spec["paths"])
 
@@ -238,8 +270,12 @@ def test_concurrent_requests_share_batches(client: TestClient) -> None:
 
     png = encode(Image.fromarray(stroke_image()))
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: client.post(
-            PREDICT, content=png, headers={"content-type": "image/png"}), range(32)))
+        results = list(
+            pool.map(
+                lambda _: client.post(PREDICT, content=png, headers={"content-type": "image/png"}),
+                range(32),
+            )
+        )
     assert all(r.status_code == 200 for r in results)
     assert len({json.dumps(r.json()["top"]) for r in results}) == 1  # same answer each time
     batcher = client.app.state.service.batcher  # type: ignore[attr-defined]

@@ -17,8 +17,17 @@ from digitrec.registry import ModelEntry
 from tests.conftest import MNIST_CACHE, encode, mnist_png, stroke_image
 
 SUBCOMMANDS = [
-    ["data", "fetch"], ["data", "info"], ["train"], ["evaluate"], ["predict"], ["serve"],
-    ["models", "list"], ["models", "show"], ["export"], ["keys", "create"], ["keys", "list"],
+    ["data", "fetch"],
+    ["data", "info"],
+    ["train"],
+    ["evaluate"],
+    ["predict"],
+    ["serve"],
+    ["models", "list"],
+    ["models", "show"],
+    ["export"],
+    ["keys", "create"],
+    ["keys", "list"],
     ["keys", "revoke"],
 ]
 
@@ -33,14 +42,25 @@ def test_every_subcommand_has_help(words: list[str], capsys: pytest.CaptureFixtu
     assert len(out.splitlines()) > 4
 
 
-def run(*args: str, home: Path, extra_env: dict[str, str] | None = None
-        ) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, home: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     import os
 
-    env = {**os.environ, "DIGITREC_HOME": str(home), "DIGITREC_DATA_DIR": str(MNIST_CACHE),
-           **(extra_env or {})}
-    return subprocess.run([sys.executable, "-m", "digitrec.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    env = {
+        **os.environ,
+        "DIGITREC_HOME": str(home),
+        "DIGITREC_DATA_DIR": str(MNIST_CACHE),
+        **(extra_env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "digitrec.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
@@ -60,13 +80,23 @@ def test_predict_answers_good_files_and_reports_bad_ones(tmp_path: Path, mnist) 
     broken.write_bytes(good.read_bytes()[:100])
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    done = run("predict", str(good), str(broken), str(text), str(tmp_path / "missing.png"),
-               "--json", home=tmp_path)
+    done = run(
+        "predict",
+        str(good),
+        str(broken),
+        str(text),
+        str(tmp_path / "missing.png"),
+        "--json",
+        home=tmp_path,
+    )
     assert done.returncode == 1
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r.get("digit") for r in rows] == [int(mnist.test_labels[0]), None, None, None]
-    assert [r["error"]["code"] for r in rows[1:]] == ["invalid_image", "unsupported_media_type",
-                                                      "file_not_found"]
+    assert [r["error"]["code"] for r in rows[1:]] == [
+        "invalid_image",
+        "unsupported_media_type",
+        "file_not_found",
+    ]
     plain = run("predict", str(good), str(broken), home=tmp_path)
     assert plain.returncode == 1
     assert plain.stdout.startswith(f"{good}: {mnist.test_labels[0]}   top: ")
@@ -88,8 +118,7 @@ def test_missing_model_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncate", "tamper"])
-def test_corrupt_model_is_one_line(tmp_path: Path, bundled_entry: ModelEntry,
-                                   damage: str) -> None:
+def test_corrupt_model_is_one_line(tmp_path: Path, bundled_entry: ModelEntry, damage: str) -> None:
     models = tmp_path / "models"
     copy = models / bundled_entry.name / bundled_entry.version
     shutil.copytree(bundled_entry.path, copy)
@@ -100,24 +129,45 @@ def test_corrupt_model_is_one_line(tmp_path: Path, bundled_entry: ModelEntry,
     img = tmp_path / "x.png"
     img.write_bytes(encode(Image.fromarray(stroke_image())))
     for backend in ("onnx", "torch"):
-        line = one_line_error(run("predict", str(img), "--backend", backend, "--models-dir",
-                                  str(models), "--model", bundled_entry.ref, home=tmp_path))
+        line = one_line_error(
+            run(
+                "predict",
+                str(img),
+                "--backend",
+                backend,
+                "--models-dir",
+                str(models),
+                "--model",
+                bundled_entry.ref,
+                home=tmp_path,
+            )
+        )
         assert "does not match its manifest" in line
-    line = one_line_error(run("serve", "--port", "0", "--models-dir", str(models), "--model",
-                              bundled_entry.ref, home=tmp_path))
+    line = one_line_error(
+        run(
+            "serve",
+            "--port",
+            "0",
+            "--models-dir",
+            str(models),
+            "--model",
+            bundled_entry.ref,
+            home=tmp_path,
+        )
+    )
     assert "does not match its manifest" in line
 
 
 def test_invalid_setting_is_one_line(tmp_path: Path) -> None:
     line = one_line_error(run("train", "--epochs", "0", home=tmp_path))
     assert "epochs" in line
-    line = one_line_error(run("models", "list", home=tmp_path,
-                              extra_env={"DIGITREC_TOP_K": "99"}))
+    line = one_line_error(run("models", "list", home=tmp_path, extra_env={"DIGITREC_TOP_K": "99"}))
     assert "top_k" in line
 
 
-def test_models_list_and_show(tmp_path: Path, bundled_entry: ModelEntry,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_list_and_show(
+    tmp_path: Path, bundled_entry: ModelEntry, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["models", "list", "--home", str(tmp_path), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     shipped = next(m for m in listed if m["version"] == bundled_entry.version)

@@ -37,6 +37,9 @@ def test_shipped_model_was_made_by_the_default_recipe(bundled_entry: ModelEntry)
 
     defaults = Settings(_env_file=None).training_dict()
     stored = bundled_entry.manifest["settings"]
-    differing = {k for k in defaults if k not in ("device", "threads", "name")
-                 and stored.get(k) != defaults[k]}
+    differing = {
+        k
+        for k in defaults
+        if k not in ("device", "threads", "name") and stored.get(k) != defaults[k]
+    }
     assert not differing, {k: (stored.get(k), defaults[k]) for k in differing}

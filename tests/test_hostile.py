@@ -28,8 +28,10 @@ LIMIT = 1024 * 1024  # the server under test accepts bodies up to 1 MiB
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("hostile"), env={
-        "DIGITREC_RATE_LIMIT_PER_MINUTE": "0", "DIGITREC_MAX_UPLOAD_BYTES": str(LIMIT)})
+    live = LiveServer(
+        tmp_path_factory.mktemp("hostile"),
+        env={"DIGITREC_RATE_LIMIT_PER_MINUTE": "0", "DIGITREC_MAX_UPLOAD_BYTES": str(LIMIT)},
+    )
     try:
         live.wait_ready()
         yield live
@@ -64,7 +66,7 @@ def animated_gif() -> bytes:
 
 
 def sixteen_bit_png() -> bytes:
-    a = (stroke_image().astype(np.uint16) * 257)
+    a = stroke_image().astype(np.uint16) * 257
     return encode(Image.fromarray(a))  # uint16 -> mode I;16
 
 
@@ -78,44 +80,108 @@ def b64(raw: bytes) -> str:
 
 # (name, request kwargs, expected status, expected error code or expected digit)
 CASES = [
-    ("empty body", {"content": b"", "headers": {"content-type": "image/png"}}, 400,
-     "empty_image"),
+    ("empty body", {"content": b"", "headers": {"content-type": "image/png"}}, 400, "empty_image"),
     ("0-byte file", {"files": {"image": ("x.png", b"", "image/png")}}, 400, "empty_image"),
-    ("plain text", {"content": b"hello world", "headers": {"content-type": "text/plain"}}, 415,
-     "unsupported_media_type"),
-    ("text posing as png", {"content": b"hello world", "headers": {"content-type": "image/png"}},
-     415, "unsupported_media_type"),
-    ("truncated png", {"content": digit_png()[:200], "headers": {"content-type": "image/png"}},
-     422, "invalid_image"),
-    ("png with bad crc", {"content": bad_crc_png(), "headers": {"content-type": "image/png"}},
-     422, "invalid_image"),
-    ("decompression bomb", {"content": png_header_only(40000, 40000),
-                            "headers": {"content-type": "image/png"}}, 413, "image_too_large"),
-    ("1x1 image", {"content": encode(Image.new("L", (1, 1), 0)),
-                   "headers": {"content-type": "image/png"}}, 422, "blank_image"),
-    ("svg", {"content": b'<svg xmlns="http://www.w3.org/2000/svg"><path d="M0 0L9 9"/></svg>',
-             "headers": {"content-type": "image/svg+xml"}}, 415, "unsupported_media_type"),
-    ("animated gif", {"content": animated_gif(), "headers": {"content-type": "image/gif"}}, 200,
-     1),
-    ("tiff", {"content": encode(Image.fromarray(stroke_image()), "TIFF"),
-              "headers": {"content-type": "image/tiff"}}, 200, 1),
-    ("16-bit png", {"content": sixteen_bit_png(), "headers": {"content-type": "image/png"}},
-     200, 1),
+    (
+        "plain text",
+        {"content": b"hello world", "headers": {"content-type": "text/plain"}},
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "text posing as png",
+        {"content": b"hello world", "headers": {"content-type": "image/png"}},
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "truncated png",
+        {"content": digit_png()[:200], "headers": {"content-type": "image/png"}},
+        422,
+        "invalid_image",
+    ),
+    (
+        "png with bad crc",
+        {"content": bad_crc_png(), "headers": {"content-type": "image/png"}},
+        422,
+        "invalid_image",
+    ),
+    (
+        "decompression bomb",
+        {"content": png_header_only(40000, 40000), "headers": {"content-type": "image/png"}},
+        413,
+        "image_too_large",
+    ),
+    (
+        "1x1 image",
+        {"content": encode(Image.new("L", (1, 1), 0)), "headers": {"content-type": "image/png"}},
+        422,
+        "blank_image",
+    ),
+    (
+        "svg",
+        {
+            "content": b'<svg xmlns="http://www.w3.org/2000/svg"><path d="M0 0L9 9"/></svg>',
+            "headers": {"content-type": "image/svg+xml"},
+        },
+        415,
+        "unsupported_media_type",
+    ),
+    ("animated gif", {"content": animated_gif(), "headers": {"content-type": "image/gif"}}, 200, 1),
+    (
+        "tiff",
+        {
+            "content": encode(Image.fromarray(stroke_image()), "TIFF"),
+            "headers": {"content-type": "image/tiff"},
+        },
+        200,
+        1,
+    ),
+    (
+        "16-bit png",
+        {"content": sixteen_bit_png(), "headers": {"content-type": "image/png"}},
+        200,
+        1,
+    ),
     ("cmyk jpeg", {"content": cmyk_jpeg(), "headers": {"content-type": "image/jpeg"}}, 200, 1),
-    ("exif-rotated jpeg", {"content": exif_rotated_jpeg(),
-                           "headers": {"content-type": "image/jpeg"}}, 200, 1),
+    (
+        "exif-rotated jpeg",
+        {"content": exif_rotated_jpeg(), "headers": {"content-type": "image/jpeg"}},
+        200,
+        1,
+    ),
     ("invalid base64", {"json": {"image": "###"}}, 400, "invalid_base64"),
-    ("data url, not an image", {"json": {"image": "data:application/pdf;base64," + b64(b"%PDF")}},
-     415, "unsupported_media_type"),
-    ("invalid json", {"content": b'{"image": ', "headers": {"content-type": "application/json"}},
-     400, "invalid_json"),
+    (
+        "data url, not an image",
+        {"json": {"image": "data:application/pdf;base64," + b64(b"%PDF")}},
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "invalid json",
+        {"content": b'{"image": ', "headers": {"content-type": "application/json"}},
+        400,
+        "invalid_json",
+    ),
     ("wrong field name (json)", {"json": {"picture": b64(digit_png())}}, 400, "missing_field"),
-    ("wrong field name (form)", {"files": {"file": ("x.png", digit_png(), "image/png")}}, 400,
-     "missing_field"),
-    ("top_k out of range", {"content": digit_png(), "params": {"top_k": 99},
-                            "headers": {"content-type": "image/png"}}, 422, "validation_error"),
-    ("top_k in json out of range", {"json": {"image": b64(digit_png()), "top_k": -1}}, 422,
-     "validation_error"),
+    (
+        "wrong field name (form)",
+        {"files": {"file": ("x.png", digit_png(), "image/png")}},
+        400,
+        "missing_field",
+    ),
+    (
+        "top_k out of range",
+        {"content": digit_png(), "params": {"top_k": 99}, "headers": {"content-type": "image/png"}},
+        422,
+        "validation_error",
+    ),
+    (
+        "top_k in json out of range",
+        {"json": {"image": b64(digit_png()), "top_k": -1}},
+        422,
+        "validation_error",
+    ),
 ]
 
 
@@ -148,12 +214,24 @@ def test_hostile_inputs_get_specific_answers_quickly(server: LiveServer) -> None
     assert after - before < 20 * 1024 * 1024, f"memory grew by {(after - before) >> 20} MiB"
 
 
+def read_response(sock: socket.socket, answer: bytes = b"") -> bytes:
+    """Read until the JSON body has started (headers and body may be separate packets)."""
+    sock.settimeout(5)
+    while b"\r\n\r\n{" not in answer:
+        more = sock.recv(4096)
+        if not more:
+            break
+        answer += more
+    return answer
+
+
 def test_oversized_body_is_refused_while_streaming(server: LiveServer) -> None:
     """A chunked body far over the limit gets 413 long before it is all sent."""
-    host, port = "127.0.0.1", server.port
-    with socket.create_connection((host, port), timeout=10) as sock:
-        sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         chunk = b"\0" * 65536
         sent = 0
         answer = b""
@@ -167,12 +245,7 @@ def test_oversized_body_is_refused_while_streaming(server: LiveServer) -> None:
                 continue
             except (BrokenPipeError, ConnectionResetError):
                 break
-        sock.settimeout(5)
-        while b"\r\n\r\n{" not in answer:  # headers and body may come in separate packets
-            more = sock.recv(4096)
-            if not more:
-                break
-            answer += more
+        answer = read_response(sock, answer)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"payload_too_large" in answer
     assert sent < 8 * LIMIT, f"the server read {sent >> 20} MiB before refusing"
@@ -180,9 +253,11 @@ def test_oversized_body_is_refused_while_streaming(server: LiveServer) -> None:
 
 def test_declared_oversized_body_is_refused_before_reading(server: LiveServer) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                     b"Content-Length: 999999999\r\n\r\n")
-        answer = sock.recv(4096)
+        sock.sendall(
+            b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 999999999\r\n\r\n"
+        )
+        answer = read_response(sock)
     assert answer.startswith(b"HTTP/1.1 413") and b"payload_too_large" in answer
 
 
@@ -198,22 +273,30 @@ def test_fuzz_finds_no_server_error_or_schema_violation(server: LiveServer) -> N
     assert {op.path for op in operations} >= {PREDICT, "/api/v1/model", "/readyz"}
     modes = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
     calls: list[tuple[str, str]] = []
+
+    def fuzz(operation, mode):  # type: ignore[no-untyped-def]
+        @given(case=operation.as_strategy(mode))
+        @settings(
+            max_examples=100,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def check(case) -> None:  # type: ignore[no-untyped-def]
+            # A schema-valid image may still be blank or damaged (422): semantics, not
+            # schema, so "positive data acceptance" does not apply; every other check does.
+            calls.append((operation.path, mode.value))
+            case.call_and_validate(
+                base_url=server.url, excluded_checks=[openapi_checks.positive_data_acceptance]
+            )
+
+        return check
+
     for operation in operations:
         for mode in modes:
-
-            @given(case=operation.as_strategy(mode))
-            @settings(max_examples=100, deadline=None, derandomize=True, database=None,
-                      suppress_health_check=list(HealthCheck))
-            def check(case) -> None:  # type: ignore[no-untyped-def]
-                # A schema-valid image may still be blank or damaged (422): semantics, not
-                # schema, so "positive data acceptance" does not apply; every other check does.
-                calls.append((operation.path, mode.value))
-                case.call_and_validate(
-                    base_url=server.url,
-                    excluded_checks=[openapi_checks.positive_data_acceptance])
-
             try:
-                check()
+                fuzz(operation, mode)()
             except Unsatisfiable:
                 assert mode is schemathesis.GenerationMode.NEGATIVE  # nothing to break: no input
     assert calls.count((PREDICT, "negative")) >= 50 and calls.count((PREDICT, "positive")) >= 50

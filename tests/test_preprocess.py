@@ -120,8 +120,9 @@ def test_animated_gif_uses_the_first_frame() -> None:
     second = Image.fromarray(stroke_image(box=(20, 120, 260, 150)))
     buffer = io.BytesIO()
     first.save(buffer, "GIF", save_all=True, append_images=[second], duration=100, loop=0)
-    assert np.array_equal(preprocess_bytes(buffer.getvalue()).image,
-                          preprocess_bytes(encode(first, "GIF")).image)
+    assert np.array_equal(
+        preprocess_bytes(buffer.getvalue()).image, preprocess_bytes(encode(first, "GIF")).image
+    )
 
 
 def test_uneven_lighting_and_noise_are_removed() -> None:
@@ -162,11 +163,14 @@ def test_empty_bytes() -> None:
     assert info.value.code == "empty_image"
 
 
-@pytest.mark.parametrize("raw", [
-    b"hello, this is text",
-    b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>',
-    b"%PDF-1.4\n",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"hello, this is text",
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>',
+        b"%PDF-1.4\n",
+    ],
+)
 def test_non_images_are_unsupported(raw: bytes) -> None:
     with pytest.raises(UnsupportedMediaType):
         decode(raw)
@@ -188,12 +192,22 @@ def test_png_with_bad_crc_is_invalid() -> None:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG that declares a huge size (a decompression bomb's header)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:

@@ -18,7 +18,9 @@ def write_file(content: bytes):  # type: ignore[no-untyped-def]
 
 def save(registry: Registry, name: str, version: str, created: str, **extra: object):  # type: ignore[no-untyped-def]
     manifest = {"architecture": {"name": "digitnet", "args": {}}, "created_at": created, **extra}
-    return registry.save(name, version, manifest, {"model.safetensors": write_file(b"w" + version.encode())})
+    return registry.save(
+        name, version, manifest, {"model.safetensors": write_file(b"w" + version.encode())}
+    )
 
 
 def test_round_trip_and_listing(tmp_path: Path) -> None:
@@ -77,8 +79,9 @@ def test_unreadable_manifest_is_skipped_in_listing(tmp_path: Path) -> None:
         registry.list(include_invalid=True)
 
 
-@pytest.mark.parametrize("ref", ["../etc", "a/b", "..", "m:../../x", ".hidden", "a b", "x" * 65,
-                                 "m:v1/../../", "/abs"])
+@pytest.mark.parametrize(
+    "ref", ["../etc", "a/b", "..", "m:../../x", ".hidden", "a b", "x" * 65, "m:v1/../../", "/abs"]
+)
 def test_references_cannot_leave_the_registry(tmp_path: Path, ref: str) -> None:
     registry = Registry(tmp_path, extra_roots=())
     save(registry, "m", "v1", "2026")

@@ -22,14 +22,16 @@ PNG = encode(Image.fromarray(stroke_image()))
 
 
 def post(client: TestClient, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    return client.post(PREDICT, content=PNG, headers={"content-type": "image/png",
-                                                      **(headers or {})})
+    return client.post(
+        PREDICT, content=PNG, headers={"content-type": "image/png", **(headers or {})}
+    )
 
 
 @pytest.fixture
 def keyed(tmp_path: Path, predictor: Predictor) -> Iterator[tuple[TestClient, KeyStore]]:
-    settings = Settings(home=tmp_path, require_api_key=True, rate_limit_per_minute=0,
-                        web_rate_limit_per_minute=0)
+    settings = Settings(
+        home=tmp_path, require_api_key=True, rate_limit_per_minute=0, web_rate_limit_per_minute=0
+    )
     store = KeyStore(settings.keys_path)
     with TestClient(create_app(settings, predictor)) as client:
         yield client, store
@@ -40,7 +42,7 @@ def test_keys_off_by_default(client: TestClient) -> None:
 
 
 def test_key_required_when_on(keyed: tuple[TestClient, KeyStore]) -> None:
-    client, store = keyed
+    client, _ = keyed
     response = post(client)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "api_key_required"
@@ -115,8 +117,9 @@ def test_each_key_has_its_own_bucket(tmp_path: Path, predictor: Predictor) -> No
 
 
 def test_web_visitors_have_their_own_limit(tmp_path: Path, predictor: Predictor) -> None:
-    settings = Settings(home=tmp_path, require_api_key=True, web_rate_limit_per_minute=30,
-                        rate_limit_per_minute=0)
+    settings = Settings(
+        home=tmp_path, require_api_key=True, web_rate_limit_per_minute=30, rate_limit_per_minute=0
+    )
     with TestClient(create_app(settings, predictor)) as client:
         token = client.get("/web/token").json()["token"]
         codes = [post(client, {"X-Web-Token": token}).status_code for _ in range(8)]
@@ -136,8 +139,9 @@ def test_limiter_refills_and_stays_bounded() -> None:
     assert len(limiter.buckets) == 3
 
 
-def test_cors_is_off_unless_configured(client: TestClient, tmp_path: Path,
-                                       predictor: Predictor) -> None:
+def test_cors_is_off_unless_configured(
+    client: TestClient, tmp_path: Path, predictor: Predictor
+) -> None:
     origin = {"Origin": "https://elsewhere.example"}
     assert "access-control-allow-origin" not in client.get("/healthz", headers=origin).headers
     settings = Settings(home=tmp_path, cors_origins=["https://elsewhere.example"])
@@ -156,8 +160,9 @@ def test_no_stack_traces_in_responses(tmp_path: Path, predictor: Predictor) -> N
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.get("/boom")
     assert response.status_code == 500
-    assert response.json() == {"error": {"code": "internal_error",
-                                         "message": "the server failed to answer; it was logged"}}
+    assert response.json() == {
+        "error": {"code": "internal_error", "message": "the server failed to answer; it was logged"}
+    }
     assert "secret internals" not in response.text and "Traceback" not in response.text
 
 

@@ -34,9 +34,13 @@ except Exception as exc:
 
 
 def test_serving_needs_no_pytorch(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", SCRIPT,
-                           str(GOLDEN / "canvas_transparent_7.png"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(GOLDEN / "canvas_transparent_7.png"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "7"

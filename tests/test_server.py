@@ -26,8 +26,9 @@ def test_every_input_route_over_http(live_server: LiveServer) -> None:
             http.post(PREDICT, files={"image": ("seven.png", raw, "image/png")}),
             http.post(PREDICT, content=raw, headers={"content-type": "image/png"}),
             http.post(PREDICT, json={"image": base64.b64encode(raw).decode()}),
-            http.post(PREDICT, json={"image": "data:image/png;base64,"
-                                     + base64.b64encode(raw).decode()}),
+            http.post(
+                PREDICT, json={"image": "data:image/png;base64," + base64.b64encode(raw).decode()}
+            ),
         ]
         for response in answers:
             assert response.status_code == 200, response.text
@@ -41,8 +42,11 @@ def test_every_input_route_over_http(live_server: LiveServer) -> None:
 
 def test_golden_photo_over_http(live_server: LiveServer) -> None:
     with httpx.Client(base_url=live_server.url, timeout=10) as http:
-        response = http.post(PREDICT, content=(GOLDEN / "photo_paper_3.jpg").read_bytes(),
-                             headers={"content-type": "image/jpeg"})
+        response = http.post(
+            PREDICT,
+            content=(GOLDEN / "photo_paper_3.jpg").read_bytes(),
+            headers={"content-type": "image/jpeg"},
+        )
     assert response.status_code == 200 and response.json()["digit"] == 3
 
 
@@ -54,8 +58,9 @@ def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
 
         def one(_: int) -> int:
             with httpx.Client(base_url=server.url, timeout=20) as http:
-                return http.post(PREDICT, content=raw,
-                                 headers={"content-type": "image/jpeg"}).status_code
+                return http.post(
+                    PREDICT, content=raw, headers={"content-type": "image/jpeg"}
+                ).status_code
 
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(one, i) for i in range(48)]

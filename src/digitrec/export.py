@@ -27,14 +27,21 @@ OPSET = 18
 
 def export_onnx_file(model: nn.Module, path: Path) -> None:
     """Write ``model`` (eval mode, float32, dynamic batch) as ONNX to ``path``."""
-    model = model.eval().float().to("cpu", memory_format=torch.contiguous_format)
+    model = model.eval().float().to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     example = (torch.zeros(2, 1, 28, 28),)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with _quiet_exporter():
         program = torch.onnx.export(
-            model, example, dynamo=True, verbose=False, opset_version=OPSET,
-            input_names=["input"], output_names=["logits"],
-            dynamic_shapes={"x": {0: batch}}, external_data=False)
+            model,
+            example,
+            dynamo=True,
+            verbose=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}},
+            external_data=False,
+        )
     if program is None:  # pragma: no cover - only the legacy exporter returns None
         raise ModelInvalid("ONNX export produced nothing")
     program.save(str(path), external_data=False)
@@ -63,8 +70,9 @@ def verify_onnx(model: nn.Module, path: Path, tolerance: float = TOLERANCE) -> f
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise DependencyMissing("onnxruntime is needed to check the export: "
-                                "pip install 'digitrec[serve]'") from exc
+        raise DependencyMissing(
+            "onnxruntime is needed to check the export: pip install 'digitrec[serve]'"
+        ) from exc
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
@@ -80,7 +88,7 @@ def verify_onnx(model: nn.Module, path: Path, tolerance: float = TOLERANCE) -> f
     return worst
 
 
-def onnx_writer(model: nn.Module) -> Callable[[Path], None]:
+def onnx_writer(model: nn.Module) -> Callable[[Path], object]:
     """A registry file writer that exports a copy of ``model`` (training state untouched)."""
 
     def write(path: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import threading
 from dataclasses import dataclass
@@ -54,15 +53,19 @@ class KeyStore:
 
     def _save(self, keys: list[dict[str, Any]]) -> None:
         atomic_write_json(self.path, {"keys": keys})
-        os.chmod(self.path, 0o600)
+        self.path.chmod(0o600)
 
     def create(self, name: str) -> tuple[str, str]:
         """Create a key; return ``(id, secret)``. The secret is not stored anywhere."""
         secret = PREFIX + secrets.token_urlsafe(32)
         key_id = "key_" + secrets.token_hex(4)
-        record = {"id": key_id, "name": name, "sha256": hash_key(secret),
-                  "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                  "revoked_at": None}
+        record = {
+            "id": key_id,
+            "name": name,
+            "sha256": hash_key(secret),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "revoked_at": None,
+        }
         self._save([*self._load(), record])
         return key_id, secret
 
@@ -74,14 +77,17 @@ class KeyStore:
         if not any(k["id"] == key_id for k in keys):
             raise NotFound(f"no API key with id {key_id!r}", code="key_not_found")
         now = datetime.now(UTC).isoformat(timespec="seconds")
-        self._save([{**k, "revoked_at": k["revoked_at"] or now} if k["id"] == key_id else k
-                    for k in keys])
+        self._save(
+            [{**k, "revoked_at": k["revoked_at"] or now} if k["id"] == key_id else k for k in keys]
+        )
 
     def authenticate(self, secret: str | None) -> ApiKey:
         """The key record for ``secret``; 401 if unknown or missing, 403 if revoked."""
         if not secret:
-            raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>' or "
-                               "'X-API-Key: <key>'", code="api_key_required")
+            raise Unauthorized(
+                "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                code="api_key_required",
+            )
         presented = hash_key(secret)
         match = None
         for record in self._load():  # compare with every record: no early exit

@@ -69,15 +69,23 @@ class DigitNet(nn.Module):
     overfitting MNIST. Spatial sizes: 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4.
     """
 
-    def __init__(self, widths: tuple[int, int] | list[int] = (32, 64), hidden: int = 128,
-                 dropout: float = 0.4) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, int] | list[int] = (32, 64),
+        hidden: int = 128,
+        dropout: float = 0.4,
+    ) -> None:
         super().__init__()
         self.args = {"widths": list(widths), "hidden": hidden, "dropout": dropout}
         w1, w2 = widths
         self.features = nn.Sequential(
-            conv_bn(1, w1, 3), conv_bn(w1, w1, 3), conv_bn(w1, w1, 5, stride=2, padding=2),
+            conv_bn(1, w1, 3),
+            conv_bn(w1, w1, 3),
+            conv_bn(w1, w1, 5, stride=2, padding=2),
             nn.Dropout(dropout),
-            conv_bn(w1, w2, 3), conv_bn(w2, w2, 3), conv_bn(w2, w2, 5, stride=2, padding=2),
+            conv_bn(w1, w2, 3),
+            conv_bn(w2, w2, 3),
+            conv_bn(w2, w2, 5, stride=2, padding=2),
             nn.Dropout(dropout),
         )
         side = self._feature_side()
@@ -109,10 +117,16 @@ class TutorialNet(nn.Module):
         super().__init__()
         self.args = {"dropout1": dropout1, "dropout2": dropout2}
         self.net = nn.Sequential(
-            nn.Conv2d(1, 32, 3), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, 3), nn.ReLU(inplace=True),
-            nn.MaxPool2d(2), nn.Dropout(dropout1), nn.Flatten(),
-            nn.LazyLinear(128), nn.ReLU(inplace=True), nn.Dropout(dropout2),
+            nn.Conv2d(1, 32, 3),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 3),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Dropout(dropout1),
+            nn.Flatten(),
+            nn.LazyLinear(128),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout2),
             nn.Linear(128, NUM_CLASSES),
         )
         self.net(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE))  # materialise the lazy layer

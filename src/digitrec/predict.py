@@ -60,8 +60,10 @@ def _import_torch() -> Any:
     try:
         import torch
     except ImportError as exc:
-        raise DependencyMissing("PyTorch is not installed: pip install 'digitrec[train]', "
-                                "or use the ONNX model with --backend onnx") from exc
+        raise DependencyMissing(
+            "PyTorch is not installed: pip install 'digitrec[train]', "
+            "or use the ONNX model with --backend onnx"
+        ) from exc
     return torch
 
 
@@ -103,15 +105,17 @@ class OnnxBackend:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise DependencyMissing("ONNX Runtime is not installed: "
-                                    "pip install 'digitrec[serve]'") from exc
+            raise DependencyMissing(
+                "ONNX Runtime is not installed: pip install 'digitrec[serve]'"
+            ) from exc
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(entry.file(ONNX)), options,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(entry.file(ONNX)), options, providers=["CPUExecutionProvider"]
+            )
         except ModelInvalid:
             raise
         except Exception as exc:  # onnxruntime raises its own untyped errors
@@ -149,11 +153,16 @@ def default_threads(workers: int = 1) -> int:
 class Predictor:
     """A loaded, verified model and the one way to turn images into answers."""
 
-    def __init__(self, entry: ModelEntry, backend: str = "auto", threads: int | None = None,
-                 limits: Limits = Limits()) -> None:
+    def __init__(
+        self,
+        entry: ModelEntry,
+        backend: str = "auto",
+        threads: int | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         self.entry = entry
         self.spec = entry.preprocessing
-        self.limits = limits
+        self.limits = limits or Limits()
         self.backend = choose_backend(entry, backend, threads)
         self.predict_batch(np.zeros((1, 1, self.spec.size, self.spec.size), np.float32))  # warm up
         log.info("loaded model %s on %s", entry.ref, self.backend.name)
@@ -180,18 +189,25 @@ class Predictor:
     def preprocess(self, raw: bytes) -> Preprocessed:
         return preprocess_bytes(raw, self.spec, self.limits)
 
-    def answer(self, pre: Preprocessed, probs: np.ndarray, top_k: int,
-               started: float) -> Prediction:
+    def answer(
+        self, pre: Preprocessed, probs: np.ndarray, top_k: int, started: float
+    ) -> Prediction:
         """Build the Prediction for one image from its probabilities."""
         if not 1 <= top_k <= len(probs):
-            raise InvalidRequest(f"top_k must be between 1 and {len(probs)}",
-                                 code="validation_error")
+            raise InvalidRequest(
+                f"top_k must be between 1 and {len(probs)}", code="validation_error"
+            )
         order = np.argsort(-probs, kind="stable")[:top_k]
         top = [(int(d), round(float(probs[d]), 6)) for d in order]
         return Prediction(
-            digit=top[0][0], confidence=top[0][1], top=top, model_name=self.name,
-            model_version=self.version, image=pre.image,
-            processing_ms=round((time.perf_counter() - started) * 1000, 3))
+            digit=top[0][0],
+            confidence=top[0][1],
+            top=top,
+            model_name=self.name,
+            model_version=self.version,
+            image=pre.image,
+            processing_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
 
     def predict_bytes(self, raw: bytes, top_k: int = 3) -> Prediction:
         started = time.perf_counter()

@@ -27,8 +27,13 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from digitrec.errors import BlankImage, ImageTooLarge, InvalidImage, InvalidRequest
-from digitrec.errors import UnsupportedMediaType
+from digitrec.errors import (
+    BlankImage,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRequest,
+    UnsupportedMediaType,
+)
 
 # Pillow format names we decode; anything else (SVG, PDF, ICO, PSD, ...) is refused.
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "GIF", "TIFF")  # JPEG covers MPO
@@ -77,7 +82,7 @@ class Preprocessed:
 
 def normalize(x: ArrayT, spec: PreprocessSpec) -> ArrayT:
     """Scale [0, 1] pixels as training did. Works on numpy arrays and torch tensors alike."""
-    return (x - spec.mean) / spec.std  # type: ignore[operator]
+    return (x - spec.mean) / spec.std  # type: ignore[operator, return-value]
 
 
 # --- 1. decode -------------------------------------------------------------------------
@@ -88,12 +93,14 @@ def decode(raw: bytes, limits: Limits = Limits()) -> Image.Image:
     if not raw:
         raise InvalidRequest("the image is empty (0 bytes)", code="empty_image")
     if len(raw) > limits.max_bytes:
-        raise ImageTooLarge(f"the image is {len(raw)} bytes; the limit is {limits.max_bytes}",
-                            code="payload_too_large")
+        raise ImageTooLarge(
+            f"the image is {len(raw)} bytes; the limit is {limits.max_bytes}",
+            code="payload_too_large",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw), formats=SUPPORTED_FORMATS)
+            img: Image.Image = Image.open(io.BytesIO(raw), formats=SUPPORTED_FORMATS)
             _check_size(img, limits)
             if img.format == "JPEG" and img.mode in ("L", "RGB"):
                 img.draft("L", (WORK_SIDE, WORK_SIDE))  # decode at 1/2..1/8 scale, grey
@@ -116,7 +123,8 @@ def _check_size(img: Image.Image, limits: Limits) -> None:
     if max(width, height) > limits.max_side or width * height > limits.max_pixels:
         raise ImageTooLarge(
             f"the image is {width}x{height} pixels; the limits are {limits.max_side} per side "
-            f"and {limits.max_pixels} in all")
+            f"and {limits.max_pixels} in all"
+        )
 
 
 def _short(exc: BaseException) -> str:
@@ -135,7 +143,8 @@ def _to_float_channels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]
         low, high = float(grey.min()), float(grey.max())
         return (grey - low) / (high - low) if high > low else np.zeros_like(grey), None
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        img.mode == "P" and "transparency" in img.info)
+        img.mode == "P" and "transparency" in img.info
+    )
     if img.mode == "1":
         img = img.convert("L")
     if has_alpha:
@@ -174,11 +183,13 @@ def _flatten_lighting(ink: np.ndarray) -> np.ndarray:
     h, w = ink.shape
     scale = 64 / max(h, w)
     small = Image.fromarray(np.rint(np.clip(ink, 0, 1) * 255).astype(np.uint8)).resize(
-        (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX)
+        (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX
+    )
     size = 15  # in the 64-pixel copy: a quarter of the side, wider than any pen stroke
     paper = small.filter(ImageFilter.MinFilter(size)).filter(ImageFilter.MaxFilter(size))
-    paper = paper.filter(ImageFilter.GaussianBlur(size / 2)).resize((w, h),
-                                                                     Image.Resampling.BILINEAR)
+    paper = paper.filter(ImageFilter.GaussianBlur(size / 2)).resize(
+        (w, h), Image.Resampling.BILINEAR
+    )
     return ink - np.asarray(paper, dtype=np.float32) / 255.0
 
 
@@ -240,8 +251,11 @@ def _stretch(ink: np.ndarray, floor: float) -> np.ndarray:
 def _ink_bbox(ink: np.ndarray) -> tuple[int, int, int, int]:
     mask = ink > MARK_LEVEL
     if min(ink.shape) > 96:  # in big images, ignore specks smaller than ~2% of the side
-        opened = Image.fromarray(mask.astype(np.uint8) * 255).filter(
-            ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(3))
+        opened = (
+            Image.fromarray(mask.astype(np.uint8) * 255)
+            .filter(ImageFilter.MinFilter(3))
+            .filter(ImageFilter.MaxFilter(3))
+        )
         opened_mask = np.asarray(opened) > 0
         if opened_mask.sum() >= MIN_INK_PIXELS:
             mask = opened_mask
@@ -273,7 +287,7 @@ def mnist_layout(ink: np.ndarray, spec: PreprocessSpec = PreprocessSpec()) -> np
     centre = spec.size // 2
     y0 = int(np.clip(round(centre - cy), 0, spec.size - new_h))
     x0 = int(np.clip(round(centre - cx), 0, spec.size - new_w))
-    canvas[y0:y0 + new_h, x0:x0 + new_w] = fitted
+    canvas[y0 : y0 + new_h, x0 : x0 + new_w] = fitted
     return canvas
 
 
@@ -289,8 +303,9 @@ def prepare(img: Image.Image, spec: PreprocessSpec = PreprocessSpec()) -> Prepro
     return Preprocessed(tensor=tensor.astype(np.float32), image=image)
 
 
-def preprocess_bytes(raw: bytes, spec: PreprocessSpec = PreprocessSpec(),
-                     limits: Limits = Limits()) -> Preprocessed:
+def preprocess_bytes(
+    raw: bytes, spec: PreprocessSpec = PreprocessSpec(), limits: Limits = Limits()
+) -> Preprocessed:
     """Image file bytes -> model input. The function every caller uses."""
     return prepare(decode(raw, limits), spec)
 

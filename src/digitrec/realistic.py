@@ -45,15 +45,21 @@ def clean_png(digit: np.ndarray, rng: np.random.Generator) -> bytes:
 def off_centre(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     side = 140
     x, y = rng.integers(0, CANVAS - side, size=2)
-    return _encode(_dark_on_light(_on_canvas(_scaled(digit, side), (CANVAS, CANVAS),
-                                             (int(x), int(y)))))
+    return _encode(
+        _dark_on_light(_on_canvas(_scaled(digit, side), (CANVAS, CANVAS), (int(x), int(y))))
+    )
 
 
 def small(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     side = 56
     x, y = rng.integers(20, CANVAS - side - 20, size=2)
-    return _encode(Image.fromarray(np.rint(255 * _on_canvas(
-        _scaled(digit, side), (CANVAS, CANVAS), (int(x), int(y)))).astype(np.uint8)))
+    return _encode(
+        Image.fromarray(
+            np.rint(
+                255 * _on_canvas(_scaled(digit, side), (CANVAS, CANVAS), (int(x), int(y)))
+            ).astype(np.uint8)
+        )
+    )
 
 
 def large(digit: np.ndarray, rng: np.random.Generator) -> bytes:
@@ -101,7 +107,7 @@ def photo(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     ink = _on_canvas(_scaled(digit, side), (w, h), (x, y))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
-    ramp = (np.cos(angle) * xx / w + np.sin(angle) * yy / h)
+    ramp = np.cos(angle) * xx / w + np.sin(angle) * yy / h
     paper = 0.88 - 0.25 * (ramp - ramp.min()) / (np.ptp(ramp) + 1e-6)  # light falls off
     pen = 0.15
     grey = paper * (1 - ink) + pen * ink + rng.normal(0, 0.025, size=(h, w))
@@ -125,9 +131,13 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
 }
 
 
-def realistic_set(images: np.ndarray, labels: np.ndarray, n: int, seed: int = 0
-                  ) -> list[tuple[str, int, bytes]]:
+def realistic_set(
+    images: np.ndarray, labels: np.ndarray, n: int, seed: int = 0
+) -> list[tuple[str, int, bytes]]:
     """``(variant, label, file bytes)`` for the first ``n`` digits in every variant."""
     rng = np.random.default_rng(seed)
-    return [(name, int(labels[i]), make(images[i], rng))
-            for name, make in VARIANTS.items() for i in range(min(n, len(images)))]
+    return [
+        (name, int(labels[i]), make(images[i], rng))
+        for name, make in VARIANTS.items()
+        for i in range(min(n, len(images)))
+    ]

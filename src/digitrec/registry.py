@@ -37,7 +37,9 @@ def check_name(value: str, what: str = "name") -> str:
     if not _NAME_RE.fullmatch(value) or ".." in value:
         raise InvalidRequest(
             f"invalid model {what} {value!r}: use letters, digits, '_', '.' and '-' "
-            "(at most 64 characters)", code="invalid_model_ref")
+            "(at most 64 characters)",
+            code="invalid_model_ref",
+        )
     return value
 
 
@@ -84,14 +86,18 @@ class ModelEntry:
             raise ModelInvalid(f"model {self.ref} has no {filename}", code="model_file_missing")
         path = self.path / filename
         if not path.is_file():
-            raise ModelInvalid(f"model {self.ref}: {filename} is missing from {self.path}",
-                               code="model_file_missing")
+            raise ModelInvalid(
+                f"model {self.ref}: {filename} is missing from {self.path}",
+                code="model_file_missing",
+            )
         digest = sha256_file(path)
         if digest != info.get("sha256"):
             raise ModelInvalid(
                 f"model {self.ref}: {filename} does not match its manifest (sha256 "
                 f"{digest[:12]}..., expected {str(info.get('sha256'))[:12]}...): it was "
-                "truncated or changed", code="model_hash_mismatch")
+                "truncated or changed",
+                code="model_hash_mismatch",
+            )
         return path
 
     def has_file(self, filename: str) -> bool:
@@ -156,15 +162,19 @@ class Registry:
             if not candidates:
                 raise ModelNotFound(
                     "no trained model found: run `digitrec train` or reinstall digitrec "
-                    f"(looked in {', '.join(str(r) for r, _ in self._roots())})")
+                    f"(looked in {', '.join(str(r) for r, _ in self._roots())})"
+                )
             return candidates[-1]
         name, _, version = ref.partition(":") if ":" in ref else ("", "", ref)
         if name:
             check_name(name)
         if version:
             check_name(version, "version")
-        matches = [e for e in self.list()
-                   if (not name or e.name == name) and (not version or e.version == version)]
+        matches = [
+            e
+            for e in self.list()
+            if (not name or e.name == name) and (not version or e.version == version)
+        ]
         if not matches and not name:  # a bare word may be a name rather than a version
             check_name(ref)
             matches = [e for e in self.list() if e.name == ref and not e.dry_run]
@@ -172,8 +182,13 @@ class Registry:
             raise ModelNotFound(f"no model {ref!r} in the registry (see `digitrec models list`)")
         return matches[-1]
 
-    def save(self, name: str, version: str, manifest: dict[str, Any],
-             writers: dict[str, Callable[[Path], None]]) -> ModelEntry:
+    def save(
+        self,
+        name: str,
+        version: str,
+        manifest: dict[str, Any],
+        writers: dict[str, Callable[[Path], object]],
+    ) -> ModelEntry:
         """Write a new model version: each writer fills one file, then the manifest.
 
         File hashes are added to the manifest. The folder appears only when complete.
@@ -191,12 +206,18 @@ class Registry:
             atomic_write_json(tmp / MANIFEST, manifest)
         return ModelEntry(target, manifest)
 
-    def add_file(self, entry: ModelEntry, filename: str, write: Callable[[Path], None],
-                 extra: dict[str, Any] | None = None) -> ModelEntry:
+    def add_file(
+        self,
+        entry: ModelEntry,
+        filename: str,
+        write: Callable[[Path], object],
+        extra: dict[str, Any] | None = None,
+    ) -> ModelEntry:
         """Add (or replace) one file of an existing model and record it in the manifest."""
         if entry.bundled:
-            raise InvalidRequest(f"model {entry.ref} ships with digitrec and is read-only",
-                                 code="model_read_only")
+            raise InvalidRequest(
+                f"model {entry.ref} ships with digitrec and is read-only", code="model_read_only"
+            )
         tmp = entry.path / f".{filename}.partial.tmp"
         try:
             with storage_errors(f"{filename} of model {entry.ref}"):

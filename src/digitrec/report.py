@@ -36,8 +36,13 @@ def per_class_metrics(cm: np.ndarray) -> list[dict[str, Any]]:
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     return [
-        {"digit": d, "precision": round(float(precision[d]), 6), "recall": round(float(recall[d]), 6),
-         "f1": round(float(f1[d]), 6), "support": int(support[d])}
+        {
+            "digit": d,
+            "precision": round(float(precision[d]), 6),
+            "recall": round(float(recall[d]), 6),
+            "f1": round(float(f1[d]), 6),
+            "support": int(support[d]),
+        }
         for d in range(cm.shape[0])
     ]
 
@@ -108,12 +113,17 @@ def plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
     ax_loss.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss", yscale="log")
     # Error rate on a log scale: the differences that matter (99.5 vs 99.7 %) stay visible.
-    series = [("train", "train_accuracy"), ("validation", "val_accuracy"), ("test", "test_accuracy")]
+    series = [
+        ("train", "train_accuracy"),
+        ("validation", "val_accuracy"),
+        ("test", "test_accuracy"),
+    ]
     for label, key in series:
         if history and key in history[0]:
             ax_acc.plot(epochs, [100 * (1 - h[key]) for h in history], marker="o", label=label)
-    ax_acc.set(xlabel="epoch", ylabel="error (%)", title="Error rate (100 % - accuracy)",
-               yscale="log")
+    ax_acc.set(
+        xlabel="epoch", ylabel="error (%)", title="Error rate (100 % - accuracy)", yscale="log"
+    )
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -127,8 +137,9 @@ def worst_mistakes(probs: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     return wrong[np.argsort(-probs[wrong, predicted[wrong]])][:n]
 
 
-def plot_mistakes(path: Path, images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
-                  n: int = 36) -> None:
+def plot_mistakes(
+    path: Path, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, n: int = 36
+) -> None:
     """Grid of the most confident test mistakes, titled 'pred (p) / true'."""
     plt = _pyplot()
     picks = worst_mistakes(probs, labels, n)

@@ -39,7 +39,7 @@ def storage_errors(what: str) -> Iterator[None]:
         raise StorageError(f"could not write {what}: {reason}") from exc
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file to ``path``."""
     path = Path(path)
     with storage_errors(str(path)):

@@ -66,8 +66,15 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
 EPOCH_WEIGHTS = "epoch-{:03d}.safetensors"  # weights after each epoch, for model selection
 SETTINGS_FILE = "settings.json"
-METRICS_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
-                   "seconds")
+METRICS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "seconds",
+)
 
 
 # --- devices and determinism ---------------------------------------------------------------
@@ -126,9 +133,14 @@ def split_indices(n: int, val_size: int, split_seed: int) -> tuple[np.ndarray, n
 def git_commit() -> str | None:
     """The source commit, with ``-dirty`` when the work tree had uncommitted changes."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40",
-                              "--exclude=*"], capture_output=True, text=True, timeout=5,
-                             check=False, cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40", "--exclude=*"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+            cwd=Path(__file__).parent,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     commit = out.stdout.strip()
@@ -157,17 +169,23 @@ def to_input(images: torch.Tensor, spec: PreprocessSpec, device: torch.device) -
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: PreprocessSpec,
-             device: torch.device, batch_size: int = 1000,
-             max_batches: int | None = None) -> Evaluation:
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spec: PreprocessSpec,
+    device: torch.device,
+    batch_size: int = 1000,
+    max_batches: int | None = None,
+) -> Evaluation:
     """Loss, accuracy and probabilities in float32, exactly as the served model computes."""
     model.eval()
     probs, losses, seen = [], 0.0, 0
     for b, start in enumerate(range(0, len(images), batch_size)):
         if max_batches is not None and b >= max_batches:
             break
-        x = to_input(images[start:start + batch_size], spec, device)
-        y = labels[start:start + batch_size].to(device)
+        x = to_input(images[start : start + batch_size], spec, device)
+        y = labels[start : start + batch_size].to(device)
         logits = model(x).float()
         losses += float(F.cross_entropy(logits, y, reduction="sum"))
         probs.append(logits.softmax(1).cpu().numpy())
@@ -210,14 +228,22 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict[s
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, state: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+) -> None:
     """Weights, optimizer and schedule in one safetensors file (no pickle), atomically."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     optim_tensors, optim_meta = _flatten_optimizer(optimizer)
     tensors.update(optim_tensors)
-    meta = {"state": json.dumps(state), "optimizer": json.dumps(optim_meta),
-            "scheduler": json.dumps(scheduler.state_dict() if scheduler else None)}
+    meta = {
+        "state": json.dumps(state),
+        "optimizer": json.dumps(optim_meta),
+        "scheduler": json.dumps(scheduler.state_dict() if scheduler else None),
+    }
     atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
@@ -225,7 +251,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
-    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     optim = _unflatten_optimizer(tensors, json.loads(meta["optimizer"]))
     return model_state, json.loads(meta["state"]), optim, json.loads(meta["scheduler"])
 
@@ -258,8 +284,14 @@ EpochHook = Callable[[nn.Module, dict[str, Any]], dict[str, Any]]
 class Trainer:
     """Runs one training run in ``run_dir``; ``fit()`` picks up from a checkpoint if any."""
 
-    def __init__(self, settings: Settings, run_dir: Path, data: Mnist | None = None,
-                 progress: bool = True, epoch_hook: EpochHook | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        run_dir: Path,
+        data: Mnist | None = None,
+        progress: bool = True,
+        epoch_hook: EpochHook | None = None,
+    ) -> None:
         self.settings = settings
         self.commit = git_commit()  # the code that trains, read before anything else changes
         self.run_dir = Path(run_dir)
@@ -276,7 +308,7 @@ class Trainer:
         self._split()
         torch.manual_seed(settings.seed)
         self.model = create_model(settings.arch).to(self.device)
-        self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.optimizer = self._optimizer()
         self.steps_per_epoch = self._steps_per_epoch()
         self.scheduler = self._scheduler()
@@ -300,8 +332,10 @@ class Trainer:
             return torch.optim.Adam(self.model.parameters(), lr=s.lr)
         decay = [p for p in self.model.parameters() if p.ndim > 1]
         no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": s.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": s.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         return torch.optim.AdamW(groups, lr=s.lr)
 
     def _steps_per_epoch(self) -> int:
@@ -313,8 +347,11 @@ class Trainer:
         if s.schedule == "constant":
             return None
         return torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=s.lr, total_steps=self.epochs * self.steps_per_epoch,
-            pct_start=s.warmup_fraction)
+            self.optimizer,
+            max_lr=s.lr,
+            total_steps=self.epochs * self.steps_per_epoch,
+            pct_start=s.warmup_fraction,
+        )
 
     # -- one epoch --
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -322,24 +359,33 @@ class Trainer:
         order = torch.randperm(len(self.x_train), generator=gen)
         bs = self.settings.batch_size
         for step in range(self.steps_per_epoch):
-            idx = order[step * bs:(step + 1) * bs]
+            idx = order[step * bs : (step + 1) * bs]
             x = self.x_train[idx].unsqueeze(1).float().div_(255)
             x = augment_batch(x, self.aug, gen)
-            yield normalize(x, self.spec).contiguous(memory_format=torch.channels_last), \
-                self.y_train[idx]
+            yield (
+                normalize(x, self.spec).contiguous(memory_format=torch.channels_last),
+                self.y_train[idx],
+            )
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         torch.manual_seed(epoch_seed(self.settings.seed, epoch) + 1)  # dropout
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(self._batches(epoch), total=self.steps_per_epoch, unit="batch", leave=False,
-                   desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.progress)
+        bar = tqdm(
+            self._batches(epoch),
+            total=self.steps_per_epoch,
+            unit="batch",
+            leave=False,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            disable=not self.progress,
+        )
         for x, y in bar:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with _autocast(self.device, self.dtype):
                 logits = self.model(x)
-                loss = F.cross_entropy(logits.float(), y,
-                                       label_smoothing=self.settings.label_smoothing)
+                loss = F.cross_entropy(
+                    logits.float(), y, label_smoothing=self.settings.label_smoothing
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -354,8 +400,15 @@ class Trainer:
     # -- the run --
     def evaluate_split(self, images: torch.Tensor, labels: torch.Tensor) -> Evaluation:
         max_batches = self.settings.dry_run_batches if self.settings.dry_run else None
-        return evaluate(self.model, images, labels, self.spec, self.device,
-                        self.settings.eval_batch_size, max_batches)
+        return evaluate(
+            self.model,
+            images,
+            labels,
+            self.spec,
+            self.device,
+            self.settings.eval_batch_size,
+            max_batches,
+        )
 
     def _restore(self) -> dict[str, Any]:
         path = self.run_dir / CHECKPOINT
@@ -376,18 +429,26 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.run_dir)
         state = self._restore()
-        log.info("training %s (%d parameters) on %s: %d train / %d validation images",
-                 s.arch, count_parameters(self.model), describe_device(self.device, self.dtype),
-                 len(self.x_train), len(self.x_val))
+        log.info(
+            "training %s (%d parameters) on %s: %d train / %d validation images",
+            s.arch,
+            count_parameters(self.model),
+            describe_device(self.device, self.dtype),
+            len(self.x_train),
+            len(self.x_val),
+        )
         for epoch in range(state["epoch"], self.epochs):
             start = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
             train_seconds = time.perf_counter() - start
             val = self.evaluate_split(self.x_val, self.y_val)
-            row.update(val_loss=val.loss, val_accuracy=val.accuracy,
-                       lr=self.optimizer.param_groups[0]["lr"],
-                       seconds=round(time.perf_counter() - start, 3),
-                       train_seconds=round(train_seconds, 3))
+            row.update(
+                val_loss=val.loss,
+                val_accuracy=val.accuracy,
+                lr=self.optimizer.param_groups[0]["lr"],
+                seconds=round(time.perf_counter() - start, 3),
+                train_seconds=round(train_seconds, 3),
+            )
             if self.epoch_hook is not None:
                 row.update(self.epoch_hook(self.model, row))
             state["history"].append(row)
@@ -395,11 +456,19 @@ class Trainer:
             save_weights(self.run_dir / EPOCH_WEIGHTS.format(epoch + 1), self.model)
             state["epoch"] = epoch + 1
             self._write_metrics(state["history"])
-            save_checkpoint(self.run_dir / CHECKPOINT, self.model, self.optimizer,
-                            self.scheduler, state)
-            log.info("epoch %d/%d: loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
-                     epoch + 1, self.epochs, row["train_loss"], row["train_accuracy"],
-                     val.loss, val.accuracy, row["seconds"])
+            save_checkpoint(
+                self.run_dir / CHECKPOINT, self.model, self.optimizer, self.scheduler, state
+            )
+            log.info(
+                "epoch %d/%d: loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
+                epoch + 1,
+                self.epochs,
+                row["train_loss"],
+                row["train_accuracy"],
+                val.loss,
+                val.accuracy,
+                row["seconds"],
+            )
         self.state = state
         return state["history"]
 
@@ -434,8 +503,9 @@ def _fmt(value: Any) -> Any:
 # --- reporting and registration ----------------------------------------------------------------
 
 
-def write_report(run_dir: Path, test: Evaluation, images: np.ndarray,
-                 history: list[dict[str, Any]]) -> dict[str, Any]:
+def write_report(
+    run_dir: Path, test: Evaluation, images: np.ndarray, history: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Confusion matrix, per-class metrics and plots of the final test evaluation."""
     cm = confusion_matrix(test.labels, test.probs.argmax(1))
     classes = per_class_metrics(cm)
@@ -443,11 +513,17 @@ def write_report(run_dir: Path, test: Evaluation, images: np.ndarray,
     write_per_class_csv(run_dir / "per_class.csv", classes)
     plot_confusion(run_dir / "confusion_matrix.png", cm)
     plot_curves(run_dir / "training_curves.png", history)
-    plot_mistakes(run_dir / "worst_mistakes.png", images[: len(test.labels)], test.labels,
-                  test.probs)
-    return {"test_accuracy": round(accuracy(cm), 6), "test_loss": round(test.loss, 6),
-            "test_errors": int(cm.sum() - np.trace(cm)), "test_size": int(cm.sum()),
-            "per_class": classes, "confusion_matrix": cm.tolist()}
+    plot_mistakes(
+        run_dir / "worst_mistakes.png", images[: len(test.labels)], test.labels, test.probs
+    )
+    return {
+        "test_accuracy": round(accuracy(cm), 6),
+        "test_loss": round(test.loss, 6),
+        "test_errors": int(cm.sum() - np.trace(cm)),
+        "test_size": int(cm.sum()),
+        "per_class": classes,
+        "confusion_matrix": cm.tolist(),
+    }
 
 
 def build_manifest(trainer: Trainer, run_id: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -456,31 +532,45 @@ def build_manifest(trainer: Trainer, run_id: str, metrics: dict[str, Any]) -> di
         "format": 1,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "dry_run": s.dry_run,
-        "architecture": {"name": s.arch, "args": model_args(trainer.model),
-                         "parameters": count_parameters(trainer.model)},
+        "architecture": {
+            "name": s.arch,
+            "args": model_args(trainer.model),
+            "parameters": count_parameters(trainer.model),
+        },
         "preprocessing": trainer.spec.to_dict(),
         "labels": list(range(10)),
         "input": {"shape": [1, 1, 28, 28], "dtype": "float32", "layout": "NCHW"},
-        "data": {"source": "MNIST", "md5": dict(MNIST_FILES), "train_size": len(trainer.x_train),
-                 "val_size": len(trainer.x_val), "test_size": len(trainer.x_test),
-                 "split_seed": s.split_seed},
+        "data": {
+            "source": "MNIST",
+            "md5": dict(MNIST_FILES),
+            "train_size": len(trainer.x_train),
+            "val_size": len(trainer.x_val),
+            "test_size": len(trainer.x_test),
+            "split_seed": s.split_seed,
+        },
         "settings": s.training_dict(),
         "run": run_id,
         "git_commit": trainer.commit,
-        "software": {"digitrec": __version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
+        "software": {
+            "digitrec": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
         "device": describe_device(trainer.device, trainer.dtype),
-        "timings": {"train_seconds": round(trainer.state["seconds"], 2),
-                    "seconds_per_epoch": [h["seconds"] for h in history]},
+        "timings": {
+            "train_seconds": round(trainer.state["seconds"], 2),
+            "seconds_per_epoch": [h["seconds"] for h in history],
+        },
         "metrics": metrics,
     }
 
 
-def register(trainer: Trainer, run_id: str, metrics: dict[str, Any],
-             export_onnx: bool = True) -> ModelEntry:
+def register(
+    trainer: Trainer, run_id: str, metrics: dict[str, Any], export_onnx: bool = True
+) -> ModelEntry:
     registry = Registry.from_settings(trainer.settings)
     manifest = build_manifest(trainer, run_id, metrics)
-    writers: dict[str, Callable[[Path], None]] = {
+    writers: dict[str, Callable[[Path], object]] = {
         WEIGHTS: lambda p: p.write_bytes(weights_bytes(trainer.model)),
     }
     if export_onnx:
@@ -494,9 +584,15 @@ def register(trainer: Trainer, run_id: str, metrics: dict[str, Any],
     return entry
 
 
-def run_training(settings: Settings, *, resume: str | None = None, progress: bool = True,
-                 data: Mnist | None = None, epoch_hook: EpochHook | None = None,
-                 register_model: bool = True) -> TrainResult:
+def run_training(
+    settings: Settings,
+    *,
+    resume: str | None = None,
+    progress: bool = True,
+    data: Mnist | None = None,
+    epoch_hook: EpochHook | None = None,
+    register_model: bool = True,
+) -> TrainResult:
     """The whole of `digitrec train`: fit, select an epoch on validation, report, register."""
     if resume:
         run_dir = resolve_run(settings, resume)
@@ -513,14 +609,19 @@ def run_training(settings: Settings, *, resume: str | None = None, progress: boo
     test = trainer.evaluate_split(trainer.x_test, trainer.y_test)
     metrics = write_report(run_dir, test, trainer.data.test_images, history)
     chosen = history[selected_epoch - 1]
-    metrics.update(selected_epoch=selected_epoch, val_accuracy=chosen["val_accuracy"],
-                   val_loss=chosen["val_loss"], epochs=len(history))
+    metrics.update(
+        selected_epoch=selected_epoch,
+        val_accuracy=chosen["val_accuracy"],
+        val_loss=chosen["val_loss"],
+        epochs=len(history),
+    )
     atomic_write_json(run_dir / "report.json", {k: v for k, v in metrics.items()})
     result = TrainResult(run_dir, history, test, metrics=metrics)
     if register_model:
         result.entry = register(trainer, run_dir.name, metrics)
-        atomic_write_json(run_dir / "model.json", {"model": result.entry.ref,
-                                                   "path": str(result.entry.path)})
+        atomic_write_json(
+            run_dir / "model.json", {"model": result.entry.ref, "path": str(result.entry.path)}
+        )
     return result
 
 
@@ -528,12 +629,15 @@ def resolve_run(settings: Settings, ref: str) -> Path:
     candidate = Path(ref).expanduser()
     run_dir = candidate if candidate.is_dir() else settings.runs_path / ref
     if not (run_dir / SETTINGS_FILE).is_file():
-        raise DigitrecError(f"no training run {ref!r} (looked for {run_dir / SETTINGS_FILE})",
-                            code="run_not_found")
+        raise DigitrecError(
+            f"no training run {ref!r} (looked for {run_dir / SETTINGS_FILE})", code="run_not_found"
+        )
     if (run_dir / "model.json").is_file():
-        raise DigitrecError(f"run {run_dir.name} already finished; its model is in "
-                            f"{json.loads((run_dir / 'model.json').read_text())['model']}",
-                            code="run_finished")
+        raise DigitrecError(
+            f"run {run_dir.name} already finished; its model is in "
+            f"{json.loads((run_dir / 'model.json').read_text())['model']}",
+            code="run_finished",
+        )
     return run_dir
 
 
@@ -543,8 +647,11 @@ def load_run_settings(run_dir: Path, current: Settings) -> Settings:
     stored = json.loads((run_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
     paths = {"home", "data_dir", "models_dir", "runs_dir"}
     override = paths | ({"device", "threads"} & current.model_fields_set)
-    ignored = sorted(k for k in current.model_fields_set - override
-                     if k in stored and stored[k] != getattr(current, k))
+    ignored = sorted(
+        k
+        for k in current.model_fields_set - override
+        if k in stored and stored[k] != getattr(current, k)
+    )
     if ignored:
         log.warning("resuming with the run's own settings; ignoring %s", ", ".join(ignored))
     merged = {**stored, **{k: getattr(current, k) for k in override}}

@@ -35,10 +35,12 @@ JSON `{"image": "<base64 or data URL>"}`; get the top digits with their probabil
 Errors are JSON: `{"error": {"code": ..., "message": ...}}`."""
 
 
-def error_response(status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
-                        headers=headers)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
 
 
 async def _digitrec_error(request: Request, exc: Exception) -> JSONResponse:
@@ -81,8 +83,15 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         yield
         await service.stop()
 
-    app = FastAPI(title="Neural Digit Recognizer", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan, docs_url=None, redoc_url=None, debug=False)
+    app = FastAPI(
+        title="Neural Digit Recognizer",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        debug=False,
+    )
     app.state.service = service
     app.include_router(api)
     app.include_router(health)
@@ -93,9 +102,12 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
-                           allow_methods=["GET", "POST"],
-                           allow_headers=["authorization", "x-api-key", "content-type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "x-api-key", "content-type"],
+        )
     # Room for base64 (4/3) and multipart headers; the image itself is checked exactly later.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes * 4 // 3 + 65536)
     app.add_middleware(SecurityHeadersMiddleware)

@@ -9,7 +9,7 @@ from fastapi import Request
 from digitrec.api.service import Service
 from digitrec.errors import Unauthorized
 
-WEB_TOKEN_HEADER = "x-web-token"
+WEB_TOKEN_HEADER = "x-web-token"  # noqa: S105 - a header name, not a secret
 
 
 def get_service(request: Request) -> Service:
@@ -59,8 +59,10 @@ async def guard(request: Request) -> Caller:
         caller = Caller("web", address)
         service.web_limiter.check(f"web:{address}")
     elif settings.require_api_key:
-        raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>' or "
-                           "'X-API-Key: <key>'", code="api_key_required")
+        raise Unauthorized(
+            "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+            code="api_key_required",
+        )
     else:
         caller = Caller("anonymous", address)
         service.api_limiter.check(f"ip:{address}")

@@ -26,8 +26,10 @@ from digitrec.errors import (
 )
 
 FIELD = "image"
-ACCEPTED = ("multipart/form-data (field 'image'), an image/* body, "
-            "or application/json {\"image\": \"<base64 or data URL>\"}")
+ACCEPTED = (
+    "multipart/form-data (field 'image'), an image/* body, "
+    'or application/json {"image": "<base64 or data URL>"}'
+)
 _URLSAFE = re.compile(r"[A-Za-z0-9_-]*=*")
 _DATA_URL = re.compile(r"^data:(?P<type>[^;,]*)(?P<params>(;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
 
@@ -61,17 +63,20 @@ async def _from_multipart(request: Request) -> bytes:
         form = await request.form(max_files=2, max_fields=10)
     except (HTTPException, MultiPartException, ValueError, UnicodeDecodeError) as exc:
         detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
-        raise InvalidRequest(f"malformed multipart body ({str(detail)[:100]})",
-                             code="invalid_multipart") from None
+        raise InvalidRequest(
+            f"malformed multipart body ({str(detail)[:100]})", code="invalid_multipart"
+        ) from None
     try:
         upload = form.get(FIELD)
         if upload is None:
             got = ", ".join(sorted(form.keys())) or "none"
-            raise InvalidRequest(f"no form field {FIELD!r} (fields sent: {got})",
-                                 code="missing_field")
+            raise InvalidRequest(
+                f"no form field {FIELD!r} (fields sent: {got})", code="missing_field"
+            )
         if not isinstance(upload, UploadFile):
-            raise InvalidRequest(f"form field {FIELD!r} must be a file upload",
-                                 code="invalid_field")
+            raise InvalidRequest(
+                f"form field {FIELD!r} must be a file upload", code="invalid_field"
+            )
         return await upload.read()
     finally:
         await form.close()
@@ -86,17 +91,19 @@ async def _from_json(request: Request, max_bytes: int) -> tuple[bytes, int | Non
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"invalid JSON ({exc})"[:160], code="invalid_json") from None
     if not isinstance(data, dict):
-        raise InvalidRequest('the JSON body must be an object: {"image": "..."}',
-                             code="invalid_json")
+        raise InvalidRequest(
+            'the JSON body must be an object: {"image": "..."}', code="invalid_json"
+        )
     try:
         parsed = PredictJSON.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         if first["type"] in ("missing", "extra_forbidden"):
-            raise InvalidRequest(f"{where}: {first['msg']} (expected {{\"image\": \"...\"}})",
-                                 code="missing_field" if first["type"] == "missing"
-                                 else "unknown_field") from None
+            raise InvalidRequest(
+                f'{where}: {first["msg"]} (expected {{"image": "..."}})',
+                code="missing_field" if first["type"] == "missing" else "unknown_field",
+            ) from None
         raise ValidationFailed(f"{where}: {first['msg']}") from None
     return decode_image_string(parsed.image, max_bytes), parsed.top_k
 
@@ -108,11 +115,14 @@ def decode_image_string(text: str, max_bytes: int) -> bytes:
     if match:
         media = match["type"].strip().lower()
         if not media.startswith("image/"):
-            raise UnsupportedMediaType(f"the data URL holds {media or 'no media type'}, "
-                                       "not an image")
+            raise UnsupportedMediaType(
+                f"the data URL holds {media or 'no media type'}, not an image"
+            )
         if ";base64" not in match["params"].lower():
-            raise InvalidRequest("the data URL must be base64-encoded (data:image/...;base64,)",
-                                 code="invalid_base64")
+            raise InvalidRequest(
+                "the data URL must be base64-encoded (data:image/...;base64,)",
+                code="invalid_base64",
+            )
         text = match["data"]
     compact = re.sub(r"\s+", "", text)
     if len(compact) * 3 // 4 > max_bytes:

@@ -32,18 +32,26 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorOut, "description": described[c]} for c in codes}
 
 
-api = APIRouter(prefix="/api/v1", tags=["recognition"], dependencies=[Depends(guard)],
-                responses=_errors(401, 403, 429))
+api = APIRouter(
+    prefix="/api/v1",
+    tags=["recognition"],
+    dependencies=[Depends(guard)],
+    responses=_errors(401, 403, 429),
+)
 
 _IMAGE_BODY = {
     "requestBody": {
         "required": True,
         "description": "The image: a multipart upload in field 'image', the raw file with an "
-                       "image/* content type, or JSON with base64 or a data URL.",
+        "image/* content type, or JSON with base64 or a data URL.",
         "content": {
-            "multipart/form-data": {"schema": {
-                "type": "object", "required": ["image"],
-                "properties": {"image": {"type": "string", "format": "binary"}}}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            },
             "image/png": {"schema": {"type": "string", "format": "binary"}},
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -53,14 +61,21 @@ _IMAGE_BODY = {
 }
 
 
-@api.post("/predict", response_model=PredictionOut, response_model_exclude_none=True,
-          summary="Read the digit in an image", openapi_extra=_IMAGE_BODY,
-          responses=_errors(400, 413, 415, 422, 503))
+@api.post(
+    "/predict",
+    response_model=PredictionOut,
+    response_model_exclude_none=True,
+    summary="Read the digit in an image",
+    openapi_extra=_IMAGE_BODY,
+    responses=_errors(400, 413, 415, 422, 503),
+)
 async def predict(
-    request: Request, service: ServiceDep,
+    request: Request,
+    service: ServiceDep,
     top_k: Annotated[int | None, Query(ge=1, le=10, description="answers (default 3)")] = None,
-    include_input: Annotated[bool, Query(description="also return the 28x28 image the model "
-                                         "saw, as a PNG data URL")] = False,
+    include_input: Annotated[
+        bool, Query(description="also return the 28x28 image the model saw, as a PNG data URL")
+    ] = False,
 ) -> dict[str, Any]:
     service.require_predictor()
     raw, body_top_k = await read_image(request, service.settings.max_upload_bytes)
@@ -73,8 +88,9 @@ async def predict(
     return out
 
 
-@api.get("/model", response_model=ModelCard, summary="The served model's card",
-         responses=_errors(503))
+@api.get(
+    "/model", response_model=ModelCard, summary="The served model's card", responses=_errors(503)
+)
 async def model_card(service: ServiceDep) -> dict[str, Any]:
     predictor, _ = service.require_predictor()
     return {**summary(predictor.entry), "backend": predictor.backend.name}
@@ -88,8 +104,12 @@ async def healthz() -> Health:
     return Health()
 
 
-@health.get("/readyz", response_model=Ready, summary="A model is loaded and answering",
-            responses={503: {"model": Ready, "description": "no model is loaded, with why"}})
+@health.get(
+    "/readyz",
+    response_model=Ready,
+    summary="A model is loaded and answering",
+    responses={503: {"model": Ready, "description": "no model is loaded, with why"}},
+)
 async def readyz(service: ServiceDep) -> Any:
     if service.ready and service.predictor is not None:
         p = service.predictor

@@ -24,16 +24,20 @@ class PredictionOut(BaseModel):
     model: ModelRef
     processing_ms: float = Field(ge=0, description="server time from request to answer")
     input_image: str | None = Field(
-        None, description="the 28x28 image the model saw, as a PNG data URL "
-        "(only with include_input=true)")
+        None,
+        description="the 28x28 image the model saw, as a PNG data URL "
+        "(only with include_input=true)",
+    )
 
 
 class PredictJSON(BaseModel):
     """JSON form of a prediction request."""
 
     model_config = ConfigDict(extra="forbid")
-    image: str = Field(min_length=1, description="the image file as base64, or a data URL "
-                       "such as data:image/png;base64,...")
+    image: str = Field(
+        min_length=1,
+        description="the image file as base64, or a data URL such as data:image/png;base64,...",
+    )
     top_k: int | None = Field(None, ge=1, le=10, description="answers to return (default 3)")
 
 
@@ -42,8 +46,9 @@ class ModelCard(BaseModel):
     version: str
     architecture: str
     parameters: int | None
-    test_accuracy: float | None = Field(description="fraction of MNIST test images right, "
-                                        "from the model's manifest")
+    test_accuracy: float | None = Field(
+        description="fraction of MNIST test images right, from the model's manifest"
+    )
     test_size: int | None
     val_accuracy: float | None
     trained_at: str | None

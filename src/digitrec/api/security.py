@@ -20,9 +20,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitrec.errors import PayloadTooLarge, RateLimited
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
-       "form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
 SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
@@ -33,12 +35,22 @@ SECURITY_HEADERS = [
 ]
 
 
-async def send_json_error(send: Send, status: int, body: dict[str, Any],
-                          headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def send_json_error(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-        (b"connection", b"close"), *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -139,8 +151,9 @@ class RateLimiter:
         if tokens < 1:
             self.buckets[key] = (tokens, now)
             wait = (1 - tokens) / self.rate
-            raise RateLimited(f"too many requests: try again in {math.ceil(wait)} s",
-                              retry_after=wait)
+            raise RateLimited(
+                f"too many requests: try again in {math.ceil(wait)} s", retry_after=wait
+            )
         self.buckets[key] = (tokens - 1, now)
         while len(self.buckets) > self.max_clients:
             self.buckets.popitem(last=False)

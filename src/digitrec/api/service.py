@@ -42,8 +42,11 @@ class Service:
                 self.load_error = exc.message
                 log.error("not serving predictions: %s", exc.message)
                 return
-        self.batcher = MicroBatcher(self.predictor.predict_batch, self.settings.batch_max_size,
-                                    self.settings.batch_max_wait_ms)
+        self.batcher = MicroBatcher(
+            self.predictor.predict_batch,
+            self.settings.batch_max_size,
+            self.settings.batch_max_wait_ms,
+        )
         await self.batcher.start()
 
     async def stop(self) -> None:

@@ -20,8 +20,9 @@ web = APIRouter(include_in_schema=False)
 
 @web.get("/")
 async def index() -> FileResponse:
-    return FileResponse(WEB_DIR / "index.html", media_type="text/html",
-                        headers={"cache-control": "no-cache"})
+    return FileResponse(
+        WEB_DIR / "index.html", media_type="text/html", headers={"cache-control": "no-cache"}
+    )
 
 
 @web.get("/web/token", response_model=WebToken, include_in_schema=False)
@@ -36,9 +37,11 @@ async def web_token(request: Request) -> dict[str, Any]:
 @web.get("/docs")
 async def docs() -> Any:
     if _swagger_dir() is None:
-        return HTMLResponse("<!doctype html><title>API docs</title><p>Swagger UI is not "
-                            "installed; the OpenAPI document is at "
-                            "<a href='/openapi.json'>/openapi.json</a>.</p>")
+        return HTMLResponse(
+            "<!doctype html><title>API docs</title><p>Swagger UI is not "
+            "installed; the OpenAPI document is at "
+            "<a href='/openapi.json'>/openapi.json</a>.</p>"
+        )
     return FileResponse(WEB_DIR / "docs.html", media_type="text/html")
 
 
