@@ -15,6 +15,7 @@ from digitrec.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
+    PayloadTooLarge,
     UnsupportedMediaType,
 )
 from digitrec.preprocess import (
@@ -218,7 +219,7 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
 def test_pixel_and_byte_limits_come_from_settings() -> None:
     with pytest.raises(ImageTooLarge):
         decode(bar(), Limits(max_bytes=10**6, max_pixels=1000, max_side=10**4))
-    with pytest.raises(ImageTooLarge):
+    with pytest.raises(PayloadTooLarge):
         decode(bar(), Limits(max_bytes=100))
 
 

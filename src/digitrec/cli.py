@@ -516,6 +516,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("digitrec: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a user error: one line, details only with -v
+        log.debug("unexpected error", exc_info=True)
+        print(
+            f"digitrec: internal error: {type(exc).__name__}: {exc} (run with -v for details)",
+            file=sys.stderr,
+        )
+        return 70
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from digitrec.errors import (
@@ -32,6 +33,7 @@ from digitrec.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
+    PayloadTooLarge,
     UnsupportedMediaType,
 )
 
@@ -93,10 +95,7 @@ def decode(raw: bytes, limits: Limits = Limits()) -> Image.Image:
     if not raw:
         raise InvalidRequest("the image is empty (0 bytes)", code="empty_image")
     if len(raw) > limits.max_bytes:
-        raise ImageTooLarge(
-            f"the image is {len(raw)} bytes; the limit is {limits.max_bytes}",
-            code="payload_too_large",
-        )
+        raise PayloadTooLarge(f"the image is {len(raw)} bytes; the limit is {limits.max_bytes}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -148,9 +147,9 @@ def _to_float_channels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]
     if img.mode == "1":
         img = img.convert("L")
     if has_alpha:
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
-        alpha = rgba[..., 3]
-        grey = rgba[..., 0] * 0.299 + rgba[..., 1] * 0.587 + rgba[..., 2] * 0.114
+        rgba = img.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+        grey = np.asarray(rgba.convert("L"), dtype=np.float32) / 255.0
         return grey, (alpha if alpha.min() < 0.99 else None)
     if img.mode != "L":
         img = img.convert("RGB").convert("L")
@@ -186,25 +185,51 @@ def _flatten_lighting(ink: np.ndarray) -> np.ndarray:
         (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX
     )
     size = 15  # in the 64-pixel copy: a quarter of the side, wider than any pen stroke
-    paper = small.filter(ImageFilter.MinFilter(size)).filter(ImageFilter.MaxFilter(size))
-    paper = paper.filter(ImageFilter.GaussianBlur(size / 2)).resize(
-        (w, h), Image.Resampling.BILINEAR
-    )
+    opened = _window(_window(np.asarray(small), size, np.min), size, np.max)
+    paper = Image.fromarray(opened).filter(ImageFilter.GaussianBlur(size / 2))
+    paper = paper.resize((w, h), Image.Resampling.BILINEAR)
     return ink - np.asarray(paper, dtype=np.float32) / 255.0
+
+
+def _window(a: np.ndarray, size: int, reduce: Any) -> np.ndarray:
+    """Min or max over a size x size window around each pixel (edges repeated), separably."""
+    r = size // 2
+    padded = np.pad(a, r, mode="edge")
+    rows = reduce(sliding_window_view(padded, size, axis=0), axis=-1)
+    return np.asarray(reduce(sliding_window_view(rows, size, axis=1), axis=-1))
+
+
+def _erode3(mask: np.ndarray) -> np.ndarray:
+    """Binary 3x3 erosion (pixels outside the image count as set), separably."""
+    p = np.pad(mask, 1, mode="edge")
+    rows = p[:-2] & p[1:-1] & p[2:]
+    return rows[:, :-2] & rows[:, 1:-1] & rows[:, 2:]
+
+
+def _dilate3(mask: np.ndarray) -> np.ndarray:
+    """Binary 3x3 dilation, separably."""
+    p = np.pad(mask, 1, mode="edge")
+    rows = p[:-2] | p[1:-1] | p[2:]
+    return rows[:, :-2] | rows[:, 1:-1] | rows[:, 2:]
+
+
+def _robust_max(a: np.ndarray) -> float:
+    """The highest value held by at least two neighbouring pixels: a single noisy pixel does
+    not count, while even a small digit on a big canvas does."""
+    p = np.pad(a, 1, mode="edge")
+    brightest_neighbour = np.maximum(
+        np.maximum(p[:-2, 1:-1], p[2:, 1:-1]), np.maximum(p[1:-1, :-2], p[1:-1, 2:])
+    )
+    return float(np.minimum(a, brightest_neighbour).max())
 
 
 def _light_ink(grey: np.ndarray) -> bool:
     """Is the ink lighter than the paper? The extreme farther from the edges' level wins.
 
-    Extremes are taken after a 3x3 median filter so single noisy pixels do not count, and
-    not as percentiles, so that even a small digit on a big canvas decides.
+    Single noisy pixels do not count, but even a small digit on a big canvas decides.
     """
     paper = float(np.median(_border(grey)))
-    smooth = Image.fromarray(np.rint(grey * 255).astype(np.uint8))
-    if min(grey.shape) >= 3:
-        smooth = smooth.filter(ImageFilter.MedianFilter(3))
-    levels = np.asarray(smooth, dtype=np.float32) / 255.0
-    return float(levels.max()) - paper > paper - float(levels.min())
+    return _robust_max(grey) - paper > paper + _robust_max(-grey)
 
 
 def ink_map(img: Image.Image) -> np.ndarray:
@@ -220,12 +245,15 @@ def ink_map(img: Image.Image) -> np.ndarray:
         ink = grey if _light_ink(grey) else 1.0 - grey
     # Uneven lighting shows as edges of different brightness (ink touching an edge moves
     # that edge's median far less than a shadow does).
-    side_levels = [float(np.median(strip)) for strip in _border_strips(ink)]
+    strips = _border_strips(ink)
+    side_levels = [float(np.median(strip)) for strip in strips]
     if max(side_levels) - min(side_levels) > 0.08:
         ink = _flatten_lighting(ink)  # remove the lighting locally
+        border = _border(ink)
     else:
-        ink = ink - float(np.median(_border(ink)))  # even background: remove its level
-    border = _border(ink)
+        level = float(np.median(np.concatenate(strips)))
+        ink = ink - level  # even background: remove its level
+        border = np.concatenate(strips) - level
     noise = 1.4826 * float(np.median(np.abs(border - np.median(border))))  # robust std
     return _stretch(ink, floor=min(0.25, 3 * noise))
 
@@ -233,10 +261,7 @@ def ink_map(img: Image.Image) -> np.ndarray:
 def _stretch(ink: np.ndarray, floor: float) -> np.ndarray:
     """Map the paper to 0 and the strongest ink to 1; drop noise below ``floor``."""
     ink = np.clip(ink, 0, None)
-    peak_img = Image.fromarray(ink.astype(np.float32))
-    if min(ink.shape) >= 3:
-        peak_img = peak_img.filter(ImageFilter.MedianFilter(3))  # ignore single hot pixels
-    peak = float(np.asarray(peak_img).max())
+    peak = _robust_max(ink)
     if peak < MIN_CONTRAST:
         raise BlankImage("the image looks blank: no ink stands out from the background")
     ink = np.clip(ink / peak, 0, 1)
@@ -251,12 +276,7 @@ def _stretch(ink: np.ndarray, floor: float) -> np.ndarray:
 def _ink_bbox(ink: np.ndarray) -> tuple[int, int, int, int]:
     mask = ink > MARK_LEVEL
     if min(ink.shape) > 96:  # in big images, ignore specks smaller than ~2% of the side
-        opened = (
-            Image.fromarray(mask.astype(np.uint8) * 255)
-            .filter(ImageFilter.MinFilter(3))
-            .filter(ImageFilter.MaxFilter(3))
-        )
-        opened_mask = np.asarray(opened) > 0
+        opened_mask = _dilate3(_erode3(mask))
         if opened_mask.sum() >= MIN_INK_PIXELS:
             mask = opened_mask
     if mask.sum() < MIN_INK_PIXELS and ink.size > 4 * MIN_INK_PIXELS:

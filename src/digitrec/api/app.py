@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["authorization", "x-api-key", "content-type"],
+            allow_headers=["authorization", "x-api-key", "x-web-token", "content-type"],
         )
     # Room for base64 (4/3) and multipart headers; the image itself is checked exactly later.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes * 4 // 3 + 65536)

@@ -1,0 +1,561 @@
+// Neural Digit Recognizer, the page: a drawing pad, uploads, and the network's answer.
+//
+// The page holds no figures of its own: the answer comes from POST /api/v1/predict and
+// the model's name, version and test accuracy from GET /api/v1/model. Every API call
+// carries the short-lived token from GET /web/token (header X-Web-Token), so the page
+// keeps working when the server requires API keys.
+
+const ENDPOINTS = {
+  token: "/web/token",
+  model: "/api/v1/model",
+  predict: "/api/v1/predict?include_input=true&top_k=3",
+};
+const DEBOUNCE_MS = 200; // live answer: this long after the pen last moved
+const PEN_WIDTH = 1 / 11; // stroke width as a share of the pad's side (MNIST-like strokes)
+const MIN_STEP = 0.002; // ignore pen moves shorter than this share of the side
+const EXPORT_SIDE = 280; // side of the PNG sent to the server, in pixels
+const UNSURE_BELOW = 0.5; // under this confidence the answer is worded as a guess
+const BACKENDS = { onnx: "ONNX Runtime", torch: "PyTorch" };
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  pad: $("pad"),
+  canvas: $("canvas"),
+  preview: $("upload-preview"),
+  padEmpty: $("pad-empty"),
+  dropCue: $("drop-cue"),
+  undo: $("undo"),
+  clear: $("clear"),
+  upload: $("upload"),
+  file: $("file"),
+  answer: $("answer"),
+  digit: $("digit"),
+  message: $("message"),
+  confidence: $("confidence"),
+  top: $("top"),
+  seenImg: $("seen-img"),
+  processing: $("processing"),
+  padCaption: $("pad-caption"),
+  announce: $("announce"),
+  modelName: $("model-name"),
+  modelAccuracy: $("model-accuracy"),
+  modelBackend: $("model-backend"),
+};
+
+const NBSP = "\u00a0";
+const PAD_EMPTY_TEXT = ui.padEmpty.textContent;
+const percent = (fraction, digits = 1) => `${(fraction * 100).toFixed(digits)}${NBSP}%`;
+
+// A probability as people read it: an answer that is not certain never reads as certain.
+function chance(p) {
+  const shown = percent(p);
+  if (p < 1 && shown === percent(1)) return `>${NBSP}${percent(0.999)}`;
+  if (p > 0 && shown === percent(0)) return `<${NBSP}${percent(0.001)}`;
+  return shown;
+}
+
+// --- talking to the API ----------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, code, message, retryAfter = null) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.retryAfter = retryAfter;
+  }
+
+  static async from(response) {
+    let code = `http_${response.status}`;
+    let message = response.statusText;
+    try {
+      const body = await response.json();
+      if (body && body.error) ({ code, message } = body.error);
+    } catch {
+      // not JSON (a proxy's error page, say): keep the status line
+    }
+    const retry = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
+    return new ApiError(response.status, code, message, retry > 0 ? retry : null);
+  }
+}
+
+let tokenRequest = null;
+
+function webToken(renew = false) {
+  if (renew || tokenRequest === null) {
+    tokenRequest = fetch(ENDPOINTS.token, { cache: "no-store", headers: { Accept: "application/json" } })
+      .then(async (response) => {
+        if (!response.ok) throw await ApiError.from(response);
+        return (await response.json()).token;
+      });
+    tokenRequest.catch(() => { tokenRequest = null; }); // ask again next time
+  }
+  return tokenRequest;
+}
+
+// fetch() with the page's token; a refused token (401) is renewed once and the call retried.
+async function callApi(url, init = {}) {
+  for (let attempt = 0; ; attempt += 1) {
+    const headers = new Headers(init.headers);
+    headers.set("Accept", "application/json");
+    headers.set("X-Web-Token", await webToken(attempt > 0));
+    const response = await fetch(url, { ...init, headers });
+    if (response.status === 401 && attempt === 0) continue;
+    if (!response.ok) throw await ApiError.from(response);
+    return response.json();
+  }
+}
+
+function friendly(error) {
+  if (!(error instanceof ApiError)) {
+    return "The server cannot be reached. Check your connection and try again.";
+  }
+  switch (error.code) {
+    case "blank_image":
+      return "The image looks empty. Draw a digit, or try a clearer picture.";
+    case "unsupported_media_type":
+      return "That file is not an image the server reads. Try a PNG, JPEG, WebP, BMP, GIF or TIFF.";
+    case "payload_too_large":
+    case "image_too_large":
+      return "That image is too large. Try a smaller one.";
+    case "invalid_image":
+      return "That image seems damaged. Try another file.";
+    case "rate_limited":
+      return error.retryAfter
+        ? `Too many requests. Try again in ${error.retryAfter} s.`
+        : "Too many requests. Try again in a moment.";
+    case "model_not_ready":
+      return "The model is not loaded yet. Try again in a moment.";
+    default:
+      break;
+  }
+  if (error.status === 401 || error.status === 403) {
+    return "The server refused this page's access. Reload the page.";
+  }
+  if (error.status >= 500) return "The server ran into a problem. Try again in a moment.";
+  return `The server could not read that: ${error.message}`;
+}
+
+// --- the answer panel ------------------------------------------------------------------
+
+let sent = 0; // number of the newest request (or of the newest blank state)
+let shown = 0; // number of the request whose answer is on screen; older answers are dropped
+
+function say(text, kind = "info") {
+  ui.message.textContent = text;
+  ui.message.dataset.kind = kind;
+}
+
+function resetAnswer(text) {
+  ui.digit.textContent = "?";
+  ui.digit.classList.remove("is-known");
+  ui.confidence.hidden = true;
+  ui.top.replaceChildren();
+  ui.seenImg.hidden = true;
+  ui.seenImg.removeAttribute("src");
+  ui.processing.textContent = "\u2014";
+  say(text);
+}
+
+function showBlank() {
+  clearTimeout(debounce);
+  sent += 1;
+  shown = sent;
+  setBusy(false);
+  resetAnswer("Draw a digit from 0 to 9 in the box.");
+}
+
+function topItem({ digit, probability }, rank) {
+  const item = document.createElement("li");
+  item.className = rank === 0 ? "top-item is-first" : "top-item";
+  const name = document.createElement("span");
+  name.className = "top-digit";
+  name.textContent = String(digit);
+  const bar = document.createElement("span");
+  bar.className = "bar";
+  bar.setAttribute("aria-hidden", "true");
+  const fill = document.createElement("span");
+  fill.className = "bar-fill";
+  fill.style.setProperty("--p", String(probability));
+  bar.append(fill);
+  const value = document.createElement("span");
+  value.className = "top-value";
+  value.textContent = chance(probability);
+  item.append(name, bar, value);
+  return item;
+}
+
+function showAnswer(answer) {
+  ui.digit.textContent = String(answer.digit);
+  ui.digit.classList.add("is-known");
+  const sure = answer.confidence >= UNSURE_BELOW;
+  say(sure ? `It looks like a ${answer.digit}.` : `Hard to tell. Maybe a ${answer.digit}?`);
+  ui.confidence.textContent = `Confidence ${chance(answer.confidence)}`;
+  ui.confidence.hidden = false;
+  ui.top.replaceChildren(...answer.top.map(topItem));
+  if (answer.input_image) {
+    ui.seenImg.src = answer.input_image;
+    ui.seenImg.hidden = false;
+  }
+  ui.processing.textContent = `${answer.processing_ms.toFixed(1)} ms`;
+  const known = ui.modelName.dataset.version;
+  if (known && answer.model && answer.model.version !== known) loadModelCard(); // model swapped
+  if (pen.id === null) announce(`${ui.message.textContent} ${ui.confidence.textContent}.`);
+}
+
+function showError(error) {
+  resetAnswer("");
+  say(friendly(error), "error");
+  announce(ui.message.textContent);
+}
+
+// Screen readers hear finished answers only, not every live update while the pen moves.
+function announce(text) {
+  ui.announce.textContent = text;
+}
+
+function setBusy(busy) {
+  ui.answer.setAttribute("aria-busy", String(busy));
+}
+
+// Sends one image; its answer is shown unless a newer request's answer already is.
+async function ask(number, body, contentType) {
+  setBusy(true);
+  const init = { method: "POST", body };
+  if (contentType) init.headers = { "Content-Type": contentType };
+  try {
+    const answer = await callApi(ENDPOINTS.predict, init);
+    if (number > shown) {
+      shown = number;
+      showAnswer(answer);
+    }
+  } catch (error) {
+    if (number > shown) {
+      shown = number;
+      showError(error);
+    }
+  } finally {
+    if (number === sent) setBusy(false);
+  }
+}
+
+// --- the drawing pad -------------------------------------------------------------------
+
+const strokes = []; // each stroke: [[x, y], ...] as shares of the side, so resizing is lossless
+const pen = { id: null, stroke: null, rect: null };
+let upload = null; // { url, name } while an uploaded image is on the pad
+let debounce = 0;
+let paintQueued = false;
+const ctx = ui.canvas.getContext("2d");
+
+function paint(context, side, ink) {
+  context.lineCap = "round";
+  context.lineJoin = "round";
+  context.lineWidth = side * PEN_WIDTH;
+  context.strokeStyle = ink;
+  context.fillStyle = ink;
+  for (const points of strokes) {
+    const [x0, y0] = points[0];
+    context.beginPath();
+    if (points.length === 1) {
+      context.arc(x0 * side, y0 * side, context.lineWidth / 2, 0, 2 * Math.PI);
+      context.fill();
+      continue;
+    }
+    context.moveTo(x0 * side, y0 * side);
+    // Quadratic curves through the midpoints: smooth strokes from jittery pointer samples.
+    for (let i = 1; i < points.length - 1; i += 1) {
+      const [x, y] = points[i];
+      const [nx, ny] = points[i + 1];
+      context.quadraticCurveTo(x * side, y * side, ((x + nx) / 2) * side, ((y + ny) / 2) * side);
+    }
+    const [xn, yn] = points[points.length - 1];
+    context.lineTo(xn * side, yn * side);
+    context.stroke();
+  }
+}
+
+function repaint() {
+  paintQueued = false;
+  const side = ui.canvas.width;
+  ctx.clearRect(0, 0, side, ui.canvas.height);
+  paint(ctx, side, getComputedStyle(ui.canvas).getPropertyValue("--ink").trim() || "black");
+}
+
+function queuePaint() {
+  if (!paintQueued) {
+    paintQueued = true;
+    requestAnimationFrame(repaint);
+  }
+}
+
+// The drawing as the server should see it: dark strokes on a transparent square.
+function exportDrawing() {
+  const out = document.createElement("canvas");
+  out.width = EXPORT_SIDE;
+  out.height = EXPORT_SIDE;
+  paint(out.getContext("2d"), EXPORT_SIDE, "black");
+  return new Promise((resolve) => { out.toBlob(resolve, "image/png"); });
+}
+
+function isEmpty() {
+  return strokes.length === 0 && upload === null;
+}
+
+function updateControls() {
+  const empty = isEmpty();
+  ui.undo.setAttribute("aria-disabled", String(empty));
+  ui.clear.setAttribute("aria-disabled", String(empty));
+  ui.padEmpty.hidden = !empty;
+}
+
+async function predictDrawing() {
+  clearTimeout(debounce);
+  if (strokes.length === 0) {
+    showBlank();
+    return;
+  }
+  sent += 1;
+  const number = sent;
+  const blob = await exportDrawing();
+  if (number === sent && blob) await ask(number, blob, "image/png");
+}
+
+function schedulePrediction() {
+  clearTimeout(debounce);
+  debounce = setTimeout(predictDrawing, DEBOUNCE_MS);
+}
+
+function dropUpload() {
+  if (upload === null) return;
+  URL.revokeObjectURL(upload.url);
+  upload = null;
+  ui.preview.hidden = true;
+  ui.preview.removeAttribute("src");
+  ui.preview.alt = "";
+  ui.padEmpty.textContent = PAD_EMPTY_TEXT;
+  ui.padCaption.hidden = true;
+}
+
+function point(event) {
+  const { left, top, width, height } = pen.rect;
+  return [(event.clientX - left) / width, (event.clientY - top) / height];
+}
+
+function onPointerDown(event) {
+  if (pen.id !== null || (event.pointerType === "mouse" && event.button !== 0)) return;
+  event.preventDefault();
+  ui.canvas.setPointerCapture(event.pointerId);
+  pen.id = event.pointerId;
+  pen.rect = ui.canvas.getBoundingClientRect();
+  pen.stroke = [point(event)];
+  if (upload !== null) dropUpload();
+  strokes.push(pen.stroke);
+  updateControls();
+  queuePaint();
+}
+
+function onPointerMove(event) {
+  if (event.pointerId !== pen.id) return;
+  const samples = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+  for (const sample of samples.length ? samples : [event]) {
+    const [x, y] = point(sample);
+    const [px, py] = pen.stroke[pen.stroke.length - 1];
+    if (Math.hypot(x - px, y - py) >= MIN_STEP) pen.stroke.push([x, y]);
+  }
+  queuePaint();
+  schedulePrediction();
+}
+
+function onPointerEnd(event) {
+  if (event.pointerId !== pen.id) return;
+  pen.id = null;
+  pen.stroke = null;
+  queuePaint();
+  predictDrawing();
+}
+
+function undo() {
+  if (pen.id !== null || isEmpty()) return;
+  if (upload !== null) dropUpload();
+  else strokes.pop();
+  updateControls();
+  queuePaint();
+  predictDrawing();
+}
+
+function clearPad() {
+  if (pen.id !== null) return;
+  strokes.length = 0;
+  dropUpload();
+  updateControls();
+  queuePaint();
+  showBlank();
+}
+
+// Keeps the canvas's pixels matched to the screen's, so strokes stay sharp on high-DPI.
+function fitCanvas(entries) {
+  const entry = entries[0];
+  const box = entry.devicePixelContentBoxSize && entry.devicePixelContentBoxSize[0];
+  const side = box
+    ? box.inlineSize
+    : Math.round(entry.contentRect.width * window.devicePixelRatio);
+  if (side > 0 && side !== ui.canvas.width) {
+    ui.canvas.width = side;
+    ui.canvas.height = side;
+    repaint();
+  }
+}
+
+// --- uploads: file picker, drag and drop, paste ----------------------------------------
+
+function predictFile(file) {
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) {
+    sent += 1;
+    shown = sent;
+    showError(new ApiError(415, "unsupported_media_type", "not an image"));
+    return;
+  }
+  if (pen.id !== null) return;
+  strokes.length = 0;
+  dropUpload();
+  upload = { url: URL.createObjectURL(file), name: file.name || "pasted image" };
+  ui.preview.src = upload.url;
+  ui.preview.alt = `Uploaded image: ${upload.name}`;
+  ui.preview.hidden = false;
+  ui.padCaption.textContent = `${upload.name}: draw to replace it`;
+  ui.padCaption.hidden = false;
+  updateControls();
+  queuePaint();
+  const form = new FormData();
+  form.append("image", file, upload.name);
+  sent += 1;
+  ask(sent, form);
+}
+
+function imageFrom(items) {
+  for (const item of items || []) {
+    if (item.kind === "file" && item.type.startsWith("image/")) return item.getAsFile();
+  }
+  return null;
+}
+
+function carriesFiles(event) {
+  return Boolean(event.dataTransfer) && Array.from(event.dataTransfer.types).includes("Files");
+}
+
+function wireUploads() {
+  ui.upload.addEventListener("click", () => ui.file.click());
+  ui.file.addEventListener("change", () => {
+    predictFile(ui.file.files[0]);
+    ui.file.value = ""; // choosing the same file again still fires "change"
+  });
+  ui.preview.addEventListener("error", () => {
+    // The browser cannot show every format the server reads (TIFF, say): keep the name.
+    if (upload !== null) {
+      ui.preview.hidden = true;
+      ui.padEmpty.hidden = false;
+      ui.padEmpty.textContent = upload.name;
+    }
+  });
+  document.addEventListener("paste", (event) => {
+    const file = imageFrom(event.clipboardData && event.clipboardData.items);
+    if (file) {
+      event.preventDefault();
+      predictFile(file);
+    }
+  });
+  let depth = 0; // dragenter/dragleave fire for every child element crossed
+  document.addEventListener("dragenter", (event) => {
+    if (!carriesFiles(event)) return;
+    depth += 1;
+    ui.dropCue.hidden = false;
+  });
+  document.addEventListener("dragleave", (event) => {
+    if (!carriesFiles(event)) return;
+    depth = Math.max(0, depth - 1);
+    if (depth === 0) ui.dropCue.hidden = true;
+  });
+  document.addEventListener("dragover", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  document.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    depth = 0;
+    ui.dropCue.hidden = true;
+    predictFile(event.dataTransfer.files[0]);
+  });
+}
+
+// --- keyboard --------------------------------------------------------------------------
+
+function onKey(event) {
+  const target = event.target;
+  if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement) return;
+  const command = event.ctrlKey || event.metaKey;
+  if (command && !event.shiftKey && !event.altKey && event.key.toLowerCase() === "z") {
+    event.preventDefault();
+    undo();
+  } else if (!command && !event.altKey && (event.key === "Escape" || event.key === "Delete")) {
+    clearPad();
+  }
+}
+
+// --- the model card --------------------------------------------------------------------
+
+async function loadModelCard() {
+  try {
+    const card = await callApi(ENDPOINTS.model);
+    ui.modelName.dataset.version = card.version;
+    const version = document.createElement("span");
+    version.className = "version";
+    version.textContent = card.version;
+    ui.modelName.replaceChildren(`${card.name} `, version);
+    const size = card.parameters ? `, ${card.parameters.toLocaleString("en")} parameters` : "";
+    ui.modelName.title = `${card.architecture}${size}`;
+    if (typeof card.test_accuracy === "number") {
+      const on = card.test_size ? ` on ${card.test_size.toLocaleString("en")} MNIST test images` : "";
+      ui.modelAccuracy.textContent = `${percent(card.test_accuracy, 2)}${on}`;
+    } else {
+      ui.modelAccuracy.textContent = "not measured";
+    }
+    if (card.dry_run) ui.modelAccuracy.textContent += " (dry run: not a real model)";
+    ui.modelBackend.textContent = BACKENDS[card.backend] || card.backend;
+  } catch (error) {
+    ui.modelName.textContent = "unavailable";
+    ui.modelAccuracy.textContent = "unknown";
+    ui.modelBackend.textContent = "unknown";
+    if (!(error instanceof ApiError) || error.code !== "model_not_ready") return;
+    say(friendly(error), "error");
+  }
+}
+
+// --- start -----------------------------------------------------------------------------
+
+function start() {
+  ui.canvas.addEventListener("pointerdown", onPointerDown);
+  ui.canvas.addEventListener("pointermove", onPointerMove);
+  ui.canvas.addEventListener("pointerup", onPointerEnd);
+  ui.canvas.addEventListener("pointercancel", onPointerEnd);
+  ui.canvas.addEventListener("lostpointercapture", onPointerEnd);
+  ui.canvas.addEventListener("contextmenu", (event) => event.preventDefault());
+  ui.undo.addEventListener("click", undo);
+  ui.clear.addEventListener("click", clearPad);
+  document.addEventListener("keydown", onKey);
+  wireUploads();
+  const observer = new ResizeObserver(fitCanvas);
+  try {
+    observer.observe(ui.canvas, { box: "device-pixel-content-box" });
+  } catch {
+    observer.observe(ui.canvas); // browsers without device-pixel-content-box
+  }
+  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", queuePaint);
+  updateControls();
+  showBlank();
+  loadModelCard();
+}
+
+start();

@@ -1,0 +1,497 @@
+"""The web page in a real browser: Debian's Chromium, driven by Playwright, against a real
+server on loopback. Draws with mouse and touch, uploads, drops and pastes images, and
+checks the answer, the model card, stale answers, errors, layout and console.
+
+Skipped when /usr/bin/chromium is missing, unless DIGITREC_REQUIRE_BROWSER=1 (CI).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from digitrec.registry import BUNDLED_ROOT, MANIFEST, Registry
+from tests.conftest import LiveServer
+from tests.handwriting import DIGITS, SEVEN_IN_TWO, Point, traced
+
+pytestmark = [pytest.mark.browser, pytest.mark.server]
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+GOLDEN = Path(__file__).parent / "golden"
+WEB = Path(__file__).resolve().parent.parent / "src" / "digitrec" / "web"
+DESKTOP = {"viewport": {"width": 1280, "height": 800}}
+PHONE = {
+    "viewport": {"width": 375, "height": 667},
+    "device_scale_factor": 2,
+    "has_touch": True,
+    "is_mobile": True,
+}
+PREDICT = "**/api/v1/predict*"
+TIMEOUT_MS = 10_000  # for any one wait: a page answers in well under a second
+BLANK = "Draw a digit from 0 to 9 in the box."
+# Reports every CSP violation as a console error, which the session then collects.
+REPORT_CSP = """document.addEventListener("securitypolicyviolation", (e) =>
+  console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`));"""
+
+
+def require_chromium() -> None:
+    reason = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        reason = "Python Playwright is not installed"
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing: install Debian's chromium to run the browser tests"
+    if reason is not None:
+        if os.environ.get("DIGITREC_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"DIGITREC_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+            expect.set_options(timeout=None)  # back to Playwright's default
+
+
+class Tab:
+    """One page of the app, with what went wrong in its console and its API calls."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.problems: list[str] = []
+        self.predictions: list[str] = []  # URLs of POST /api/v1/predict, in order
+        self.allowed: list[re.Pattern[str]] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
+        page.on("request", self._request)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error" and not any(p.search(message.text) for p in self.allowed):
+            self.problems.append(f"console: {message.text}")
+
+    def _request(self, request: Any) -> None:
+        if request.method == "POST" and "/api/v1/predict" in request.url:
+            self.predictions.append(request.url)
+
+    def allow(self, pattern: str) -> None:
+        """Console errors matching ``pattern`` are expected (the test provokes them)."""
+        self.allowed.append(re.compile(pattern))
+
+    def box(self) -> dict[str, float]:
+        box = self.page.locator("#canvas").bounding_box()
+        assert box is not None, "the canvas is not displayed"
+        return box
+
+    def to_page(self, stroke: list[Point]) -> list[Point]:
+        box = self.box()
+        return [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
+
+    def draw(self, strokes: list[list[Point]], seed: int = 0) -> None:
+        """Write with the mouse, stroke by stroke."""
+        mouse = self.page.mouse
+        for stroke in traced(strokes, seed=seed):
+            points = self.to_page(stroke)
+            mouse.move(*points[0])
+            mouse.down()
+            for x, y in points[1:]:
+                mouse.move(x, y)
+            mouse.up()
+
+    def touch(self, strokes: list[list[Point]], seed: int = 0) -> None:
+        """Write with a finger: real touch input through the browser's input pipeline."""
+        cdp = self.page.context.new_cdp_session(self.page)
+        for stroke in traced(strokes, seed=seed):
+            points = self.to_page(stroke)
+            for i, (x, y) in enumerate(points):
+                kind = "touchStart" if i == 0 else "touchMove"
+                cdp.send(
+                    "Input.dispatchTouchEvent",
+                    {
+                        "type": kind,
+                        "touchPoints": [
+                            {"x": x, "y": y, "id": 1, "radiusX": 6, "radiusY": 6, "force": 1}
+                        ],
+                    },
+                )
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        cdp.detach()
+
+    def expect_digit(self, digit: str) -> None:
+        from playwright.sync_api import expect
+
+        expect(self.page.locator("#digit")).to_have_text(digit)
+        expect(self.page.locator("#top .bar")).to_have_count(3)
+
+    def expect_blank(self) -> None:
+        from playwright.sync_api import expect
+
+        expect(self.page.locator("#message")).to_have_text(BLANK)
+        expect(self.page.locator("#digit")).to_have_text("?")
+        expect(self.page.locator("#top .bar")).to_have_count(0)
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 5) -> None:
+        """Wait, letting Playwright deliver events, until ``condition()`` holds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            self.page.wait_for_timeout(20)
+
+
+@pytest.fixture
+def open_tab(browser: Any, live_server: LiveServer) -> Iterator[Callable[..., Tab]]:
+    """Opens the app in a fresh browser context; on teardown, no console errors allowed."""
+    tabs: list[Tab] = []
+
+    def open_(url: str = live_server.url, **context: Any) -> Tab:
+        page = browser.new_context(**{**DESKTOP, **context}).new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.add_init_script(REPORT_CSP)
+        tab = Tab(page)
+        tabs.append(tab)
+        page.goto(url)
+        page.locator("#model-accuracy").filter(has_text=re.compile(r"\d")).wait_for()
+        return tab
+
+    yield open_
+    problems = [p for tab in tabs for p in tab.problems]
+    for tab in tabs:
+        tab.page.context.close()
+    assert not problems, problems
+
+
+def expected_accuracy() -> str:
+    accuracy = Registry(BUNDLED_ROOT, extra_roots=()).resolve().metrics["test_accuracy"]
+    return f"{accuracy * 100:.2f}\u00a0%"
+
+
+# --- a. draw with the mouse on a desktop ------------------------------------------------
+
+
+def test_draw_digits_with_the_mouse(open_tab: Callable[..., Tab], artifacts: Path) -> None:
+    from playwright.sync_api import expect
+
+    tab = open_tab()
+    expect(tab.page.locator("#model-accuracy")).to_contain_text(expected_accuracy())
+    tab.draw(DIGITS["7"])
+    tab.expect_digit("7")
+    expect(tab.page.locator("#top .top-value").first).to_have_text(
+        re.compile(r"^(>\s)?\d+\.\d\s%$")
+    )
+    expect(tab.page.locator("#seen-img")).to_be_visible()
+    expect(tab.page.locator("#processing")).to_have_text(re.compile(r"^\d+\.\d ms$"))
+    expect(tab.page.locator("#announce")).to_contain_text("It looks like a 7.")
+    tab.page.screenshot(path=artifacts / "desktop.png")
+
+    tab.page.locator("#clear").click()
+    tab.draw(DIGITS["3"], seed=1)
+    tab.expect_digit("3")
+
+
+def test_dark_mode(open_tab: Callable[..., Tab], artifacts: Path) -> None:
+    tab = open_tab(color_scheme="dark")
+    tab.draw(DIGITS["2"], seed=2)
+    tab.expect_digit("2")
+    background = tab.page.evaluate("getComputedStyle(document.body).backgroundColor")
+    red, green, blue = map(int, re.findall(r"\d+", background)[:3])
+    assert red + green + blue < 3 * 64, f"dark mode background is {background}"
+    tab.page.screenshot(path=artifacts / "desktop-dark.png")
+
+
+# --- b. draw with a finger on a phone ---------------------------------------------------
+
+
+def test_draw_with_touch_on_a_phone(open_tab: Callable[..., Tab], artifacts: Path) -> None:
+    tab = open_tab(**PHONE)
+    page = tab.page
+    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    assert page.evaluate("document.documentElement.scrollHeight > innerHeight"), (
+        "the page should be taller than a phone screen, or the scroll check means nothing"
+    )
+    page.evaluate("""() => {
+        window.scrollTo(0, 40);
+        window.pointerTypes = new Set();
+        document.getElementById("canvas").addEventListener(
+            "pointerdown", (e) => window.pointerTypes.add(e.pointerType));
+    }""")
+    page.wait_for_function("scrollY === 40")
+    tab.touch(DIGITS["7"])
+    tab.expect_digit("7")
+    assert page.evaluate("[...pointerTypes]") == ["touch"]
+    assert page.evaluate("scrollY") == 40, "the page scrolled while drawing"
+    assert page.evaluate("scrollX") == 0
+    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=artifacts / "phone.png", full_page=True)
+
+    page.emulate_media(color_scheme="dark", reduced_motion="reduce")  # no colour fades
+    page.screenshot(path=artifacts / "phone-dark.png", full_page=True)
+    page.set_viewport_size({"width": 320, "height": 568})
+    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), (
+        "the page scrolls sideways on a 320 px phone"
+    )
+
+
+# --- c. uploads: file picker, drag and drop, paste ----------------------------------------
+
+DATA_TRANSFER = """([b64, name, type]) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], name, { type }));
+    return transfer;
+}"""
+
+
+def test_upload_drop_and_paste(open_tab: Callable[..., Tab], artifacts: Path) -> None:
+    from playwright.sync_api import expect
+
+    tab = open_tab()
+    page = tab.page
+    page.set_input_files("#file", GOLDEN / "photo_paper_3.jpg")
+    tab.expect_digit("3")
+    expect(page.locator("#upload-preview")).to_be_visible()
+    page.screenshot(path=artifacts / "desktop-upload.png")
+
+    def transfer(name: str) -> Any:
+        b64 = base64.b64encode((GOLDEN / name).read_bytes()).decode()
+        return page.evaluate_handle(DATA_TRANSFER, [b64, name, "image/png"])
+
+    page.dispatch_event("#pad", "drop", {"dataTransfer": transfer("canvas_dark_2.png")})
+    tab.expect_digit("2")
+    page.evaluate(
+        "(t) => document.dispatchEvent(new ClipboardEvent('paste', "
+        "{clipboardData: t, bubbles: true}))",
+        transfer("canvas_transparent_7.png"),
+    )
+    tab.expect_digit("7")
+
+    page.locator("#undo").click()  # undo of an upload takes the image away
+    tab.expect_blank()
+    expect(page.locator("#upload-preview")).to_be_hidden()
+
+
+# --- d. clear and undo; a blank pad sends nothing ------------------------------------------
+
+
+def test_undo_and_clear(open_tab: Callable[..., Tab]) -> None:
+    from playwright.sync_api import expect
+
+    tab = open_tab()
+    page = tab.page
+    tab.expect_blank()
+    expect(page.locator("#undo")).to_have_attribute("aria-disabled", "true")
+    page.locator("#clear").dispatch_event("click")  # disabled, nothing to clear: no request
+    tab.draw(SEVEN_IN_TWO[:1])
+    tab.expect_digit("1")
+    tab.draw(SEVEN_IN_TWO[1:], seed=1)
+    tab.expect_digit("7")
+    sent = len(tab.predictions)
+
+    page.locator("#undo").click()  # back to the "1": asks again
+    tab.expect_digit("1")
+    assert len(tab.predictions) == sent + 1
+    page.keyboard.press("Control+z")  # back to nothing: asks nothing
+    tab.expect_blank()
+    expect(page.locator("#undo")).to_have_attribute("aria-disabled", "true")
+
+    tab.draw(DIGITS["3"])
+    tab.expect_digit("3")
+    sent = len(tab.predictions)
+    page.locator("#clear").click()
+    tab.expect_blank()
+    page.wait_for_timeout(400)  # longer than the debounce: a late request would show here
+    assert len(tab.predictions) == sent
+
+    tab.draw([[(0.5, 0.5)]])  # a tap leaves a dot, and the dot is read
+    expect(page.locator("#digit")).not_to_have_text("?")
+    sent = len(tab.predictions)
+    page.keyboard.press("Escape")
+    tab.expect_blank()
+    page.wait_for_timeout(400)
+    assert len(tab.predictions) == sent
+    blank = page.evaluate("document.getElementById('canvas').toDataURL()")
+    empty = page.evaluate("""() => { const c = document.createElement('canvas');
+        const d = document.getElementById('canvas'); c.width = d.width; c.height = d.height;
+        return c.toDataURL(); }""")
+    assert blank == empty, "Clear left marks on the canvas"
+
+
+# --- e. no figure on the page is typed in ------------------------------------------------
+
+
+def test_accuracy_comes_from_the_manifest(
+    browser: Any, tmp_path: Path, open_tab: Callable[..., Tab]
+) -> None:
+    from playwright.sync_api import expect
+
+    for name in ("index.html", "static/app.js", "static/style.css"):
+        text = (WEB / name).read_text()
+        assert not re.search(r"\d\s*%", text), f"{name} holds a percentage figure"
+
+    entry = Registry(BUNDLED_ROOT, extra_roots=()).resolve()
+    copy = tmp_path / "models" / entry.name / entry.version
+    shutil.copytree(entry.path, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["metrics"]["test_accuracy"] = 0.1234
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    # Keys required, too: the page must work with its own token alone.
+    server = LiveServer(
+        tmp_path / "home",
+        env={
+            "DIGITREC_MODELS_DIR": str(tmp_path / "models"),
+            "DIGITREC_REQUIRE_API_KEY": "true",
+            "DIGITREC_RATE_LIMIT_PER_MINUTE": "0",
+            "DIGITREC_WEB_RATE_LIMIT_PER_MINUTE": "0",
+        },
+    )
+    try:
+        server.wait_ready()
+        tab = open_tab(server.url)
+        expect(tab.page.locator("#model-accuracy")).to_contain_text("12.34\u00a0%")
+        expect(tab.page.locator("#model-name")).to_have_text(f"{entry.name} {entry.version}")
+        tab.draw(DIGITS["1"])
+        tab.expect_digit("1")
+    finally:
+        server.stop()
+
+
+# --- f. a stale answer never replaces a newer one ----------------------------------------
+
+
+def test_stale_answer_is_dropped(open_tab: Callable[..., Tab]) -> None:
+    from playwright.sync_api import expect
+
+    tab = open_tab()
+    page = tab.page
+    held: list[Any] = []
+    page.route(PREDICT, lambda route: held.append(route))
+    tab.draw(SEVEN_IN_TWO[:1])  # "1": its answer is held back
+    tab.wait_until(lambda: len(held) == 1)
+    tab.draw(SEVEN_IN_TWO[1:], seed=1)  # "7": answered first
+    tab.wait_until(lambda: len(held) == 2)
+    finished: list[Any] = []
+    page.on("requestfinished", lambda request: finished.append(request))
+    held[1].continue_()
+    tab.expect_digit("7")
+    stale = {
+        "digit": 4,
+        "confidence": 0.99,
+        "processing_ms": 1.0,
+        "top": [
+            {"digit": 4, "probability": 0.99},
+            {"digit": 9, "probability": 0.006},
+            {"digit": 1, "probability": 0.004},
+        ],
+        "model": {"name": "stale", "version": "0"},
+    }
+    held[0].fulfill(json=stale)
+    tab.wait_until(lambda: len(finished) == 2)
+    page.wait_for_timeout(100)  # let the page handle the late answer
+    tab.expect_digit("7")
+    expect(page.locator("#message")).to_have_text("It looks like a 7.")
+
+
+# --- g. errors, token renewal, console and CSP ------------------------------------------
+
+
+def test_errors_are_explained(open_tab: Callable[..., Tab]) -> None:
+    from playwright.sync_api import expect
+
+    tab = open_tab()
+    page = tab.page
+    tab.allow(r"status of (401|413|415|429)")
+    message = page.locator("#message")
+
+    def answer_with(status: int, code: str, headers: dict[str, str] | None = None) -> None:
+        page.unroute(PREDICT)
+        page.route(
+            PREDICT,
+            lambda route: route.fulfill(
+                status=status,
+                headers=headers or {},
+                content_type="application/json",
+                body=json.dumps({"error": {"code": code, "message": "refused"}}),
+            ),
+        )
+
+    answer_with(429, "rate_limited", {"Retry-After": "7"})
+    tab.draw(DIGITS["1"])
+    expect(message).to_have_text("Too many requests. Try again in 7 s.")
+    expect(page.locator("#digit")).to_have_text("?")
+    answer_with(415, "unsupported_media_type")
+    page.locator("#undo").click()
+    tab.draw(DIGITS["1"])
+    expect(message).to_contain_text("not an image the server reads")
+    page.unroute(PREDICT)
+    page.route(PREDICT, lambda route: route.abort("connectionrefused"))
+    tab.allow(r"ERR_CONNECTION_REFUSED")
+    page.locator("#undo").click()
+    tab.draw(DIGITS["1"])
+    expect(message).to_contain_text("cannot be reached")
+
+    # A refused token (expired, or the server restarted) is renewed once, then retried.
+    page.unroute(PREDICT)
+    tokens: list[str] = []
+    page.on("request", lambda r: "/web/token" in r.url and tokens.append(r.url))
+    calls: list[str] = []
+
+    def refuse_first(route: Any) -> None:
+        calls.append(route.request.headers.get("x-web-token", ""))
+        if len(calls) == 1:
+            route.fulfill(
+                status=401,
+                content_type="application/json",
+                body=json.dumps({"error": {"code": "unauthorized", "message": "no"}}),
+            )
+        else:
+            route.continue_()
+
+    page.route(PREDICT, refuse_first)
+    page.locator("#undo").click()
+    tab.draw(DIGITS["1"])
+    tab.expect_digit("1")
+    assert len(calls) == 2 and len(tokens) == 1 and calls[0] != calls[1]
+
+
+def test_session_has_no_console_errors_or_csp_violations(open_tab: Callable[..., Tab]) -> None:
+    tab = open_tab()
+    page = tab.page
+    tab.draw(DIGITS["2"])
+    tab.expect_digit("2")
+    page.keyboard.press("Control+z")
+    page.set_input_files("#file", GOLDEN / "canvas_transparent_7.png")
+    tab.expect_digit("7")
+    page.keyboard.press("Escape")
+    tab.expect_blank()
+    page.reload()
+    page.locator("#model-accuracy").filter(has_text=re.compile(r"\d")).wait_for()
+    focused = []
+    for _ in range(4):  # the skip link, then the buttons: all reachable by keyboard
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id"))
+    assert focused == ["skip", "undo", "clear", "upload"], focused
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")  # Enter on Upload opens the file picker
+    chooser.value.set_files(GOLDEN / "canvas_dark_2.png")
+    tab.expect_digit("2")
+    assert tab.problems == []
