@@ -108,12 +108,16 @@ def md5_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete ``.*.tmp`` leftovers of writes killed mid-way (e.g. by SIGKILL)."""
+def remove_stale_temporaries(folder: Path, name: str = "*") -> int:
+    """Delete ``.NAME.*.tmp`` leftovers of writes killed mid-way (e.g. by SIGKILL).
+
+    Only call it for files this process owns (a run's own folder or names), never for
+    names another process may be writing right now.
+    """
     removed = 0
     if not folder.is_dir():
         return 0
-    for tmp in folder.glob(".*.tmp"):
+    for tmp in folder.glob(f".{name}.*.tmp"):
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:

@@ -41,7 +41,7 @@ from digitrec.data import MNIST_FILES, Mnist, load_mnist
 from digitrec.errors import DigitrecError, InvalidRequest
 from digitrec.model import count_parameters, create_model, model_args
 from digitrec.preprocess import PreprocessSpec, normalize
-from digitrec.registry import ONNX, WEIGHTS, ModelEntry, Registry
+from digitrec.registry import MANIFEST, ONNX, WEIGHTS, ModelEntry, Registry
 from digitrec.report import (
     accuracy,
     confusion_matrix,
@@ -568,18 +568,23 @@ def build_manifest(trainer: Trainer, run_id: str, metrics: dict[str, Any]) -> di
 def register(
     trainer: Trainer, run_id: str, metrics: dict[str, Any], export_onnx: bool = True
 ) -> ModelEntry:
-    registry = Registry.from_settings(trainer.settings)
-    manifest = build_manifest(trainer, run_id, metrics)
-    writers: dict[str, Callable[[Path], object]] = {
-        WEIGHTS: lambda p: p.write_bytes(weights_bytes(trainer.model)),
-    }
-    if export_onnx:
-        from digitrec.export import onnx_writer
-
-        writers[ONNX] = onnx_writer(trainer.model)
-    entry = registry.save(trainer.settings.model_name, run_id, manifest, writers)
+    """Save the selected model as version ``run_id`` with its manifest and model card."""
     from digitrec.card import write_model_card
 
+    registry = Registry.from_settings(trainer.settings)
+    name = trainer.settings.model_name
+    if (registry.root / name / run_id / MANIFEST).is_file():
+        entry = registry.resolve(f"{name}:{run_id}")  # saved just before a kill: keep it
+        entry.verify()
+    else:
+        writers: dict[str, Callable[[Path], object]] = {
+            WEIGHTS: lambda p: p.write_bytes(weights_bytes(trainer.model)),
+        }
+        if export_onnx:
+            from digitrec.export import onnx_writer
+
+            writers[ONNX] = onnx_writer(trainer.model)
+        entry = registry.save(name, run_id, build_manifest(trainer, run_id, metrics), writers)
     write_model_card(entry)
     return entry
 
@@ -597,6 +602,8 @@ def run_training(
     if resume:
         run_dir = resolve_run(settings, resume)
         settings = load_run_settings(run_dir, settings)
+        # A kill during registration leaves this run's hidden temporary model folder.
+        remove_stale_temporaries(settings.registry_dir / settings.model_name, run_dir.name)
     else:
         run_dir = settings.runs_path / new_run_id()
         while run_dir.exists():
