@@ -490,8 +490,14 @@ def test_session_has_no_console_errors_or_csp_violations(open_tab: Callable[...,
         page.keyboard.press("Tab")
         focused.append(page.evaluate("document.activeElement.id"))
     assert focused == ["skip", "undo", "clear", "upload"], focused
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")  # Enter on Upload opens the file picker
-    chooser.value.set_files(GOLDEN / "canvas_dark_2.png")
+    # Enter on Upload opens the file picker. (Recorded as a click on the file input:
+    # waiting for Playwright's file-chooser event races with the key press under load.)
+    page.evaluate(
+        "document.getElementById('file').addEventListener("
+        "'click', (e) => { window.__pickerOpened = true; e.preventDefault(); })"
+    )
+    page.keyboard.press("Enter")
+    page.wait_for_function("window.__pickerOpened === true")
+    page.set_input_files("#file", GOLDEN / "canvas_dark_2.png")
     tab.expect_digit("2")
     assert tab.problems == []

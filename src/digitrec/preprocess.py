@@ -102,7 +102,9 @@ def decode(raw: bytes, limits: Limits = Limits()) -> Image.Image:
             img: Image.Image = Image.open(io.BytesIO(raw), formats=SUPPORTED_FORMATS)
             _check_size(img, limits)
             if img.format == "JPEG" and img.mode in ("L", "RGB"):
-                img.draft("L", (WORK_SIDE, WORK_SIDE))  # decode at 1/2..1/8 scale, grey
+                # Decode at 1/2..1/8 scale, in grey, no smaller than the working size.
+                shrink = min(1.0, WORK_SIDE / max(img.size))
+                img.draft("L", (max(1, int(img.width * shrink)), max(1, int(img.height * shrink))))
             img.seek(0)  # first frame of an animation
             img.load()
             img = ImageOps.exif_transpose(img)
@@ -135,7 +137,11 @@ def _short(exc: BaseException) -> str:
 
 
 def _to_float_channels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """Grey levels in [0, 1] and alpha in [0, 1] (None when the image is opaque)."""
+    """Grey levels in [0, 1], and alpha in [0, 1] where the image has transparency.
+
+    For a transparent background (a canvas export) only alpha matters: grey is then left
+    empty (size 0) rather than computed.
+    """
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # High bit depth: the value range varies (16-bit, 32-bit, float); use the image's own.
         grey = np.asarray(img, dtype=np.float32)
@@ -144,15 +150,17 @@ def _to_float_channels(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode == "P" and "transparency" in img.info
     )
-    if img.mode == "1":
-        img = img.convert("L")
     if has_alpha:
         rgba = img.convert("RGBA")
-        alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
-        grey = np.asarray(rgba.convert("L"), dtype=np.float32) / 255.0
-        return grey, (alpha if alpha.min() < 0.99 else None)
+        alpha8 = np.asarray(rgba.getchannel("A"))
+        if alpha8.min() < 250:
+            alpha = alpha8.astype(np.float32) / 255.0
+            if np.median(_border(alpha)) < 0.5:  # transparent background: alpha is the ink
+                return np.empty(0, np.float32), alpha
+            return np.asarray(rgba.convert("L"), dtype=np.float32) / 255.0, alpha
+        img = rgba
     if img.mode != "L":
-        img = img.convert("RGB").convert("L")
+        img = img.convert("RGB").convert("L") if img.mode != "RGBA" else img.convert("L")
     return np.asarray(img, dtype=np.float32) / 255.0, None
 
 
@@ -235,9 +243,9 @@ def _light_ink(grey: np.ndarray) -> bool:
 def ink_map(img: Image.Image) -> np.ndarray:
     """One float channel in [0, 1] where the digit's ink is high and the paper is 0."""
     grey, alpha = _to_float_channels(_reduce(img))
-    if alpha is not None and np.median(_border(alpha)) < 0.5:
+    if alpha is not None and grey.size == 0:
         # Transparent background (e.g. a canvas export): the strokes are where alpha is.
-        ink = alpha.copy()
+        ink = alpha
     else:
         if alpha is not None:  # opaque background with holes: composite over the paper
             paper = float(np.median(_border(grey)))

@@ -12,7 +12,7 @@ from digitrec.errors import Unauthorized
 WEB_TOKEN_HEADER = "x-web-token"  # noqa: S105 - a header name, not a secret
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
@@ -46,7 +46,7 @@ async def guard(request: Request) -> Caller:
     limit per client address; without keys required, anyone else gets the API limit per
     client address.
     """
-    service = get_service(request)
+    service: Service = request.app.state.service
     settings = service.settings
     address = client_address(request, settings.trust_proxy_headers)
     secret = presented_key(request)

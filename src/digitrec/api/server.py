@@ -49,6 +49,8 @@ def serve(settings: Settings) -> None:
     # the default action the process would then die "killed by SIGTERM" (exit 143) after
     # answering every request. Handling SIGTERM here makes that a clean exit 0.
     signal.signal(signal.SIGTERM, _stopped)
+    from digitrec.api.protocol import NoDelayProtocol
+
     uvicorn.run(
         "digitrec.api.app:app_from_env",
         factory=True,
@@ -60,6 +62,7 @@ def serve(settings: Settings) -> None:
         date_header=True,
         proxy_headers=settings.trust_proxy_headers,
         access_log=False,
+        http=NoDelayProtocol,
         log_level="info",
     )
 

@@ -9,8 +9,9 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from digitrec.api.deps import client_address, get_service
+from digitrec.api.deps import client_address
 from digitrec.api.schemas import WebToken
+from digitrec.api.service import Service
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 STATIC_DIR = WEB_DIR / "static"
@@ -28,7 +29,7 @@ async def index() -> FileResponse:
 @web.get("/web/token", response_model=WebToken, include_in_schema=False)
 async def web_token(request: Request) -> dict[str, Any]:
     """A signed token the page sends as X-Web-Token, so visitors need no API key."""
-    service = get_service(request)
+    service: Service = request.app.state.service
     address = client_address(request, service.settings.trust_proxy_headers)
     service.web_limiter.check(f"web-token:{address}")
     return {"token": service.web_tokens.issue(), "expires_in": service.web_tokens.ttl}

@@ -1,0 +1,336 @@
+"""Model and preprocessing time, in one process, on the shipped model.
+
+1. Model time per image at batch 1 and 256: PyTorch eager vs ONNX Runtime on the same
+   weights (the shipped safetensors and its ONNX export), 1 and 2 threads. Only the
+   forward pass is timed (``predictor.backend``), after warm-up.
+2. ``Predictor.preprocess`` per input kind (canvas PNG, 12 MP phone JPEG, 28x28 PNG,
+   1000x1000 WebP), split into its stages (decode, ink map, MNIST layout), with a check
+   that JPEG draft mode decodes big photos at reduced scale, and cProfile of the canvas and
+   JPEG paths: where the time goes.
+
+    python benchmarks/bench_inference.py            # about a minute
+    python benchmarks/bench_inference.py --quick    # a few seconds per figure less
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from common import (
+    INPUTS,
+    bundled_model,
+    machine_info,
+    ratio,
+    repeat,
+    save_results,
+    summarize,
+    table,
+)
+from digitrec.predict import Predictor
+from digitrec.preprocess import decode, ink_map, mnist_layout, prepare
+
+BATCHES = (1, 256)
+THREADS = (1, 2)
+BACKENDS = ("torch", "onnx")
+
+
+# --- model time ----------------------------------------------------------------------------
+
+
+def model_times(entry: Any, budget_s: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    import torch
+
+    rng = np.random.default_rng(0)
+    batches = {b: rng.normal(0, 1, (b, 1, 28, 28)).astype(np.float32) for b in BATCHES}
+    rows, outputs = [], {}
+    for threads in THREADS:
+        for backend in BACKENDS:
+            predictor = Predictor(entry, backend=backend, threads=threads)
+            for batch in BATCHES:
+                x = batches[batch]
+                if backend == "torch":
+                    torch.set_num_threads(threads)  # process-wide: set before every figure
+                times = repeat(
+                    lambda p=predictor, x=x: p.backend(x),
+                    min_reps=200 if batch == 1 else 10,
+                    min_seconds=budget_s,
+                    warmup=20 if batch == 1 else 3,
+                )
+                per_image = summarize([t / batch for t in times], scale=1e6)  # microseconds
+                rows.append(
+                    {
+                        "backend": backend,
+                        "threads": threads,
+                        "batch": batch,
+                        "us_per_image_p50": per_image["p50"],
+                        "us_per_image_p99": per_image["p99"],
+                        "images_per_s": round(1e6 / per_image["p50"], 1),
+                        "reps": per_image["n"],
+                    }
+                )
+                outputs[(backend, batch)] = predictor.predict_batch(x)
+    agreement = {
+        f"batch_{b}": {
+            "max_abs_probability_diff": float(
+                np.abs(outputs[("torch", b)] - outputs[("onnx", b)]).max()
+            ),
+            "same_argmax": bool(
+                (outputs[("torch", b)].argmax(1) == outputs[("onnx", b)].argmax(1)).all()
+            ),
+        }
+        for b in BATCHES
+    }
+    return rows, agreement
+
+
+def model_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """PyTorch time over ONNX Runtime time for each (threads, batch): >1 means ONNX wins."""
+    by = {(r["backend"], r["threads"], r["batch"]): r["us_per_image_p50"] for r in rows}
+    return [
+        {
+            "threads": t,
+            "batch": b,
+            "torch_over_onnx": ratio(by[("torch", t, b)], by[("onnx", t, b)]),
+            "onnx_2_threads_speedup": ratio(by[("onnx", 1, b)], by[("onnx", 2, b)])
+            if t == 2
+            else None,
+        }
+        for t in THREADS
+        for b in BATCHES
+    ]
+
+
+# --- preprocessing -------------------------------------------------------------------------
+
+
+def preprocess_times(
+    predictor: Predictor, raws: dict[str, bytes], budget_s: float
+) -> list[dict[str, Any]]:
+    rows = []
+    spec, limits = predictor.spec, predictor.limits
+    for item in INPUTS:
+        raw = raws[item.name]
+        total = summarize(
+            repeat(lambda raw=raw: predictor.preprocess(raw), min_reps=20, min_seconds=budget_s)
+        )
+        img = decode(raw, limits)
+        ink = ink_map(img)
+        stages = {
+            "decode": summarize(repeat(lambda raw=raw: decode(raw, limits), 10, budget_s / 3)),
+            "ink_map": summarize(repeat(lambda img=img: ink_map(img), 10, budget_s / 3)),
+            "mnist_layout": summarize(
+                repeat(lambda ink=ink: mnist_layout(ink, spec), 10, budget_s / 3)
+            ),
+        }
+        answer = predictor.predict_bytes(raw)
+        rows.append(
+            {
+                "input": item.name,
+                "description": item.description,
+                "bytes": len(raw),
+                "decoded_size": list(img.size),
+                "decoded_mode": img.mode,
+                "ink_map_shape": list(ink.shape),
+                "ms": total,
+                "stages_ms_p50": {k: v["p50"] for k, v in stages.items()},
+                "digit": answer.digit,
+                "confidence": answer.confidence,
+            }
+        )
+    return rows
+
+
+def jpeg_draft_check(raw: bytes, budget_s: float) -> dict[str, Any]:
+    """Does draft mode decode the 12 MP JPEG at reduced scale, and what does that save?"""
+
+    def full_decode() -> Image.Image:
+        img = Image.open(io.BytesIO(raw))
+        img.load()
+        return img.convert("L")
+
+    with_draft = decode(raw)
+    without = full_decode()
+    t_draft = summarize(repeat(lambda: decode(raw), 5, budget_s))["p50"]
+    t_full = summarize(repeat(full_decode, 5, budget_s))["p50"]
+    return {
+        "file_size": list(Image.open(io.BytesIO(raw)).size),
+        "decoded_with_draft": list(with_draft.size),
+        "mode_with_draft": with_draft.mode,
+        "decoded_without_draft": list(without.size),
+        "draft_scale": round(without.size[0] / with_draft.size[0], 3),
+        "decode_ms_with_draft": t_draft,
+        "decode_ms_without_draft": t_full,
+        "draft_speedup": ratio(t_full, t_draft),
+    }
+
+
+def profile(predictor: Predictor, raw: bytes, reps: int, top: int = 12) -> dict[str, Any]:
+    """cProfile of ``reps`` calls: our functions by cumulative time, all by own time."""
+    img = decode(raw, predictor.limits)
+    prepare(img, predictor.spec)
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    for _ in range(reps):
+        predictor.preprocess(raw)
+    profiler.disable()
+    wall = time.perf_counter() - started
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    entries = []
+    for (filename, line, func), (_, ncalls, tottime, cumtime, _) in stats.items():
+        where = Path(filename).name if filename != "~" else "builtin"
+        entries.append(
+            {
+                "function": f"{where}:{func}",
+                "line": line,
+                "calls": ncalls // reps,
+                "own_ms": round(tottime / reps * 1000, 3),
+                "cumulative_ms": round(cumtime / reps * 1000, 3),
+            }
+        )
+    ours = sorted(
+        (e for e in entries if e["function"].startswith("preprocess.py:")),
+        key=lambda e: -e["cumulative_ms"],
+    )
+    own = sorted(entries, key=lambda e: -e["own_ms"])[:top]
+    return {
+        "reps": reps,
+        "ms_per_call_under_profiler": round(wall / reps * 1000, 3),
+        "preprocess_functions_by_cumulative": ours,
+        "top_by_own_time": own,
+    }
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def print_report(results: dict[str, Any]) -> None:
+    print("\nModel time per image (forward pass only), microseconds")
+    print(
+        table(
+            ["backend", "threads", "batch", "p50 us/img", "p99 us/img", "img/s"],
+            [
+                [
+                    r["backend"],
+                    r["threads"],
+                    r["batch"],
+                    r["us_per_image_p50"],
+                    r["us_per_image_p99"],
+                    r["images_per_s"],
+                ]
+                for r in results["model"]
+            ],
+        )
+    )
+    print(
+        table(
+            ["threads", "batch", "torch/onnx", "onnx 1->2 threads"],
+            [
+                [r["threads"], r["batch"], r["torch_over_onnx"], r["onnx_2_threads_speedup"]]
+                for r in results["model_ratios"]
+            ],
+        )
+    )
+    print(f"same weights: {results['backend_agreement']}")
+    print("\nPredictor.preprocess per input, milliseconds")
+    print(
+        table(
+            [
+                "input",
+                "bytes",
+                "decoded",
+                "p50 ms",
+                "p99 ms",
+                "decode",
+                "ink_map",
+                "layout",
+                "digit",
+            ],
+            [
+                [
+                    r["input"],
+                    r["bytes"],
+                    "x".join(map(str, r["decoded_size"])),
+                    r["ms"]["p50"],
+                    r["ms"]["p99"],
+                    r["stages_ms_p50"]["decode"],
+                    r["stages_ms_p50"]["ink_map"],
+                    r["stages_ms_p50"]["mnist_layout"],
+                    r["digit"],
+                ]
+                for r in results["preprocess"]
+            ],
+        )
+    )
+    d = results["jpeg_draft"]
+    print(
+        f"\nJPEG draft mode: {d['file_size']} decoded as {d['decoded_with_draft']} "
+        f"{d['mode_with_draft']} (1/{d['draft_scale']:g} scale) in "
+        f"{d['decode_ms_with_draft']} ms vs {d['decode_ms_without_draft']} ms for a full "
+        f"decode: {d['draft_speedup']}x"
+    )
+    for name, prof in results["profiles"].items():
+        print(
+            f"\nWhere {name} preprocessing time goes (cProfile, "
+            f"{prof['ms_per_call_under_profiler']} ms/call under the profiler)"
+        )
+        print(
+            table(
+                ["function", "calls", "cumulative ms", "own ms"],
+                [
+                    [e["function"], e["calls"], e["cumulative_ms"], e["own_ms"]]
+                    for e in prof["preprocess_functions_by_cumulative"][:8]
+                ],
+            )
+        )
+        print(
+            table(
+                ["top own time", "calls", "own ms"],
+                [[e["function"], e["calls"], e["own_ms"]] for e in prof["top_by_own_time"][:6]],
+            )
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter timing budgets")
+    parser.add_argument("--output", type=Path, help="result file (default benchmarks/results/)")
+    args = parser.parse_args()
+    budget = 0.5 if args.quick else 2.0
+
+    machine = machine_info()
+    entry = bundled_model()
+    raws = {item.name: item.make() for item in INPUTS}
+    rows, agreement = model_times(entry, budget)
+    predictor = Predictor(entry, backend="onnx", threads=1)
+    results: dict[str, Any] = {
+        "model_ref": entry.ref,
+        "model": rows,
+        "model_ratios": model_ratios(rows),
+        "backend_agreement": agreement,
+        "preprocess": preprocess_times(predictor, raws, budget),
+        "jpeg_draft": jpeg_draft_check(raws["phone_jpeg"], budget),
+        "profiles": {
+            name: profile(predictor, raws[name], reps)
+            for name, reps in (
+                ("canvas_png", 20 if args.quick else 100),
+                ("phone_jpeg", 5 if args.quick else 20),
+            )
+        },
+    }
+    print_report(results)
+    path = save_results("bench_inference", results, machine, args.output)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""Turn ``benchmarks/results/*.json`` into ``benchmarks/results/SUMMARY.md``.
+
+The Markdown tables the README includes. Every figure comes from a result file; each
+section says which machine measured it, when, and how busy the machine was.
+
+    python benchmarks/summary.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, ratio
+from digitrec.storage import atomic_write_text
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if v is None:
+            return "–"
+        if isinstance(v, bool):
+            return "yes" if v else "**no**"
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+        return str(v).replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" if i == 0 else "--:" for i in range(len(headers))) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine_line(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    busy = m.get("busy_processes_at_start") or []
+    noise = ", ".join(f"{b['name']} {b['cpu_percent']:.0f} %" for b in busy[:3]) or "none"
+    return (
+        f"_{m['cpu']}, {m['cores']} cores; torch {m['torch']}, onnxruntime "
+        f"{m['onnxruntime']}; {m['date']}; load average {m['load_average_1m_5m'][0]}, "
+        f"other busy processes at start: {noise}. Command: `{data['command']}`._"
+    )
+
+
+# --- sections ----------------------------------------------------------------------------------
+
+
+def inference(data: dict[str, Any]) -> str:
+    model = md_table(
+        ["backend", "threads", "batch", "µs/image p50", "µs/image p99", "images/s"],
+        [
+            [
+                r["backend"],
+                r["threads"],
+                r["batch"],
+                r["us_per_image_p50"],
+                r["us_per_image_p99"],
+                r["images_per_s"],
+            ]
+            for r in data["model"]
+        ],
+    )
+    ratios = md_table(
+        ["threads", "batch", "PyTorch / ONNX Runtime"],
+        [[r["threads"], r["batch"], r["torch_over_onnx"]] for r in data["model_ratios"]],
+    )
+    pre = md_table(
+        [
+            "input",
+            "bytes",
+            "decoded at",
+            "p50 ms",
+            "p99 ms",
+            "decode",
+            "ink map",
+            "layout",
+            "digit",
+        ],
+        [
+            [
+                r["description"],
+                r["bytes"],
+                "×".join(map(str, r["decoded_size"])),
+                r["ms"]["p50"],
+                r["ms"]["p99"],
+                r["stages_ms_p50"]["decode"],
+                r["stages_ms_p50"]["ink_map"],
+                r["stages_ms_p50"]["mnist_layout"],
+                r["digit"],
+            ]
+            for r in data["preprocess"]
+        ],
+    )
+    d = data["jpeg_draft"]
+    draft = (
+        f"JPEG draft mode: the {d['file_size'][0]}×{d['file_size'][1]} photo is decoded "
+        f"at {d['decoded_with_draft'][0]}×{d['decoded_with_draft'][1]} "
+        f"({d['decode_ms_with_draft']:.1f} ms instead of {d['decode_ms_without_draft']:.1f} "
+        f"ms for a full decode, {d['draft_speedup']}× faster)."
+    )
+    return (
+        f"### Model and preprocessing\n\nForward pass per image, same weights "
+        f"(`{data['model_ref']}`):\n\n{model}\n\n{ratios}\n\n"
+        f"`Predictor.preprocess` per input (stage columns: p50 ms):\n\n{pre}\n\n{draft}\n\n"
+        f"{machine_line(data)}\n"
+    )
+
+
+def http(data: dict[str, Any]) -> str:
+    servers = data["servers"]
+    base = data["baseline_used_for_ratios"]
+    rows = []
+    for s in servers:
+        r = s["runs"]
+        rows.append(
+            [
+                s["name"],
+                r["c1"]["latency_ms"]["p50"],
+                r["c1"]["latency_ms"]["p99"],
+                r["c8"]["requests_per_s"],
+                ratio(r["c8"]["requests_per_s"], base["c8"]),
+                r["c32"]["requests_per_s"],
+                ratio(r["c32"]["requests_per_s"], base["c32"]),
+                r["c32"]["latency_ms"]["p99"],
+                s["answer"]["digit"],
+            ]
+        )
+    table = md_table(
+        [
+            "server",
+            "c=1 p50 ms",
+            "c=1 p99 ms",
+            "c=8 req/s",
+            "× baseline",
+            "c=32 req/s",
+            "× baseline",
+            "c=32 p99 ms",
+            "answer",
+        ],
+        rows,
+    )
+    targets = "\n".join(
+        f"- {name}: p50 at c=1 {t['p50_c1_ms']:.2f} ms (target ≤ {t['p50_c1_target_ms']:g} ms: "
+        f"{'met' if t['p50_c1_met'] else '**not met**'}); c=8 throughput "
+        f"{t['throughput_c8_vs_baseline']}× the baseline (target ≥ {t['throughput_c8_target']:g}×: "
+        f"{'met' if t['throughput_c8_met'] else '**not met**'})"
+        for name, t in data["targets"].items()
+    )
+    return (
+        f"### HTTP, end to end\n\n{data['request']['kind']} "
+        f"({data['request']['bytes']} bytes, digit {data['request']['expected_digit']}) "
+        f"posted as a raw body over loopback; client: {data['client']}; "
+        f"{data['durations']['seconds_per_level']:g} s per concurrency level.\n\n{table}\n\n"
+        f"{targets}\n{drift(servers)}\n{machine_line(data)}\n"
+    )
+
+
+def drift(servers: list[dict[str, Any]]) -> str:
+    """How far two runs of the same server apart: differences smaller than that are noise."""
+    lines = []
+    for name in ("digitrec default", "flask-baseline"):
+        runs = [
+            s["runs"]["c8"]["requests_per_s"]
+            for s in servers
+            if s["name"] in (name, f"{name} (again)")
+        ]
+        if len(runs) == 2:
+            lines.append(
+                f"- run-to-run drift, {name} at c=8: {runs[0]:.0f} and {runs[1]:.0f} "
+                f"req/s ({abs(runs[0] - runs[1]) / max(runs) * 100:.0f} %)"
+            )
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def train(data: dict[str, Any]) -> str:
+    ours, base = data["ours"], data["tutorial"]
+
+    def reach(r: dict[str, Any], key: str) -> str:
+        t = r["time_to"][key]
+        return (
+            f"{t['seconds']:.0f} s (epoch {t['epoch']})"
+            if t["reached"]
+            else f"not reached (best {t['best'] * 100:.2f} %)"
+        )
+
+    def secs(r: dict[str, Any], key: str) -> float | None:
+        t = r["time_to"][key]
+        return t["seconds"] if t["reached"] else None
+
+    def selected(r: dict[str, Any]) -> float | None:
+        return r["selected"]["test_accuracy"] * 100 if r["selected"] else None
+
+    rows = [
+        [
+            "seconds per epoch",
+            ours["seconds_per_epoch"],
+            base["seconds_per_epoch"],
+            ratio(base["seconds_per_epoch"], ours["seconds_per_epoch"]),
+        ]
+    ]
+    rows += [
+        [
+            f"time to {k} test accuracy",
+            reach(ours, k),
+            reach(base, k),
+            ratio(secs(base, k), secs(ours, k)),
+        ]
+        for k in ("99.5%", "99.6%")
+    ]
+    rows += [
+        [
+            "best test accuracy, any epoch (%)",
+            ours["best_test_accuracy"] * 100,
+            base["best_test_accuracy"] * 100,
+            None,
+        ],
+        [
+            "test accuracy of the epoch chosen on validation (%)",
+            selected(ours),
+            selected(base),
+            None,
+        ],
+        ["epochs run", ours["epochs_run"], base["epochs_run"], None],
+        ["peak RSS (MB)", ours["peak_rss_mb"], base["peak_rss_mb"], None],
+        [
+            "process RSS at the recipe's start (MB; one process, ours first)",
+            ours.get("rss_at_start_mb"),
+            base.get("rss_at_start_mb"),
+            None,
+        ],
+    ]
+    table = md_table(["", "ours", "tutorial", "tutorial / ours"], rows)
+    scope = f"{data['epoch_budget']} epochs each" + (
+        f", {data['train_subset']} training images" if data["train_subset"] else ""
+    )
+    out = (
+        f"### Training: our recipe vs the tutorial recipe\n\nSame data, same run, "
+        f"{scope}; test accuracy measured after every epoch only to time the targets.\n\n"
+        f"{table}\n"
+    )
+    prof = data.get("profile_one_epoch")
+    if prof:
+        parts = md_table(
+            ["part of one epoch (ours)", "seconds", "share"],
+            [
+                [k.replace("_", " "), v, f"{prof['parts_share'][k] * 100:.0f} %"]
+                for k, v in prof["parts_s"].items()
+            ],
+        )
+        out += f"\n{parts}\n"
+    return out + f"\n{machine_line(data)}\n"
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    if r["met"]:
+        return "yes"
+    return "**no**" if r.get("required", True) else "**no** (known issue, not yet required)"
+
+
+def load(data: dict[str, Any]) -> str:
+    ld, mem, stop = data["load"], data["memory"], data["shutdown"]
+    fresh = stop.get("new_clients_around_sigterm", {})
+    kinds = md_table(
+        ["request", "expected", "count", "statuses", "p50 ms", "p99 ms"],
+        [
+            [
+                k,
+                v["expected"],
+                v["count"],
+                ", ".join(f"{s}: {n}" for s, n in v["statuses"].items()),
+                v["latency_ms"].get("p50"),
+                v["latency_ms"].get("p99"),
+            ]
+            for k, v in ld["by_kind"].items()
+        ],
+    )
+    reqs = md_table(
+        ["requirement", "met", "measured"],
+        [[r["requirement"], _verdict(r), str(r["detail"])[:90]] for r in data["requirements"]],
+    )
+    return (
+        f"### Load test\n\n{ld['requests']} requests in {ld['seconds']:g} s "
+        f"({ld['requests_per_s']:g} req/s) at concurrency {data['concurrency']}, ~80 % "
+        f"valid and ~20 % invalid; latency p50 {ld['latency_ms']['p50']:.1f} ms, p99 "
+        f"{ld['latency_ms']['p99']:.1f} ms. Server RSS {mem.get('cold_mb', '–')} MB cold, "
+        f"{mem['before_mb']} MB after warm-up, {mem['after_mb']} MB after the load. SIGTERM "
+        f"with {stop['in_flight_requests']} requests in flight: {stop['statuses']}, exit "
+        f"code {stop['exit_code']} after {stop['exit_seconds_after_sigterm']} s; "
+        f"{fresh.get('clients', 0)} new clients connecting around the signal: "
+        f"{fresh.get('outcomes', {})}.\n\n"
+        f"{kinds}\n\n{reqs}\n\n{machine_line(data)}\n"
+    )
+
+
+SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
+    "bench_inference": (inference, "python benchmarks/bench_inference.py"),
+    "bench_http": (http, "python benchmarks/bench_http.py"),
+    "bench_train": (train, "make bench-train"),
+    "load_test": (load, "make load"),
+}
+
+
+def build(results_dir: Path) -> str:
+    parts = [
+        "<!-- Written by benchmarks/summary.py from benchmarks/results/*.json; "
+        "do not edit by hand. -->\n"
+    ]
+    for name, (render, command) in SECTIONS.items():
+        path = results_dir / f"{name}.json"
+        if not path.is_file():
+            parts.append(f"_{name}: not measured yet (`{command}`)._\n")
+            continue
+        parts.append(render(json.loads(path.read_text(encoding="utf-8"))))
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of result files")
+    args = parser.parse_args()
+    text = build(args.results)
+    target = atomic_write_text(args.results / "SUMMARY.md", text)
+    print(text)
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()
