@@ -38,7 +38,7 @@ from digitrec.model import count_parameters
 from digitrec.preprocess import PreprocessSpec
 from digitrec.train import (
     Trainer,
-    _autocast,
+    autocast_context,
     autocast_dtype,
     evaluate,
     resolve_device,
@@ -188,7 +188,7 @@ def profile_epoch(settings: Settings, mnist: Mnist, home: Path) -> dict[str, Any
         except StopIteration:
             break
         t1 = time.perf_counter()
-        with _autocast(trainer.device, trainer.dtype):
+        with autocast_context(trainer.device, trainer.dtype):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=settings.label_smoothing)
         t2 = time.perf_counter()

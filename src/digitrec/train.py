@@ -195,7 +195,9 @@ def evaluate(
     return Evaluation(losses / seen, float((p.argmax(1) == y_np).mean()), p, y_np)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def autocast_context(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[object]:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
@@ -381,7 +383,7 @@ class Trainer:
         )
         for x, y in bar:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with _autocast(self.device, self.dtype):
+            with autocast_context(self.device, self.dtype):
                 logits = self.model(x)
                 loss = F.cross_entropy(
                     logits.float(), y, label_smoothing=self.settings.label_smoothing
