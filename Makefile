@@ -47,6 +47,8 @@ bench: $(VENV)/.dev  ## inference, preprocessing and HTTP benchmarks -> benchmar
 
 bench-train: $(VENV)/.dev  ## our recipe vs the tutorial recipe, same data, same run
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_train_step.py
+	$(BIN)/python benchmarks/summary.py
 
 load: $(VENV)/.dev  ## 60 s at concurrency 32 against a real server on loopback
 	$(BIN)/python benchmarks/load_test.py

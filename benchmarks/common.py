@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from digitrec.registry import BUNDLED_ROOT, ModelEntry, Registry
 from digitrec.storage import atomic_write_json
+from digitrec.train import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -36,16 +37,6 @@ PREDICT = "/api/v1/predict"
 
 
 # --- machine and result files ---------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _version(module: str) -> str | None:
@@ -81,7 +72,7 @@ def machine_info() -> dict[str, Any]:
     """CPU, cores, library versions, date, load: enough to judge where a figure comes from."""
     load1, load5, _ = os.getloadavg()
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

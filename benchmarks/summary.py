@@ -297,10 +297,26 @@ def load(data: dict[str, Any]) -> str:
     )
 
 
+def train_step(data: dict[str, Any]) -> str:
+    rows = [
+        [v["variant"], v["step_ms"], v["epoch_s"], v["speedup_vs_float32"]]
+        for v in data["variants"]
+    ]
+    aug = data["augmentation"]
+    return (
+        f"### One training step (digitnet, batch {data['batch']}, {data['threads']} threads)\n\n"
+        f"{md_table(['variant', 'ms/step', 's/epoch (55k)', 'x float32'], rows)}\n\n"
+        f"Augmentation per epoch: per-sample PIL {aug['per_sample_pil_epoch_s']} s, batched "
+        f"on tensors {aug['batched_tensor_epoch_s']} s ({aug['speedup']}x).\n\n"
+        f"{machine_line(data)}\n"
+    )
+
+
 SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
     "bench_inference": (inference, "python benchmarks/bench_inference.py"),
     "bench_http": (http, "python benchmarks/bench_http.py"),
     "bench_train": (train, "make bench-train"),
+    "bench_train_step": (train_step, "python benchmarks/bench_train_step.py"),
     "load_test": (load, "make load"),
 }
 
