@@ -59,7 +59,7 @@ def test_augmentation_keeps_shape_range_and_is_seeded() -> None:
 
 
 def test_augmentation_changes_images_but_keeps_the_digit(mnist: Mnist) -> None:
-    x = torch.from_numpy(mnist.test_images[:256]).unsqueeze(1).float() / 255
+    x = torch.from_numpy(mnist.test_images[:256].copy()).unsqueeze(1).float() / 255
     out = augment_batch(x, AUG, torch.Generator().manual_seed(0))
     assert (out - x).abs().mean() > 0.01  # really transformed
     ink_ratio = out.sum((1, 2, 3)) / x.sum((1, 2, 3))
