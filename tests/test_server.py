@@ -39,6 +39,7 @@ def test_every_input_route_over_http(live_server: LiveServer) -> None:
         page = http.get("/")
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
         assert "'unsafe-inline'" not in page.headers["content-security-policy"]
+        assert "server" not in page.headers  # no software banner
 
 
 def test_golden_photo_over_http(live_server: LiveServer) -> None:

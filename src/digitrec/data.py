@@ -361,12 +361,8 @@ def fetch_mnist(
                 attempts.append(f"{src.description}: {name} failed MD5 verification")
                 continue
             atomic_write_bytes(data_dir / name, data)
+            missing.remove(name)
             log.info("verified %s from %s", name, src.description)
-        missing = [
-            n
-            for n in missing
-            if not (data_dir / n).is_file() or md5_file(data_dir / n) != MNIST_FILES[n]
-        ]
         if missing and got:
             attempts.append(f"{src.description}: did not have {', '.join(missing)}")
     if missing:

@@ -168,7 +168,7 @@ class Predictor:
     @classmethod
     def from_settings(cls, settings: Settings) -> Predictor:
         entry = Registry.from_settings(settings).resolve(settings.model)
-        limits = Limits(settings.max_upload_bytes, settings.max_pixels, settings.max_side)
+        limits = Limits.from_settings(settings)
         # One thread: batch-1 latency is best there (PyTorch is 3x slower with two), and
         # concurrent requests are batched rather than split across threads.
         return cls(entry, settings.backend, settings.inference_threads or 1, limits)

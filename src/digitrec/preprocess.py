@@ -28,6 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
+from digitrec.config import Settings
 from digitrec.errors import (
     BlankImage,
     ImageTooLarge,
@@ -69,9 +70,15 @@ class PreprocessSpec:
 
 @dataclass(frozen=True)
 class Limits:
-    max_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 50_000_000
-    max_side: int = 20_000
+    """Upload limits; the defaults are the settings' (config.py), never a second copy."""
+
+    max_bytes: int = Settings.model_fields["max_upload_bytes"].default
+    max_pixels: int = Settings.model_fields["max_pixels"].default
+    max_side: int = Settings.model_fields["max_side"].default
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(settings.max_upload_bytes, settings.max_pixels, settings.max_side)
 
 
 @dataclass(frozen=True)
