@@ -19,8 +19,14 @@ from digitrec.errors import (
     UnsupportedMediaType,
 )
 from digitrec.preprocess import (
+    MARK_LEVEL,
     Limits,
     PreprocessSpec,
+    _dilate3,
+    _erode3,
+    _ink_bbox,
+    _median,
+    _robust_max,
     decode,
     ink_map,
     mnist_layout,
@@ -231,3 +237,55 @@ def test_mnist_digit_is_left_as_mnist_made_it(mnist) -> None:  # type: ignore[no
         out = mnist_layout(ink_map(Image.fromarray(digit)), SPEC)
         diffs.append(np.abs(out - digit / 255.0).mean())
     assert float(np.median(diffs)) < 0.03
+
+
+# --- the fast helpers give what their plain definitions give ------------------------------
+
+
+def _robust_max_by_definition(a: np.ndarray) -> float:
+    """Each pixel counts up to its brightest 4-neighbour, the edge repeated outwards."""
+    p = np.pad(a, 1, mode="edge")
+    neighbour = np.maximum(
+        np.maximum(p[:-2, 1:-1], p[2:, 1:-1]), np.maximum(p[1:-1, :-2], p[1:-1, 2:])
+    )
+    return float(np.minimum(a, neighbour).max())
+
+
+def _opened_bbox_by_definition(ink: np.ndarray) -> tuple[int, int, int, int]:
+    mask = ink > MARK_LEVEL
+    opened = _dilate3(_erode3(mask))  # on the whole image, not around the marked pixels
+    if np.count_nonzero(opened) >= 4:
+        mask = opened
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_robust_max_matches_its_definition(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(1, 40, size=2)
+    a = rng.random((h, w)).astype(np.float32)
+    y, x = rng.integers(h), rng.integers(w)
+    if seed % 2:  # a lone bright speck somewhere, the case the neighbour rule is for
+        a[y, x] = 2.0
+    elif w > 1:  # a bright pair: the brightest pixel has an equally bright neighbour
+        a[y, max(0, x - 1) : max(0, x - 1) + 2] = 3.0
+    assert _robust_max(a) == _robust_max_by_definition(a)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 3921])
+def test_median_matches_numpy(dtype: type, n: int) -> None:
+    a = (np.random.default_rng(n).random(n) * 255).astype(dtype)
+    assert _median(a) == np.median(a)
+    assert _median(np.array([200, 201], np.uint8)) == 200.5  # no uint8 overflow
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_ink_box_opening_near_the_ink_matches_the_whole_image(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ink = np.zeros((120, 140), np.float32)
+    top, left = rng.integers(0, 60, size=2)
+    ink[top : top + 50, left : left + 4] = 1.0  # a stroke, maybe touching an edge
+    ink[rng.integers(120, size=6), rng.integers(140, size=6)] = 1.0  # specks
+    assert _ink_bbox(ink) == _opened_bbox_by_definition(ink)
