@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from digitrec.api import create_app
+from digitrec.api.service import preprocess_threads
 from digitrec.config import Settings
 from digitrec.predict import Predictor
 from tests.conftest import encode, mnist_png, stroke_image
@@ -288,3 +289,11 @@ def test_prediction_is_deterministic_across_backends(bundled_entry) -> None:  # 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 1, 28, 28)).astype(np.float32)
     assert np.abs(torch_p.predict_batch(x) - onnx_p.predict_batch(x)).max() < 1e-5
+
+
+def test_decoding_threads_share_the_cores_among_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert preprocess_threads(Settings(workers=1)) == 4
+    assert preprocess_threads(Settings(workers=2)) == 2
+    assert preprocess_threads(Settings(workers=8)) == 1  # never none
+    assert preprocess_threads(Settings(workers=2, preprocess_threads=3)) == 3  # as configured

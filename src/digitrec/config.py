@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(32, ge=1, le=1024)  # micro-batching: images per forward pass
     batch_max_wait_ms: float = Field(2.0, ge=0, le=100)  # micro-batching: longest wait to fill
     inference_threads: int | None = None  # threads of one forward pass; default: 1
-    preprocess_threads: int | None = None  # threads decoding uploads; default: the cores
+    preprocess_threads: int | None = None  # decoding threads per worker; default: cores/workers
 
     # --- access control -------------------------------------------------------------
     require_api_key: bool = False  # /api/v1/* needs a key from `digitrec keys create`
