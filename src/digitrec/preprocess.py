@@ -4,8 +4,8 @@ Training, evaluation, the API, the web app and the CLI all go through this modul
 drawing or photo is prepared exactly the way MNIST digits were:
 
 1. ``decode``: read PNG, JPEG, WebP, BMP, GIF (first frame) or TIFF with size limits
-   checked before any pixel is decoded; apply the EXIF orientation; big JPEGs are
-   decoded at a reduced scale (draft mode).
+   checked before any pixel is decoded (``open_image``, the header only); then ``load``
+   the pixels, apply the EXIF orientation, and decode big JPEGs at a reduced scale.
 2. ``ink_map``: any colour mode to one float channel where ink = 1 and paper = 0:
    transparency, polarity (dark on light or light on dark), uneven lighting and faint
    noise are dealt with here.
@@ -18,9 +18,11 @@ Only numpy and Pillow are needed: the ONNX serving path runs without PyTorch.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -99,29 +101,48 @@ def normalize(x: ArrayT, spec: PreprocessSpec) -> ArrayT:
 
 def decode(raw: bytes, limits: Limits = Limits()) -> Image.Image:
     """Decode image bytes safely, or raise a DigitrecError that says what is wrong."""
+    return load(open_image(raw, limits))
+
+
+def open_image(raw: bytes, limits: Limits = Limits()) -> Image.Image:
+    """Read the header only and check the limits; no pixel is decoded yet (see ``load``)."""
     if not raw:
         raise InvalidRequest("the image is empty (0 bytes)", code="empty_image")
     if len(raw) > limits.max_bytes:
         raise PayloadTooLarge(f"the image is {len(raw)} bytes; the limit is {limits.max_bytes}")
+    with _decoding_errors():
+        img: Image.Image = Image.open(io.BytesIO(raw), formats=SUPPORTED_FORMATS)
+        _check_size(img, limits)
+    return img
+
+
+def load(img: Image.Image) -> Image.Image:
+    """Decode the pixels of an opened image: first frame, EXIF orientation applied, big
+    JPEGs at a reduced scale (draft mode)."""
+    with _decoding_errors():
+        if img.format == "JPEG" and img.mode in ("L", "RGB"):
+            # Decode at 1/2..1/8 scale, in grey, no smaller than the working size.
+            shrink = min(1.0, WORK_SIDE / max(img.size))
+            img.draft("L", (max(1, int(img.width * shrink)), max(1, int(img.height * shrink))))
+        img.seek(0)  # first frame of an animation
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # no copy when there is no tag
+    return img
+
+
+@contextlib.contextmanager
+def _decoding_errors() -> Iterator[None]:
+    """Pillow's many failure modes -> the DigitrecError that says what is wrong."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(raw), formats=SUPPORTED_FORMATS)
-            _check_size(img, limits)
-            if img.format == "JPEG" and img.mode in ("L", "RGB"):
-                # Decode at 1/2..1/8 scale, in grey, no smaller than the working size.
-                shrink = min(1.0, WORK_SIDE / max(img.size))
-                img.draft("L", (max(1, int(img.width * shrink)), max(1, int(img.height * shrink))))
-            img.seek(0)  # first frame of an animation
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)  # no copy when there is no tag
+            yield
     except UnidentifiedImageError:
         raise UnsupportedMediaType(f"not an image digitrec can read; send {FORMAT_LIST}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLarge("the image declares too many pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as exc:
         raise InvalidImage(f"the image is damaged or truncated ({_short(exc)})") from None
-    return img
 
 
 def _check_size(img: Image.Image, limits: Limits) -> None:
@@ -376,7 +397,8 @@ def prepare(img: Image.Image, spec: PreprocessSpec = PreprocessSpec()) -> Prepro
 def preprocess_bytes(
     raw: bytes, spec: PreprocessSpec = PreprocessSpec(), limits: Limits = Limits()
 ) -> Preprocessed:
-    """Image file bytes -> model input. The function every caller uses."""
+    """Image file bytes -> model input: ``prepare(decode(raw))``, the path every caller
+    takes (the server splits it in two to read the header before choosing a thread)."""
     return prepare(decode(raw, limits), spec)
 
 

@@ -23,6 +23,9 @@ from digitrec.keys import KeyStore
 from digitrec.predict import Prediction, Predictor
 
 log = logging.getLogger(__name__)
+# Up to this many declared pixels an image is prepared in about 3 ms or less (a 280x280
+# canvas: 1.2 ms): cheap enough to do on the event loop rather than hand to a thread.
+INLINE_MAX_PIXELS = 512 * 512
 
 
 def preprocess_threads(settings: Settings) -> int:
@@ -42,9 +45,11 @@ class Service:
         self.predictor = predictor
         self.load_error: str | None = None
         self.batcher: MicroBatcher | None = None
-        self.decoders = ThreadPoolExecutor(
-            max_workers=preprocess_threads(settings), thread_name_prefix="decode"
-        )
+        threads = preprocess_threads(settings)
+        self.decoders = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        # A pool of one thread adds a hand-off but no parallelism: small images are then
+        # prepared on the event loop (measured: +7 % req/s with one worker per core).
+        self.prepare_inline = threads == 1
         self.keys = KeyStore(settings.keys_path)
         self.api_limiter = RateLimiter(settings.rate_limit_per_minute)
         self.web_limiter = RateLimiter(settings.web_rate_limit_per_minute)
@@ -82,11 +87,16 @@ class Service:
         return self.predictor, self.batcher
 
     async def predict(self, raw: bytes, top_k: int) -> Prediction:
-        """Decode and prepare in a worker thread, then share a forward pass with others."""
+        """Prepare the image (in a decoding thread unless it is small and the pool has one
+        thread), then share a forward pass with other requests."""
         predictor, batcher = self.require_predictor()
         started = time.perf_counter()
+        img = predictor.open(raw)  # the header only: bad uploads are refused right here
         with batcher.arriving():
-            loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(self.decoders, predictor.preprocess, raw)
+            if self.prepare_inline and img.width * img.height <= INLINE_MAX_PIXELS:
+                prepared = predictor.prepare(img)
+            else:
+                loop = asyncio.get_running_loop()
+                prepared = await loop.run_in_executor(self.decoders, predictor.prepare, img)
         probs = await batcher.submit(prepared.tensor)
         return predictor.answer(prepared, probs, top_k, started)
