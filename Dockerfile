@@ -1,5 +1,6 @@
 # Serve-only image: the web app and API on ONNX Runtime, without PyTorch.
 # Build: docker build -t digitrec .   Run: docker run -p 8000:8000 digitrec
+# For throughput, one worker per core: docker run -e DIGITREC_WORKERS=2 ...
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -64,13 +64,17 @@ def big_photo() -> bytes:
     return buffer.getvalue()
 
 
-def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_finishes_in_flight_requests(tmp_path: Path, workers: int) -> None:
     """Requests the server has accepted are answered after SIGTERM, then it exits cleanly.
 
     Each client first opens its connection (a warm-up request), so every request sent
-    before the signal is one the server already holds: none may be dropped.
+    before the signal is one the server already holds: none may be dropped. With two
+    workers the supervisor passes the signal on, and each worker finishes what it holds.
     """
-    server = LiveServer(tmp_path, env={"DIGITREC_RATE_LIMIT_PER_MINUTE": "0"})
+    server = LiveServer(
+        tmp_path, env={"DIGITREC_RATE_LIMIT_PER_MINUTE": "0"}, args=("--workers", str(workers))
+    )
     clients = 12
     raw = big_photo()
     ready = threading.Barrier(clients + 1)

@@ -191,7 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default=S, help="interface (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=S, help="TCP port (default 8000)")
-    serve.add_argument("--workers", type=int, default=S, help="worker processes (default 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=S,
+        help="worker processes (default 1; one per core is fastest)",
+    )
     _add_model(serve)
     _add_paths(serve)
 
