@@ -205,3 +205,17 @@ def test_data_info_without_files(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["data", "info", "--data-dir", str(tmp_path / "none"), "--json"]) == 1
     info = json.loads(capsys.readouterr().out)
     assert info["ready"] is False and not any(f["present"] for f in info["files"])
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_taken_port_is_one_line_before_anything_loads(tmp_path: Path, workers: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = run("serve", "--port", port, "--workers", workers, home=tmp_path)
+    assert done.returncode == 7
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in one_line_error(done)
+    assert "loaded model" not in done.stdout + done.stderr

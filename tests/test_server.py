@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import os
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -106,3 +108,54 @@ def test_sigterm_finishes_in_flight_requests(tmp_path: Path, workers: int) -> No
     assert code == 0, server.log.read_text()[-2000:]
     log = server.log.read_text()
     assert "Traceback" not in log and "Finished server process" in log
+
+
+def test_workers_share_new_connections(tmp_path: Path) -> None:
+    """With --workers 2 each worker listens on its own SO_REUSEPORT socket, and the kernel
+    spreads connections over them. (With one shared socket, a worker that wakes while the
+    other is busy accepts every waiting connection; the benchmark saw all 32 on one.)"""
+    psutil = pytest.importorskip("psutil")
+    server = LiveServer(tmp_path, args=("--workers", "2"))
+    clients = [httpx.Client(base_url=server.url, timeout=10) for _ in range(32)]
+    try:
+        server.wait_ready()
+
+        def listening() -> list[Any]:  # the worker processes (not the resource tracker)
+            return [
+                child
+                for child in psutil.Process(server.process.pid).children()
+                if any(
+                    c.status == psutil.CONN_LISTEN and c.laddr.port == server.port
+                    for c in child.net_connections(kind="tcp")
+                )
+            ]
+
+        deadline = time.monotonic() + 30  # /readyz came from one worker; wait for both
+        while len(workers := listening()) < 2:
+            assert time.monotonic() < deadline, "the two workers did not both listen"
+            time.sleep(0.1)
+        sockets = {  # the kernel object behind each worker's listening descriptor
+            os.readlink(f"/proc/{worker.pid}/fd/{conn.fd}")
+            for worker in workers
+            for conn in worker.net_connections(kind="tcp")
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == server.port
+        }
+        assert len(sockets) == 2, sockets  # one each, not one shared
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            statuses = list(pool.map(lambda c: c.get("/healthz").status_code, clients))
+        assert statuses == [200] * 32
+        held = [
+            sum(
+                1
+                for conn in worker.net_connections(kind="tcp")
+                if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port == server.port
+            )
+            for worker in workers
+        ]
+    finally:
+        for client in clients:
+            client.close()
+        code = server.stop()
+    assert sum(held) == 32 and len(held) == 2, held
+    assert min(held) >= 6, held  # an even spread; all-but-5 on one worker: p < 1e-4
+    assert code == 0

@@ -138,3 +138,17 @@ class DependencyMissing(DigitrecError):
 
     code = "dependency_missing"
     exit_code = 6
+
+
+class AddressUnavailable(DigitrecError):
+    """The server cannot listen where it was asked to (port taken, no such address)."""
+
+    code = "address_unavailable"
+    exit_code = 7
+
+
+class ServerFailed(DigitrecError):
+    """The server stopped during start-up; its log says why."""
+
+    code = "server_failed"
+    exit_code = 8
