@@ -43,3 +43,18 @@ def test_shipped_model_was_made_by_the_default_recipe(bundled_entry: ModelEntry)
         if k not in ("device", "threads", "name") and stored.get(k) != defaults[k]
     }
     assert not differing, {k: (stored.get(k), defaults[k]) for k in differing}
+
+
+def test_readme_quotes_the_http_benchmark() -> None:
+    import json
+
+    results = json.loads((ROOT / "benchmarks" / "results" / "bench_http.json").read_text())
+    targets = results["targets"]
+    best = results["best_config_c8"]
+    assert best == "digitrec workers=2" and "`digitrec serve --workers 2`" in README
+    p50 = targets["default"]["p50_c1_ms"]
+    speedup = targets[f"best ({best})"]["throughput_c8_vs_baseline"]
+    assert f"**{p50:.2f} ms**" in README, p50
+    assert f"**{speedup:.2f}x**" in README, speedup
+    met = "met" if targets[f"best ({best})"]["throughput_c8_met"] else "not met"
+    assert f"(target ≥ 3x: **{met}**)" in README
