@@ -1,7 +1,9 @@
 """`digitrec serve`: check the model, then run the app under uvicorn.
 
 The model is resolved and verified before the server starts, so a missing or tampered
-model is a clear start-up error. Settings reach worker processes through ``DIGITREC_*``
+model is a clear start-up error, and so is an address that cannot be bound (the socket is
+bound here, before uvicorn starts; with several workers on Linux each worker binds its
+own ``SO_REUSEPORT`` socket). Settings reach worker processes through ``DIGITREC_*``
 variables; a random secret for web-page tokens is generated when none is configured,
 so that every worker accepts every other worker's tokens. SIGTERM stops accepting new
 connections and lets in-flight requests finish before the process exits.
