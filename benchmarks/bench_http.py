@@ -346,65 +346,27 @@ def main() -> None:
 
     machine = machine_info()
     body = canvas_png()
-    servers = []
+    # (name, command, home folder, settings): ours by default, the baseline, our other
+    # settings, then the two main figures once more to show how much they drift in a run.
+    ours = ("digitrec default", digitrec_serve_command(), "ours", None)
+    flask = ("flask-baseline", flask_command(), "flask", None)
+    plan = [ours, flask]
+    plan += [
+        (f"digitrec {name}", digitrec_serve_command(), "ours", OUR_CONFIGS[name])
+        for name in configs
+        if name != "default"
+    ]
+    if args.again:
+        plan += [(f"{name} (again)", *rest) for name, *rest in (ours, flask)]
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         home = Path(tmp)
-        servers.append(
-            run_server(
-                "digitrec default",
-                digitrec_serve_command(),
-                server_env(home / "ours"),
-                body,
-                args,
-                home,
-            )
-        )
-        servers.append(
-            run_server(
-                "flask-baseline",
-                flask_command(),
-                server_env(home / "flask"),
-                body,
-                args,
-                home,
-            )
-        )
-        for name in configs:
-            if name != "default":
-                servers.append(
-                    run_server(
-                        f"digitrec {name}",
-                        digitrec_serve_command(),
-                        server_env(home / "ours", OUR_CONFIGS[name]),
-                        body,
-                        args,
-                        home,
-                    )
-                )
-        if args.again:  # the two main figures once more: how much they drift within a run
-            servers.append(
-                run_server(
-                    "digitrec default (again)",
-                    digitrec_serve_command(),
-                    server_env(home / "ours"),
-                    body,
-                    args,
-                    home,
-                )
-            )
-            servers.append(
-                run_server(
-                    "flask-baseline (again)",
-                    flask_command(),
-                    server_env(home / "flask"),
-                    body,
-                    args,
-                    home,
-                )
-            )
+        servers = [
+            run_server(name, command, server_env(home / folder, settings), body, args, home)
+            for name, command, folder, settings in plan
+        ]
     base = baseline_figures(servers)
-    ours = [s for s in servers if not s["name"].startswith("flask")]
-    best = max(ours, key=lambda s: s["runs"]["c8"]["requests_per_s"])
+    candidates = [s for s in servers if not s["name"].startswith("flask")]
+    best = max(candidates, key=lambda s: s["runs"]["c8"]["requests_per_s"])
     results = {
         "baseline_used_for_ratios": base,
         "client": "http_client.py: pre-built request on raw sockets, uvloop, "

@@ -24,7 +24,7 @@ from digitrec.predict import Prediction, Predictor
 
 log = logging.getLogger(__name__)
 # Up to this many declared pixels an image is prepared in about 3 ms or less (a 280x280
-# canvas: 1.2 ms): cheap enough to do on the event loop rather than hand to a thread.
+# canvas: 1.3 ms): cheap enough to do on the event loop rather than hand to a thread.
 INLINE_MAX_PIXELS = 512 * 512
 
 
