@@ -8,6 +8,7 @@ working directory.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,10 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 APP_NAME = "digitrec"
+MIN_SECRET_LENGTH = 32  # characters of DIGITREC_SECRET_KEY
+MIN_SECRET_DISTINCT = 8  # distinct characters: "aaaa..." is not a secret
+DEFAULT_API_RATE = 600  # requests/minute per key when keys are required
+DEFAULT_WEB_RATE = 120  # requests/minute per page visitor when keys are required
 
 
 def _default_home() -> Path:
@@ -83,25 +88,83 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)  # serve: TCP port
     workers: int = Field(1, ge=1, le=64)  # serve: worker processes
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # largest request body accepted
-    max_pixels: int = Field(50_000_000, ge=64)  # largest decoded image (width x height)
+    max_pixels: int = Field(50_000_000, ge=64)  # largest declared image (width x height)
     max_side: int = Field(20_000, ge=8)  # largest image side in pixels
     batch_max_size: int = Field(32, ge=1, le=1024)  # micro-batching: images per forward pass
     batch_max_wait_ms: float = Field(2.0, ge=0, le=100)  # micro-batching: longest wait to fill
     inference_threads: int | None = None  # threads of one forward pass; default: 1
     preprocess_threads: int | None = None  # decoding threads per worker; default: cores/workers
 
+    # --- what one request may cost (see README, "Reliability") --------------------------
+    max_decode_cpu_s: float = Field(1.0, gt=0, le=60)  # CPU seconds to decode one image
+    max_decode_memory_mb: int = Field(384, ge=64, le=16384)  # memory to decode one image
+    decode_processes: int | None = Field(None, ge=1, le=64)  # big-image sandboxes; default 1
+    max_url_bytes: int = Field(8192, ge=256, le=1 << 20)  # request target (path + query); 414
+    max_header_bytes: int = Field(16384, ge=1024, le=1 << 20)  # all request headers; 431
+    max_headers: int = Field(100, ge=8, le=10000)  # number of request headers; 431
+    header_timeout_s: float = Field(10.0, gt=0, le=600)  # time to send request line + headers
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)  # time to send the body; then 408
+    keepalive_timeout_s: float = Field(5.0, gt=0, le=600)  # idle keep-alive connections close
+    max_connections: int = Field(512, ge=8, le=100_000)  # open connections per worker; then 503
+
     # --- access control -------------------------------------------------------------
     require_api_key: bool = False  # /api/v1/* needs a key from `digitrec keys create`
-    rate_limit_per_minute: int = Field(600, ge=0)  # per API key (or per client without keys)
-    web_rate_limit_per_minute: int = Field(120, ge=0)  # per visitor of the web page
+    # Rate limits apply when keys are required or a limit is set here; local use is free.
+    rate_limit_per_minute: int | None = Field(None, ge=0)  # per key/client; keys on: 600
+    web_rate_limit_per_minute: int | None = Field(None, ge=0)  # per page visitor; keys on: 120
+    web_tokens: bool = True  # the web page may predict without a key (short, page-bound token)
+    web_token_ttl_s: int = Field(600, ge=30, le=86400)  # life of a web-page token
     secret_key: SecretStr | None = None  # signs web-page tokens; random per start if unset
     cors_origins: list[str] = Field(default_factory=list)  # CORS is off when empty
     trust_proxy_headers: bool = False  # take the client address from X-Forwarded-For
+    trusted_proxies: list[str] = Field(  # proxies whose X-Forwarded-For entries are believed
+        default_factory=lambda: ["127.0.0.1", "::1"]
+    )
+
+    @field_validator("secret_key", mode="after")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(set(value.get_secret_value())) < MIN_SECRET_DISTINCT:
+            raise ValueError(
+                f"the secret key is too weak: use at least {MIN_SECRET_LENGTH} random "
+                "characters, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"the secret key is too short ({len(value.get_secret_value())} characters): use "
+                f"at least {MIN_SECRET_LENGTH} random characters, e.g. "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
+
+    @field_validator("trusted_proxies", mode="after")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {item!r}") from None
+        return value
 
     @field_validator("home", "data_dir", "models_dir", "runs_dir", "keys_file", mode="after")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
+
+    @property
+    def api_rate_limit(self) -> int:
+        """Requests per minute per API key or client: as set, else 600 with keys, else off."""
+        if self.rate_limit_per_minute is not None:
+            return self.rate_limit_per_minute
+        return DEFAULT_API_RATE if self.require_api_key else 0
+
+    @property
+    def web_rate_limit(self) -> int:
+        """Requests per minute per web-page visitor: as set, else 120 with keys, else off."""
+        if self.web_rate_limit_per_minute is not None:
+            return self.web_rate_limit_per_minute
+        return DEFAULT_WEB_RATE if self.require_api_key else 0
 
     @property
     def model_name(self) -> str:

@@ -77,6 +77,41 @@ class ImageTooLarge(PayloadTooLarge):
     code = "image_too_large"
 
 
+class ImageTooCostly(PayloadTooLarge):
+    """Decoding the image would cost more than one request may (CPU time, memory, or a
+    structure built to be slow: thousands of chunks, markers or progressive scans)."""
+
+    code = "image_too_costly"
+
+
+class UriTooLong(DigitrecError):
+    """The request target (path and query) is over the limit."""
+
+    code = "uri_too_long"
+    status = 414
+
+
+class HeadersTooLarge(DigitrecError):
+    """The request's headers are too many or too large."""
+
+    code = "headers_too_large"
+    status = 431
+
+
+class RequestTimeout(DigitrecError):
+    """The client took too long to send its request (headers or body)."""
+
+    code = "request_timeout"
+    status = 408
+
+
+class ServiceBusy(DigitrecError):
+    """The server is at a configured capacity (connections, decoding queue) or stopping."""
+
+    code = "busy"
+    status = 503
+
+
 class Unauthorized(DigitrecError):
     code = "unauthorized"
     status = 401

@@ -51,8 +51,8 @@ class Service:
         # prepared on the event loop (measured: +7 % req/s with one worker per core).
         self.prepare_inline = threads == 1
         self.keys = KeyStore(settings.keys_path)
-        self.api_limiter = RateLimiter(settings.rate_limit_per_minute)
-        self.web_limiter = RateLimiter(settings.web_rate_limit_per_minute)
+        self.api_limiter = RateLimiter(settings.api_rate_limit)
+        self.web_limiter = RateLimiter(settings.web_rate_limit)
         secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else None
         self.web_tokens = WebTokens(secret)
 
