@@ -6,9 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from digitrec.api import create_app
-from digitrec.api.service import preprocess_threads
+from digitrec.api.decoding import preprocess_threads
 from digitrec.config import Settings
 from digitrec.predict import Predictor
 from tests.conftest import encode, mnist_png, stroke_image
@@ -299,27 +297,3 @@ def test_decoding_threads_share_the_cores_among_workers(monkeypatch: pytest.Monk
     assert preprocess_threads(Settings(workers=2)) == 2
     assert preprocess_threads(Settings(workers=8)) == 1  # never none
     assert preprocess_threads(Settings(workers=2, preprocess_threads=3)) == 3  # as configured
-
-
-@pytest.mark.parametrize(
-    ("threads", "side", "in_pool"),
-    [(1, 280, False), (1, 600, True), (2, 280, True)],  # 600x600 is over INLINE_MAX_PIXELS
-)
-def test_small_images_skip_the_hand_off_only_when_the_pool_has_one_thread(
-    settings: Settings, predictor: Predictor, threads: int, side: int, in_pool: bool
-) -> None:
-    where: list[str] = []
-
-    class Recording(Predictor):
-        def prepare(self, img: Image.Image) -> Any:
-            where.append(threading.current_thread().name)
-            return super().prepare(img)
-
-    recording = Recording.__new__(Recording)
-    recording.__dict__.update(predictor.__dict__)  # the loaded model, without reloading it
-    app = create_app(settings.model_copy(update={"preprocess_threads": threads}), recording)
-    png = encode(Image.fromarray(stroke_image(size=side)))
-    with TestClient(app) as test_client:
-        response = test_client.post(PREDICT, content=png, headers={"content-type": "image/png"})
-    assert response.status_code == 200, response.text
-    assert where and where[0].startswith("decode") == in_pool

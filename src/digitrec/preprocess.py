@@ -4,8 +4,10 @@ Training, evaluation, the API, the web app and the CLI all go through this modul
 drawing or photo is prepared exactly the way MNIST digits were:
 
 1. ``decode``: read PNG, JPEG, WebP, BMP, GIF (first frame) or TIFF with size limits
-   checked before any pixel is decoded (``open_image``, the header only); then ``load``
-   the pixels, apply the EXIF orientation, and decode big JPEGs at a reduced scale.
+   checked before any pixel is decoded (``open_image``: the file's structure walked by
+   ``imagecheck``, then the header; what decoding would cost is estimated and refused
+   over the budget); then ``load`` the pixels, apply the EXIF orientation, and decode
+   big JPEGs at a reduced scale.
 2. ``ink_map``: any colour mode to one float channel where ink = 1 and paper = 0:
    transparency, polarity (dark on light or light on dark), uneven lighting and faint
    noise are dealt with here.
@@ -28,11 +30,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from digitrec import imagecheck
 from digitrec.config import Settings
 from digitrec.errors import (
     BlankImage,
+    ImageTooCostly,
     ImageTooLarge,
     InvalidImage,
     InvalidRequest,
@@ -47,6 +51,10 @@ WORK_SIDE = 384  # images are reduced to at most this side before the ink analys
 MIN_CONTRAST = 0.08  # below this ink-to-paper contrast an image counts as blank
 MIN_INK_PIXELS = 4  # fewer marked pixels than this (at working size) count as blank
 MARK_LEVEL = 0.3  # ink level (after stretching) that marks a pixel as part of the digit
+# Modes Pillow's fast integer ``reduce`` handles; others (16-bit grey, ...) resize directly.
+REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "I", "F"})
+# Text chunks are never read: cap what Pillow decompresses for them (default 64 MB).
+PngImagePlugin.MAX_TEXT_MEMORY = 1 << 20
 
 ArrayT = TypeVar("ArrayT")
 
@@ -77,10 +85,16 @@ class Limits:
     max_bytes: int = Settings.model_fields["max_upload_bytes"].default
     max_pixels: int = Settings.model_fields["max_pixels"].default
     max_side: int = Settings.model_fields["max_side"].default
+    max_decode_mb: int = Settings.model_fields["max_decode_memory_mb"].default
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
-        return cls(settings.max_upload_bytes, settings.max_pixels, settings.max_side)
+        return cls(
+            settings.max_upload_bytes,
+            settings.max_pixels,
+            settings.max_side,
+            settings.max_decode_memory_mb,
+        )
 
 
 @dataclass(frozen=True)
@@ -110,17 +124,45 @@ def open_image(raw: bytes, limits: Limits = Limits()) -> Image.Image:
         raise InvalidRequest("the image is empty (0 bytes)", code="empty_image")
     if len(raw) > limits.max_bytes:
         raise PayloadTooLarge(f"the image is {len(raw)} bytes; the limit is {limits.max_bytes}")
+    imagecheck.inspect(raw)  # crafted structures are refused before Pillow walks them
     with _decoding_errors():
         img: Image.Image = Image.open(io.BytesIO(raw), formats=SUPPORTED_FORMATS)
         _check_size(img, limits)
+    _check_cost(img, limits)
     return img
+
+
+def _is_jpeg(img: Image.Image) -> bool:
+    return img.format in ("JPEG", "MPO")  # an MPO (phone cameras) is JPEG frames
+
+
+def decoded_bytes(img: Image.Image) -> int:
+    """Memory the decoded pixels will take (big JPEGs decode at a reduced scale)."""
+    width, height = img.size
+    if _is_jpeg(img) and img.mode in ("L", "RGB"):
+        scale = 1
+        while scale < 8 and max(width, height) / (2 * scale) >= WORK_SIDE:
+            scale *= 2
+        return -(-width // scale) * -(-height // scale)  # decoded in grey
+    depth = 4 if img.mode in ("I", "F", "RGBX", "CMYK") else 2 if ";16" in img.mode else 1
+    return width * height * len(img.getbands()) * depth
+
+
+def _check_cost(img: Image.Image, limits: Limits) -> None:
+    # The decoded image, plus half again for the reduction to the working size.
+    needed = decoded_bytes(img) * 3 // 2
+    if needed > limits.max_decode_mb * 2**20:
+        raise ImageTooCostly(
+            f"decoding this {img.width}x{img.height} {img.format} image would take about "
+            f"{needed / 2**20:.0f} MB; the limit is {limits.max_decode_mb} MB"
+        )
 
 
 def load(img: Image.Image) -> Image.Image:
     """Decode the pixels of an opened image: first frame, EXIF orientation applied, big
     JPEGs at a reduced scale (draft mode)."""
     with _decoding_errors():
-        if img.format == "JPEG" and img.mode in ("L", "RGB"):
+        if _is_jpeg(img) and img.mode in ("L", "RGB"):
             # Decode at 1/2..1/8 scale, in grey, no smaller than the working size.
             shrink = min(1.0, WORK_SIDE / max(img.size))
             img.draft("L", (max(1, int(img.width * shrink)), max(1, int(img.height * shrink))))
@@ -222,9 +264,10 @@ def _median(a: np.ndarray) -> float:
 
 
 def _reduce(img: Image.Image) -> Image.Image:
+    """Shrink to the working size in place (no copy of a big image is ever made)."""
     if max(img.size) > WORK_SIDE:
-        img = img.copy()
-        img.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
+        gap = 2.0 if img.mode in REDUCIBLE_MODES else None
+        img.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX, reducing_gap=gap)
     return img
 
 
@@ -388,8 +431,12 @@ def mnist_layout(ink: np.ndarray, spec: PreprocessSpec = PreprocessSpec()) -> np
 def prepare(img: Image.Image, spec: PreprocessSpec = PreprocessSpec()) -> Preprocessed:
     """Decoded image -> model input and the 28x28 picture the model sees."""
     layout = mnist_layout(ink_map(img), spec)
-    image = np.rint(layout * 255).astype(np.uint8)
     # Quantise like MNIST's uint8 pixels so serving sees exactly what training saw.
+    return from_image(np.rint(layout * 255).astype(np.uint8), spec)
+
+
+def from_image(image: np.ndarray, spec: PreprocessSpec = PreprocessSpec()) -> Preprocessed:
+    """The model input for a prepared ``size x size`` uint8 picture."""
     tensor = normalize(image.astype(np.float32) / 255.0, spec)[None, :, :]
     return Preprocessed(tensor=tensor.astype(np.float32), image=image)
 

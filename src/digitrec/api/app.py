@@ -20,7 +20,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digitrec import __version__
 from digitrec.api.routes import api, health
-from digitrec.api.security import BodyLimitMiddleware, SecurityHeadersMiddleware
+from digitrec.api.security import (
+    BodyLimitMiddleware,
+    SecurityHeadersMiddleware,
+    UnexpectedErrorMiddleware,
+)
 from digitrec.api.service import Service
 from digitrec.api.web import mount_static, web
 from digitrec.config import Settings
@@ -73,9 +77,13 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "the server failed to answer; it was logged")
 
 
-def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, predictor: Predictor | None = None, *, warm: bool = False
+) -> FastAPI:
+    """The application; ``warm`` starts the decoding sandbox with the app (the server
+    does; tests start it on the first image that needs it)."""
     settings = settings or Settings()
-    service = Service(settings, predictor)
+    service = Service(settings, predictor, warm=warm)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -108,6 +116,9 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "x-api-key", "x-web-token", "content-type"],
         )
+    # Innermost: an unexpected exception becomes a JSON 500 inside the other middlewares,
+    # so it still carries the security headers.
+    app.add_middleware(UnexpectedErrorMiddleware)
     # Room for base64 (4/3) and multipart headers; the image itself is checked exactly later.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes * 4 // 3 + 65536)
     app.add_middleware(SecurityHeadersMiddleware)
@@ -116,4 +127,4 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn workers: settings come from DIGITREC_* variables."""
-    return create_app(Settings())
+    return create_app(Settings(), warm=True)

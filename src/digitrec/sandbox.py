@@ -1,0 +1,273 @@
+"""Decoding in a sandbox: a separate process with a CPU-time and memory budget per image.
+
+An image that is big, or in a format whose decoder we do not walk ourselves (WebP,
+TIFF, ...), is decoded and prepared in a worker process started with
+``python -m digitrec.sandbox``. Each job gets ``max_decode_cpu_s`` of CPU (a profiling
+timer that raises in Python, and ``RLIMIT_CPU`` one second later for decoders stuck in
+C) and ``max_decode_memory_mb`` of address space beyond what the process needed to
+start (``RLIMIT_AS``). Past either, the job fails with ``ImageTooCostly`` (413) and the
+process is replaced; the server never waits on it longer than a wall-clock deadline.
+The worker runs at a lower priority, so the server's own small requests come first.
+
+The protocol on the worker's stdin/stdout is deliberately dumb, so a decoder exploited
+by a crafted file can hand the server nothing but bytes: a job is a length-prefixed JSON
+header (preprocessing spec and limits) and the file; the answer is a status byte and
+either the 28x28 uint8 image or a JSON error (code and message).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from typing import IO, Any
+
+from digitrec.errors import DigitrecError, ImageTooCostly, InvalidImage
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct(">I")
+_OK, _ERROR = b"\x00", b"\x01"
+NICE = 10  # the sandbox yields the CPU to the server's small requests
+RECYCLE_RSS_MB = 96  # a worker holding this much more than at start is replaced
+STARTUP_TIMEOUT_S = 30.0  # importing numpy and Pillow on a busy machine
+
+
+class _OverBudget(Exception):
+    pass
+
+
+# --- the worker process ---------------------------------------------------------------------
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:  # noqa: PTH123 - Linux only, read once per job
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _vm_bytes() -> int:
+    with open("/proc/self/statm") as fh:  # noqa: PTH123
+        return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _read_exact(stream: IO[bytes], n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise EOFError
+    return data
+
+
+def _job(header: dict[str, Any], raw: bytes) -> bytes:
+    """Decode and prepare one image; the 28x28 uint8 picture the model will see."""
+    from digitrec.preprocess import Limits, PreprocessSpec, preprocess_bytes
+
+    spec = PreprocessSpec.from_dict(header["spec"])
+    limits = Limits(**header["limits"])
+    return preprocess_bytes(raw, spec, limits).image.tobytes()
+
+
+def _answer(header: dict[str, Any], raw: bytes, cpu_s: float) -> bytes:
+    import resource
+
+    used = time.process_time()
+    resource.setrlimit(resource.RLIMIT_CPU, (int(used + cpu_s) + 2, resource.RLIM_INFINITY))
+    signal.setitimer(signal.ITIMER_PROF, cpu_s)
+    try:
+        return _OK + _job(header, raw)
+    except _OverBudget:
+        error: DigitrecError = ImageTooCostly(
+            f"decoding the image took over the {cpu_s:g} s CPU budget; it was refused"
+        )
+    except MemoryError:
+        error = ImageTooCostly("decoding the image needs more memory than allowed; it was refused")
+    except DigitrecError as exc:
+        error = exc
+    except Exception as exc:  # a decoder's own failure: the file is damaged
+        error = InvalidImage(f"the image is damaged ({type(exc).__name__})")
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+    return _ERROR + json.dumps({"code": error.code, "message": error.message}).encode()
+
+
+def worker_main(cpu_s: float, memory_mb: int) -> None:
+    """Serve jobs from stdin until it closes (run by ``python -m digitrec.sandbox``)."""
+    import resource
+
+    import digitrec.preprocess  # noqa: F401 - import numpy and Pillow before the limits
+
+    os.nice(NICE)
+
+    def over_budget(signum: int, frame: object) -> None:
+        raise _OverBudget
+
+    signal.signal(signal.SIGPROF, over_budget)
+    start_rss = _rss_mb()
+    limit = _vm_bytes() + memory_mb * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdout.write(_OK)  # ready
+    stdout.flush()
+    while True:
+        try:
+            (size,) = _LEN.unpack(_read_exact(stdin, _LEN.size))
+            header = json.loads(_read_exact(stdin, size))
+            (size,) = _LEN.unpack(_read_exact(stdin, _LEN.size))
+            raw = _read_exact(stdin, size)
+        except EOFError:
+            return
+        reply = _answer(header, raw, cpu_s)
+        del raw
+        stdout.write(_LEN.pack(len(reply)) + reply)
+        stdout.flush()
+        if _rss_mb() - start_rss > RECYCLE_RSS_MB:
+            return  # give the memory back: the server starts a fresh worker
+
+
+# --- the server's side ----------------------------------------------------------------------
+
+
+class SandboxWorker:
+    """One worker process, used by one job at a time (callers take turns: ``Sandbox``)."""
+
+    def __init__(self, cpu_s: float, memory_mb: int) -> None:
+        self.cpu_s = cpu_s
+        self.memory_mb = memory_mb
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        command = [sys.executable, "-m", "digitrec.sandbox", str(self.cpu_s), str(self.memory_mb)]
+        process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True
+        )
+        assert process.stdout is not None
+        if self._read(process, 1, time.monotonic() + STARTUP_TIMEOUT_S) != _OK:
+            self._kill(process)
+            raise DigitrecError("the decoding sandbox did not start")
+        return process
+
+    def ensure_started(self) -> subprocess.Popen[bytes]:
+        if self.process is None or self.process.poll() is not None:
+            self.process = self._spawn()
+        return self.process
+
+    def run(self, header: dict[str, Any], raw: bytes) -> bytes:
+        """Decode one image; its 28x28 uint8 picture, or the DigitrecError it caused."""
+        process = self.ensure_started()
+        assert process.stdin is not None
+        # The CPU budget plus room for a busy machine (the worker runs niced).
+        deadline = time.monotonic() + 4 * self.cpu_s + 2.0
+        try:
+            blob = json.dumps(header).encode()
+            process.stdin.write(_LEN.pack(len(blob)) + blob + _LEN.pack(len(raw)))
+            process.stdin.write(raw)
+            process.stdin.flush()
+            (size,) = _LEN.unpack(self._read(process, _LEN.size, deadline))
+            reply = self._read(process, size, deadline)
+        except (OSError, EOFError, TimeoutError, struct.error) as exc:
+            self._kill(process)
+            self.process = None
+            reason = "took too long" if isinstance(exc, TimeoutError) else "went over its budget"
+            raise ImageTooCostly(f"decoding the image {reason}; it was refused") from None
+        if reply[:1] == _OK:
+            return reply[1:]
+        error = json.loads(reply[1:])
+        raise _error_for(error["code"], error["message"])
+
+    @staticmethod
+    def _read(process: subprocess.Popen[bytes], n: int, deadline: float) -> bytes:
+        assert process.stdout is not None
+        fd = process.stdout.fileno()
+        chunks, got = [], 0
+        while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, n - got)
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _kill(process: subprocess.Popen[bytes]) -> None:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                stream.close()
+
+    def close(self) -> None:
+        if self.process is not None:
+            self._kill(self.process)
+            self.process = None
+
+
+def _error_for(code: str, message: str) -> DigitrecError:
+    """The DigitrecError a worker reported, rebuilt from its code (unknown: InvalidImage)."""
+    classes: list[type[DigitrecError]] = [DigitrecError]
+    while classes:
+        cls = classes.pop()
+        if cls.code == code:
+            return cls(message)
+        classes.extend(cls.__subclasses__())
+    return InvalidImage(message, code=code)
+
+
+class Sandbox:
+    """A few sandbox workers; a job waits for a free one (at most ``max_waiting`` wait)."""
+
+    def __init__(self, processes: int, cpu_s: float, memory_mb: int) -> None:
+        self.workers = [SandboxWorker(cpu_s, memory_mb) for _ in range(processes)]
+        self.max_waiting = 8 * processes
+        self._free = list(self.workers)
+        self._cond = threading.Condition()
+        self._waiting = 0
+
+    def run(self, header: dict[str, Any], raw: bytes) -> bytes:
+        """Blocking: call from a thread. Refuses with 503 when too many jobs wait."""
+        from digitrec.errors import ServiceBusy
+
+        with self._cond:
+            if not self._free and self._waiting >= self.max_waiting:
+                raise ServiceBusy("too many large images are being decoded; try again shortly")
+            self._waiting += 1
+            try:
+                while not self._free:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            worker = self._free.pop()
+        try:
+            return worker.run(header, raw)
+        finally:
+            with self._cond:
+                self._free.append(worker)
+                self._cond.notify()
+
+    def warm(self) -> None:
+        for worker in self.workers:
+            worker.ensure_started()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+
+
+def job_header(spec: Any, limits: Any) -> dict[str, Any]:
+    """What a worker needs to know besides the file: the model's preprocessing and limits."""
+    return {"spec": spec.to_dict(), "limits": asdict(limits)}
+
+
+if __name__ == "__main__":
+    worker_main(float(sys.argv[1]), int(sys.argv[2]))

@@ -1,0 +1,108 @@
+"""The decoding sandbox: same answers as in-process, and a hard CPU, memory and time
+budget per image that a hostile file cannot get past."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from benchmarks import hostile
+
+from digitrec.errors import BlankImage, ImageTooCostly, ServiceBusy, UnsupportedMediaType
+from digitrec.preprocess import Limits, PreprocessSpec, preprocess_bytes
+from digitrec.sandbox import Sandbox, job_header
+
+HEADER = job_header(PreprocessSpec(), Limits())
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    box = Sandbox(1, cpu_s=1.0, memory_mb=384)
+    try:
+        yield box
+    finally:
+        box.close()
+
+
+def test_answers_match_the_in_process_path(sandbox: Sandbox) -> None:
+    for raw in (hostile.canvas_png(), hostile.jpeg_photo(1600, 1200), hostile.tiff_16bit(600)):
+        assert sandbox.run(HEADER, raw) == preprocess_bytes(raw).image.tobytes()
+
+
+def test_errors_come_back_as_the_same_error(sandbox: Sandbox) -> None:
+    with pytest.raises(BlankImage):
+        sandbox.run(HEADER, hostile.png_huge_rgba(600, 600))
+    with pytest.raises(UnsupportedMediaType):
+        sandbox.run(HEADER, b"%PDF-1.4 not an image")
+
+
+def test_cpu_budget_stops_a_slow_decode() -> None:
+    """36 progressive scans of 50 megapixels: ~0.6 s of CPU here, within every structural
+    cap; a budget of 0.2 s refuses it, and the worker serves the next image."""
+    raw = hostile.progressive_jpeg_scans(20000, 2500, 30)
+    box = Sandbox(1, cpu_s=0.2, memory_mb=384)
+    try:
+        box.warm()
+        started = time.monotonic()
+        with pytest.raises(ImageTooCostly, match="CPU budget") as info:
+            box.run(HEADER, raw)
+        assert info.value.status == 413
+        assert time.monotonic() - started < 0.2 * 4 + 2  # never past the wall deadline
+        assert box.run(HEADER, hostile.canvas_png())
+    finally:
+        box.close()
+
+
+def test_memory_budget_stops_a_big_decode() -> None:
+    box = Sandbox(1, cpu_s=5.0, memory_mb=64)
+    try:
+        with pytest.raises(ImageTooCostly, match=r"memory|budget"):
+            box.run(HEADER, hostile.png_huge_rgba(6000, 3000))  # 72 MB of pixels
+        assert box.run(HEADER, hostile.canvas_png())
+    finally:
+        box.close()
+
+
+def test_a_stuck_or_dead_worker_is_replaced(sandbox: Sandbox) -> None:
+    quick = Sandbox(1, cpu_s=0.2, memory_mb=384)
+    try:
+        quick.warm()
+        process = quick.workers[0].process
+        assert process is not None
+        os.kill(process.pid, signal.SIGSTOP)  # a decoder that never returns
+        with pytest.raises(ImageTooCostly, match="too long"):
+            quick.run(HEADER, hostile.canvas_png())
+        assert process.poll() is not None  # killed, not left behind
+        assert quick.run(HEADER, hostile.canvas_png())  # a fresh worker
+        fresh = quick.workers[0].process
+        assert fresh is not None and fresh.pid != process.pid
+        os.kill(fresh.pid, signal.SIGKILL)
+        fresh.wait()
+        assert quick.run(HEADER, hostile.canvas_png())
+    finally:
+        quick.close()
+
+
+def test_too_many_waiting_jobs_are_refused_not_queued_forever() -> None:
+    box = Sandbox(1, cpu_s=5.0, memory_mb=384)
+    box.max_waiting = 0
+    slow = hostile.progressive_jpeg_scans(20000, 2500, 30)
+    try:
+        box.warm()
+
+        def blank() -> None:
+            with pytest.raises(BlankImage):
+                box.run(HEADER, slow)
+
+        worker = threading.Thread(target=blank)
+        worker.start()
+        time.sleep(0.2)  # the slow one holds the only worker for ~0.6 s
+        with pytest.raises(ServiceBusy):
+            box.run(HEADER, hostile.canvas_png())
+        worker.join()
+    finally:
+        box.close()
