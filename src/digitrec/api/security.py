@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import math
 import secrets
 import time
@@ -19,6 +20,11 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitrec.errors import PayloadTooLarge, RateLimited
+
+log = logging.getLogger(__name__)
+INTERNAL_ERROR = {
+    "error": {"code": "internal_error", "message": "the server failed to answer; it was logged"}
+}
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -75,6 +81,36 @@ class SecurityHeadersMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class UnexpectedErrorMiddleware:
+    """Answer an unexpected exception with a JSON 500 (logged with its traceback) from
+    inside the middleware stack, so the answer still passes the security headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except _BodyTooLarge:
+            raise  # BodyLimitMiddleware's own signal, answered 413 there
+        except Exception:
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise  # the answer is under way: the server closes the connection
+            await send_json_error(send, 500, INTERNAL_ERROR)
 
 
 class BodyLimitMiddleware:
@@ -160,27 +196,36 @@ class RateLimiter:
 
 
 class WebTokens:
-    """Short-lived signed tokens that let the web page call the API without an API key."""
+    """Short-lived signed tokens that let the web page predict without an API key.
 
-    def __init__(self, secret: bytes | None = None, ttl: int = 12 * 3600) -> None:
+    A token carries its expiry and is signed together with the client it was issued to,
+    so it only works from there. Where it is accepted is decided in ``deps.guard``.
+    """
+
+    def __init__(self, secret: bytes | None = None, ttl: int = 600) -> None:
         self.secret = secret or secrets.token_bytes(32)
         self.ttl = ttl
 
-    def _sign(self, payload: str) -> str:
-        mac = hmac.new(self.secret, payload.encode(), hashlib.sha256).digest()
+    def _sign(self, payload: str, client: str) -> str:
+        message = f"{payload}|{client}".encode()
+        mac = hmac.new(self.secret, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
-    def issue(self, now: float | None = None) -> str:
+    def issue(self, client: str, now: float | None = None) -> str:
         expires = int((time.time() if now is None else now) + self.ttl)
         payload = f"{expires}.{secrets.token_hex(8)}"
-        return f"{payload}.{self._sign(payload)}"
+        return f"{payload}.{self._sign(payload, client)}"
 
-    def verify(self, token: str, now: float | None = None) -> bool:
+    def verify(self, token: str, client: str, now: float | None = None) -> bool:
+        """Valid, unexpired and issued to ``client``; any malformed token is just invalid."""
+        if len(token) > 128 or not token.isascii():
+            return False
         try:
             expires, nonce, signature = token.split(".")
             expiry = int(expires)
         except ValueError:
             return False
-        if not hmac.compare_digest(signature, self._sign(f"{expires}.{nonce}")):
+        expected = self._sign(f"{expires}.{nonce}", client)
+        if not hmac.compare_digest(signature.encode(), expected.encode()):
             return False
         return expiry > (time.time() if now is None else now)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from digitrec.api.deps import client_address
+from digitrec.api.deps import web_token_for
 from digitrec.api.schemas import WebToken
 from digitrec.api.service import Service
 
@@ -28,11 +28,11 @@ async def index() -> FileResponse:
 
 @web.get("/web/token", response_model=WebToken, include_in_schema=False)
 async def web_token(request: Request) -> dict[str, Any]:
-    """A signed token the page sends as X-Web-Token, so visitors need no API key."""
+    """A signed token the page sends as X-Web-Token, so visitors need no API key (see
+    ``deps``: short-lived, for this client and the prediction route only)."""
     service: Service = request.app.state.service
-    address = client_address(request, service.settings.trust_proxy_headers)
-    service.web_limiter.check(f"web-token:{address}")
-    return {"token": service.web_tokens.issue(), "expires_in": service.web_tokens.ttl}
+    token = web_token_for(request)
+    return {"token": token, "expires_in": service.web_tokens.ttl}
 
 
 @web.get("/docs")
