@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from digitrec.errors import (
     BlankImage,
@@ -34,6 +34,7 @@ from digitrec.preprocess import (
     preprocess_bytes,
 )
 from tests.conftest import encode, stroke_image
+from tests.handwriting import DIGITS, traced
 
 SPEC = PreprocessSpec()
 
@@ -132,18 +133,41 @@ def test_animated_gif_uses_the_first_frame() -> None:
     )
 
 
-def test_uneven_lighting_and_noise_are_removed() -> None:
-    rng = np.random.default_rng(0)
-    h, w = 480, 640
-    paper = np.linspace(0.95, 0.55, w)[None, :] * np.ones((h, 1))  # strong shadow
-    ink = np.zeros((h, w))
-    ink[100:380, 300:340] = 1
-    grey = paper * (1 - ink) + 0.1 * ink + rng.normal(0, 0.03, (h, w))
-    photo = Image.fromarray(np.clip(grey * 255, 0, 255).astype(np.uint8)).convert("RGB")
-    image = preprocess_bytes(encode(photo, "JPEG", quality=85)).image
-    rows = np.flatnonzero(image.max(1) > 100)
-    assert rows[-1] - rows[0] + 1 >= 18  # the bar, not the shadow, fills the box
-    assert image[:, :8].max() < 60 and image[:, -8:].max() < 60  # no background left
+PHOTO = (480, 640)  # height, width of the lighting tests' photos
+
+
+def lighting(kind: str) -> np.ndarray:
+    """How brightly each pixel of the paper is lit (0..1): evenly, or under a soft shadow."""
+    y, x = np.indices(PHOTO, dtype=np.float64)
+    return {
+        "even": np.full(PHOTO, 0.92),
+        "shadow from the left": 0.92 - 0.5 / (1 + np.exp((x - 200) / 40)),
+        "shadow in a corner": 0.92 - 0.5 / (1 + np.exp((np.hypot(x, y) - 300) / 40)),
+    }[kind]
+
+
+def photo_of_seven(light: np.ndarray) -> bytes:
+    """A handwritten 7 in dark ink on paper lit as ``light``, with sensor noise, as a JPEG."""
+    h, w = light.shape
+    mask = Image.new("L", (w, h), 0)
+    pen = ImageDraw.Draw(mask)
+    for stroke in traced(DIGITS["7"]):
+        pen.line([(w * (0.25 + 0.5 * x), h * y) for x, y in stroke], 255, h // 22, "curve")
+    ink = np.asarray(mask, dtype=np.float64) / 255
+    noise = np.random.default_rng(0).normal(0, 0.02, light.shape)
+    grey = np.clip((light * (1 - ink) + 0.12 * ink + noise) * 255, 0, 255)
+    return encode(Image.fromarray(grey.astype(np.uint8)).convert("RGB"), "JPEG", quality=85)
+
+
+@pytest.mark.parametrize("kind", ["shadow from the left", "shadow in a corner"])
+def test_uneven_lighting_and_noise_are_removed(kind: str) -> None:
+    # A gradient alone is no test: subtracting the edges' level and the noise floor
+    # remove it even without the lighting branch. A shadow over part of the page is not.
+    even = preprocess_bytes(photo_of_seven(lighting("even"))).image.astype(np.float64)
+    lit = preprocess_bytes(photo_of_seven(lighting(kind))).image.astype(np.float64)
+    assert np.abs(lit - even).mean() < 5  # the same input as under even light (1 measured)
+    assert ((lit > 100) & (even < 30)).sum() <= 2  # the shadow is not read as ink
+    assert ((lit < 30) & (even > 100)).sum() <= 2  # nor does it hide the ink
 
 
 @pytest.mark.parametrize("value", [0, 128, 255])

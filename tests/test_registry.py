@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -111,17 +110,20 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_read_only_registry_is_a_clear_error(tmp_path: Path) -> None:  # pragma: no cover
+def test_unwritable_registry_is_a_clear_error(tmp_path: Path) -> None:
+    # A regular file where a folder must go: no permission bits involved, so it fails for
+    # root too (CI runs as root, which ignores a read-only folder's mode).
     registry = Registry(tmp_path, extra_roots=())
     save(registry, "m", "v1", "2026")
-    (tmp_path / "m").chmod(0o500)
-    try:
-        with pytest.raises(StorageError):
-            save(registry, "m", "v2", "2026")
-        assert registry.resolve("m:v1")
-    finally:
-        (tmp_path / "m").chmod(0o700)
+    (tmp_path / "blocked").write_bytes(b"")  # where model "blocked" needs its folder
+    with pytest.raises(StorageError, match=r"could not write .*blocked"):
+        save(registry, "blocked", "v1", "2026")
+    under_a_file = Registry(tmp_path / "blocked" / "models", extra_roots=())
+    with pytest.raises(StorageError, match="Not a directory"):
+        save(under_a_file, "m", "v2", "2026")
+    assert registry.resolve("m:v1").version == "v1"  # what was there is untouched
+    assert [e.ref for e in registry.list()] == ["m:v1"]
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 def test_manifest_is_json_with_file_hashes(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 """Atomic file writes: every file digitrec writes appears whole or not at all.
 
 Data is written to a temporary file in the destination folder, flushed and fsynced,
-then renamed over the target. A full disk or a read-only folder becomes a
-``StorageError`` and leaves whatever was there before untouched.
+then renamed over the target. The temporary file has its final mode before any data is
+written, so a secret written with ``mode=0o600`` is never readable by others, not even
+for a moment. A full disk or a read-only folder becomes a ``StorageError`` and leaves
+whatever was there before untouched.
 """
 
 from __future__ import annotations
@@ -39,19 +41,26 @@ def storage_errors(what: str) -> Iterator[None]:
         raise StorageError(f"could not write {what}: {reason}") from exc
 
 
-def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file to ``path``."""
+def atomic_write(path: Path, write: Callable[[Path], object], mode: int | None = None) -> Path:
+    """Call ``write(tmp_path)`` then rename the temporary file to ``path``.
+
+    ``mode`` is the file's permission bits (e.g. ``0o600`` for secrets), set on the empty
+    temporary file before ``write`` runs; by default the usual ``0o666`` less the umask.
+    """
     path = Path(path)
+    final_mode = 0o666 & ~_UMASK if mode is None else mode
     with storage_errors(str(path)):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
         tmp = Path(tmp_name)
         try:
+            try:
+                os.fchmod(fd, final_mode)  # mkstemp makes 0600; set the final mode while empty
+            finally:
+                os.close(fd)
             write(tmp)
             with tmp.open("rb+") as fh:
                 os.fsync(fh.fileno())
-            tmp.chmod(0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode
             tmp.replace(path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -59,16 +68,17 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), mode)
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def atomic_write_text(path: Path, text: str, mode: int | None = None) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), mode)
 
 
-def atomic_write_json(path: Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: Path, obj: Any, mode: int | None = None) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    return atomic_write_text(path, text, mode)
 
 
 @contextlib.contextmanager

@@ -49,6 +49,11 @@ def error_response(
 
 async def _digitrec_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DigitrecError)
+    if exc.status >= 500 and exc.status != 503:
+        # The server's own failure (e.g. an unreadable key file): its message may name
+        # server paths, so it goes to the log and the client gets the code alone.
+        log.error("%s on %s %s: %s", exc.code, request.method, request.url.path, exc.message)
+        return error_response(exc.status, exc.code, "the server failed to answer; it was logged")
     headers = None
     if isinstance(exc, RateLimited):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}

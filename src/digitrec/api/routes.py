@@ -23,11 +23,12 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "malformed request: empty body, bad JSON or base64, missing field 'image'",
         401: "an API key is required (keys are on) or the key is not valid",
         403: "the API key was revoked",
-        413: "the body or the image (pixels) is over the limit",
+        413: "the body or the image (pixels) is over the limit, or decoding it would cost "
+        "more than one request may (image_too_costly: CPU time, memory, crafted structure)",
         415: "not an image format we read (send PNG, JPEG, WebP, BMP, GIF or TIFF)",
         422: "the image is damaged, blank, or a parameter is out of range",
         429: "rate limit reached; see Retry-After",
-        503: "no model is loaded",
+        503: "no model is loaded, or the server is at capacity (busy; try again shortly)",
     }
     return {c: {"model": ErrorOut, "description": described[c]} for c in codes}
 
