@@ -92,12 +92,16 @@ def test_web_page_works_for_visitors_when_keys_are_on(keyed: tuple[TestClient, K
 def test_web_token_is_bound_to_the_page_the_route_and_the_client(
     keyed: tuple[TestClient, KeyStore],
 ) -> None:
-    """With keys on, a web token is no substitute for a key: only the prediction route,
-    only from a same-origin browser request, only from the client it was issued to."""
+    """With keys on, a web token is no substitute for a key: only the routes the page
+    calls, only from a same-origin browser request, only from the client it was issued to."""
+    from digitrec.api.deps import WEB_TOKEN_PATHS
+
     client, _ = keyed
     token = client.get("/web/token", headers=BROWSER).json()["token"]
     web = {"X-Web-Token": token, **BROWSER}
-    assert client.get("/api/v1/model", headers=web).status_code == 401  # not the whole API
+    assert client.get("/api/v1/model", headers=web).status_code == 200  # the page's card
+    assert {"/api/v1/predict", "/api/v1/model"} == WEB_TOKEN_PATHS  # new routes need keys
+    assert client.get("/openapi.json", headers=web).status_code == 200  # public anyway
     assert post(client, {"X-Web-Token": token}).status_code == 401  # not from a plain script
     cross = {"X-Web-Token": token, "Sec-Fetch-Site": "cross-site"}
     assert post(client, cross).status_code == 401
@@ -310,3 +314,17 @@ def test_ipv6_clients_are_counted_per_64() -> None:
     assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
     assert client_key("::ffff:203.0.113.5") == client_key("203.0.113.5") == "203.0.113.5"
     assert client_key("testclient") == "testclient"
+
+
+def test_web_token_does_not_open_other_api_routes(tmp_path: Path, predictor: Predictor) -> None:
+    from fastapi import Depends
+
+    from digitrec.api.deps import guard
+
+    app = create_app(Settings(home=tmp_path, require_api_key=True), predictor)
+    app.router.add_api_route("/api/v1/admin", lambda: {"ok": True}, dependencies=[Depends(guard)])
+    with TestClient(app) as client:
+        token = client.get("/web/token", headers=BROWSER).json()["token"]
+        web = {"X-Web-Token": token, **BROWSER}
+        assert client.get("/api/v1/admin", headers=web).status_code == 401
+        assert client.get("/api/v1/model", headers=web).status_code == 200

@@ -1,8 +1,8 @@
 """Dependencies shared by the routes: the service, and who the caller is (keys, limits).
 
 Access control lives here, in ``guard``: an API key gets the API rate limit per key; the
-web page (a valid X-Web-Token, on the prediction route, from the client it was issued
-to, in a same-origin browser request) gets the web limit per client; anyone else is
+web page (a valid X-Web-Token, on the routes the page calls, from the client it was
+issued to, in a same-origin browser request) gets the web limit per client; anyone else is
 refused when keys are required, and otherwise gets the API limit per client (off unless
 configured: local use is never throttled). Clients are told apart by address, per /64
 for IPv6 (one host holds a whole /64), and behind a proxy by the X-Forwarded-For entry
@@ -22,7 +22,9 @@ from digitrec.config import Settings
 from digitrec.errors import Forbidden, Unauthorized
 
 WEB_TOKEN_HEADER = "x-web-token"  # noqa: S105 - a header name, not a secret
-WEB_TOKEN_PATHS = frozenset({"/api/v1/predict"})  # what a web-page token may call
+# What a web-page token may call: what the page itself calls (reading a digit, and the
+# model card it shows); nothing else of the API.
+WEB_TOKEN_PATHS = frozenset({"/api/v1/predict", "/api/v1/model"})
 IPV6_CLIENT_PREFIX = 64  # an IPv6 client is its /64: hosts get whole /64s
 
 
