@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c requirements.lock
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: serve test lint train evaluate bench bench-train load fault docker-lint clean help
+.PHONY: serve test lint train evaluate bench bench-train load attack fault docker-lint clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -52,6 +52,9 @@ bench-train: $(VENV)/.dev  ## our recipe vs the tutorial recipe, same data, same
 
 load: $(VENV)/.dev  ## 60 s at concurrency 32 against a real server on loopback
 	$(BIN)/python benchmarks/load_test.py
+
+attack: $(VENV)/.dev  ## replay the hardening issue's attacks on loopback (~5 min), 1 and 2 workers
+	$(BIN)/python benchmarks/adversarial.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

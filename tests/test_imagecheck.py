@@ -134,3 +134,8 @@ def test_costly_decodes_are_refused_from_the_header(tmp_path: Path) -> None:
     with pytest.raises(ImageTooCostly, match="MB"):
         decode(raw, Limits(max_decode_mb=128))
     assert decode(hostile.png_huge_rgba(800, 800), Limits(max_decode_mb=128)).size == (800, 800)
+
+
+def test_a_webp_too_big_for_the_memory_budget_is_413_not_damaged() -> None:
+    with pytest.raises(ImageTooCostly, match="MB"):
+        decode(hostile.webp_huge(7000))

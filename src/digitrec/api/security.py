@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digitrec.errors import PayloadTooLarge, RateLimited
@@ -106,6 +107,9 @@ class UnexpectedErrorMiddleware:
             await self.app(scope, receive, tracking_send)
         except _BodyTooLarge:
             raise  # BodyLimitMiddleware's own signal, answered 413 there
+        except ClientDisconnect:
+            log.info("client left before sending its whole request: %s", scope.get("path"))
+            return  # nobody to answer (e.g. cut off by the body timeout with a 408)
         except Exception:
             log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
             if started:
