@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +110,11 @@ class LiveServer:
     """`digitrec serve` in a subprocess on 127.0.0.1, stopped with SIGTERM."""
 
     def __init__(
-        self, home: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+        self,
+        home: Path,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        preexec_fn: Callable[[], None] | None = None,  # e.g. resource limits for the server
     ) -> None:
         import subprocess
         import sys
@@ -141,6 +145,7 @@ class LiveServer:
             env=full_env,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -187,3 +192,13 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         yield server
     finally:
         server.stop()
+
+
+def big_photo() -> bytes:
+    """A 12-megapixel JPEG of a digit: slow enough to decode (~30 ms) to still be in flight."""
+    golden = Path(__file__).parent / "golden" / "photo_paper_3.jpg"
+    buffer = io.BytesIO()
+    Image.open(golden).resize((4000, 3000), Image.Resampling.BILINEAR).save(
+        buffer, "JPEG", quality=85
+    )
+    return buffer.getvalue()

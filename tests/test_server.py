@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, big_photo
 
 pytestmark = [pytest.mark.server]
 GOLDEN = Path(__file__).parent / "golden"
@@ -52,18 +52,6 @@ def test_golden_photo_over_http(live_server: LiveServer) -> None:
             headers={"content-type": "image/jpeg"},
         )
     assert response.status_code == 200 and response.json()["digit"] == 3
-
-
-def big_photo() -> bytes:
-    """A 12-megapixel JPEG of a digit: slow enough (~30 ms) to still be in flight."""
-    import io
-
-    from PIL import Image
-
-    small = Image.open(GOLDEN / "photo_paper_3.jpg")
-    buffer = io.BytesIO()
-    small.resize((4000, 3000), Image.Resampling.BILINEAR).save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -5,12 +5,18 @@ model is a clear start-up error, and so is an address that cannot be bound (the 
 bound here, before uvicorn starts; with several workers on Linux each worker binds its
 own ``SO_REUSEPORT`` socket). Settings reach worker processes through ``DIGITREC_*``
 variables; a random secret for web-page tokens is generated when none is configured,
-so that every worker accepts every other worker's tokens. SIGTERM stops accepting new
-connections and lets in-flight requests finish before the process exits.
+so that every worker accepts every other worker's tokens. What one connection may cost
+(``HttpLimits``) is built here, once, and bound into the protocol class that uvicorn
+pickles into every worker. SIGTERM, and SIGHUP with one worker, stop accepting new
+connections and let in-flight requests finish before the process exits; with several
+workers uvicorn's supervisor takes SIGHUP as a rolling restart (each new worker is ready
+before the old one gets SIGTERM).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -18,15 +24,21 @@ import secrets
 import signal
 import socket
 import sys
+import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any, cast
 
+import uvicorn
+
+from digitrec.api.protocol import HttpLimits, LimitedProtocol, report_refusals
 from digitrec.config import Settings
 from digitrec.errors import AddressUnavailable, ServerFailed
 from digitrec.registry import Registry
 
 log = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN_S = 15
+DESCRIPTOR_RESERVE = 64  # descriptors kept for the model, logs, pipes and files per worker
 
 
 def export_settings(settings: Settings) -> None:
@@ -44,10 +56,7 @@ def export_settings(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
-    import uvicorn
     from uvicorn.supervisors import Multiprocess
-
-    from digitrec.api.protocol import NoDelayProtocol
 
     entry = Registry.from_settings(settings).resolve(settings.model)
     entry.verify()  # fail now, with the reason, rather than serve a broken model
@@ -59,10 +68,14 @@ def serve(settings: Settings) -> None:
     log.info("serving %s on http://%s:%d", entry.ref, settings.host, port)
     export_settings(settings)
     os.environ["DIGITREC_MODEL"] = entry.ref
+    limits = HttpLimits.from_settings(
+        settings, max_connections=connections_that_fit(settings.max_connections)
+    )
     # uvicorn re-raises the signal that stopped it once the graceful shutdown is over; with
     # the default action the process would then die "killed by SIGTERM" (exit 143) after
-    # answering every request. Handling SIGTERM here makes that a clean exit 0.
+    # answering every request. Handling the signal here makes that a clean exit 0.
     signal.signal(signal.SIGTERM, _stopped)
+    signal.signal(signal.SIGHUP, _stopped)
     config = uvicorn.Config(
         "digitrec.api.app:app_from_env",
         factory=True,
@@ -70,16 +83,19 @@ def serve(settings: Settings) -> None:
         port=port,
         workers=settings.workers,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type] # float s work
         server_header=False,
         date_header=True,
-        proxy_headers=settings.trust_proxy_headers,
+        proxy_headers=False,  # X-Forwarded-For is read by api.deps.client_address alone
         access_log=False,
-        http=NoDelayProtocol,
+        # A partial of a module-level class pickles, so it reaches every worker as it is.
+        http=cast(Any, functools.partial(LimitedProtocol, limits=limits)),
+        ws="none",  # no WebSocket routes: an Upgrade request is served as plain HTTP
         log_level="info",
     )
     with sock:
         if settings.workers == 1:
-            server = uvicorn.Server(config)
+            server = _Server(config)
             server.run(sockets=[sock])
             if not server.started:
                 raise ServerFailed("the server did not start; see the log above")
@@ -88,6 +104,36 @@ def serve(settings: Settings) -> None:
             Multiprocess(config, sockets=workers).run()
         else:
             Multiprocess(config, sockets=[sock]).run()
+
+
+def connections_that_fit(wanted: int) -> int:
+    """Raise the soft descriptor limit to the hard one, and return how many connections
+    per worker it then holds beside DESCRIPTOR_RESERVE: ``wanted``, or fewer (logged).
+
+    A worker out of descriptors cannot accept: the event loop drops what waits in the
+    listening queue, legitimate requests included, and says nothing.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft != hard:
+        raised = hard if hard != resource.RLIM_INFINITY else max(soft, wanted + DESCRIPTOR_RESERVE)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError) as exc:  # e.g. macOS caps it below an infinite hard limit
+            log.debug("could not raise the descriptor limit to %d: %s", raised, exc)
+    if soft == resource.RLIM_INFINITY or soft - DESCRIPTOR_RESERVE >= wanted:
+        return wanted
+    fit = max(1, soft - DESCRIPTOR_RESERVE)
+    log.warning(
+        "the descriptor limit (%d) holds %d connections per worker beside %d for the model, "
+        "logs and files: max_connections lowered from %d to %d (raise it with ulimit -n)",
+        *(soft, fit, DESCRIPTOR_RESERVE, wanted, fit),
+    )
+    return fit
 
 
 def listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -126,5 +172,26 @@ def _worker_socket(host: str, port: int) -> socket.socket:
     return listening_socket(host, port, reuse_port=True)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, stopping gracefully on SIGHUP too (uvicorn leaves SIGHUP to its
+    default action, which kills the process and drops every request in flight)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            if threading.current_thread() is not threading.main_thread():
+                yield  # signals reach the main thread only (uvicorn skips them too)
+                return
+            previous = signal.signal(signal.SIGHUP, self.handle_exit)
+            try:
+                yield
+            finally:  # before uvicorn re-raises the signal, so _stopped logs it
+                signal.signal(signal.SIGHUP, previous)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        report_refusals()  # what the last few seconds refused, before the process ends
+
+
 def _stopped(signum: int, frame: FrameType | None) -> None:
-    log.info("stopped by SIGTERM after a graceful shutdown")
+    log.info("stopped by %s after a graceful shutdown", signal.Signals(signum).name)
