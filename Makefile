@@ -55,6 +55,7 @@ load: $(VENV)/.dev  ## 60 s at concurrency 32 against a real server on loopback
 
 attack: $(VENV)/.dev  ## replay the hardening issue's attacks on loopback (~5 min), 1 and 2 workers
 	$(BIN)/python benchmarks/adversarial.py
+	$(BIN)/python benchmarks/summary.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -312,12 +312,48 @@ def train_step(data: dict[str, Any]) -> str:
     )
 
 
+def _attack_cell(row: dict[str, Any] | None) -> list[Any]:
+    if row is None:
+        return ["–"] * 4
+    probe = row["probe"]["all_ms"]
+    worst = f"{probe['max']:,.0f}" if probe.get("n") else "–"
+    if row["probe"]["failures"]:
+        worst += f" ({row['probe']['failures']} failed)"
+    return [row["result"], row["answered_s"], worst, row["rss_mb"]["peak"]]
+
+
+def attack(data: dict[str, Any]) -> str:
+    """Each attack against the hardened server, beside the same attack against the code
+    before hardening (``attack_before.json``, when present), one worker."""
+    before_path = RESULTS / "attack_before.json"
+    before = json.loads(before_path.read_text(encoding="utf-8")) if before_path.is_file() else None
+
+    def by_case(result: dict[str, Any] | None, workers: int) -> dict[str, dict[str, Any]]:
+        configs = [c for c in (result or {}).get("configs", []) if c["workers"] == workers]
+        return {row["case"]: row for row in configs[0]["cases"]} if configs else {}
+
+    sections = ["## Attacks (`make attack`)\n"]
+    for config in data["configs"]:
+        workers = config["workers"]
+        old = by_case(before, workers)
+        rows = [
+            [row["case"], *_attack_cell(old.get(row["case"])), *_attack_cell(row)]
+            for row in config["cases"]
+        ]
+        headers = ["case", "before: got", "s", "probe max ms", "RSS peak MB"]
+        headers += ["now: got", "s", "probe max ms", "RSS peak MB"]
+        sections.append(f"`--workers {workers}`:\n\n" + md_table(headers, rows) + "\n")
+    sections.append(machine_line(data) + "\n")
+    return "\n".join(sections)
+
+
 SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
     "bench_inference": (inference, "python benchmarks/bench_inference.py"),
     "bench_http": (http, "python benchmarks/bench_http.py"),
     "bench_train": (train, "make bench-train"),
     "bench_train_step": (train_step, "python benchmarks/bench_train_step.py"),
     "load_test": (load, "make load"),
+    "attack": (attack, "make attack"),
 }
 
 
