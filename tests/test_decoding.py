@@ -7,6 +7,7 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -190,3 +191,27 @@ def test_a_second_lifespan_on_the_same_app_works(settings: Settings, predictor: 
             raw = hostile.jpeg_photo(1600, 1200)  # through the sandbox, started anew
             response = client.post(PREDICT, content=raw, headers={"content-type": "image/jpeg"})
             assert response.status_code == 200, response.text
+
+
+@pytest.mark.server
+def test_sigterm_with_costly_decodes_in_flight_ends_quickly_with_json(tmp_path: Path) -> None:
+    """A shutdown with a slow decode in flight used to take 51 s and answer a text/plain
+    500: decodes are bounded now, so the answers are JSON and the server exits soon."""
+    import signal
+
+    live = LiveServer(tmp_path)
+    live.wait_ready()
+    costly = hostile.progressive_jpeg_scans(20000, 2500, 30)  # ~0.6 s of CPU each
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(send_all, live.url, [costly], "image/jpeg") for _ in range(4)]
+        time.sleep(0.3)
+        started = time.monotonic()
+        live.process.send_signal(signal.SIGTERM)
+        code = live.process.wait(timeout=30)
+        stopped_after = time.monotonic() - started
+        answers = [f.result()[0] for f in pending]
+    live.stop()
+    assert code == 0 and stopped_after < 10, stopped_after
+    for response in answers:
+        assert response.status_code in (413, 422, 503), response.text
+        assert response.headers["content-type"] == "application/json"

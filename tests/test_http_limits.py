@@ -393,3 +393,25 @@ def test_sigterm_answers_slow_clients_503_and_exits_at_once(tmp_path: Path) -> N
         assert_json_error(slow_body.result(), 503, "busy")
         assert_json_error(slow_head.result(), 503, "busy")
     assert code == 0 and seconds < 4, (code, seconds)
+
+
+def test_a_body_in_tiny_chunks_is_refused_at_the_chunk_limit(live: LiveServer) -> None:
+    """1.6 MB in 1-byte chunks cost 0.4 s of the event loop; a body may come in at most
+    MAX_BODY_CHUNKS chunks, so such a request stops costing at the limit."""
+    from digitrec.api.protocol import MAX_BODY_CHUNKS
+
+    head = (
+        b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    with connect(live) as sock:
+        send_until_refused(sock, head, b"1\r\nx\r\n" * 4096, (MAX_BODY_CHUNKS * 4) * 6)
+        assert_json_error(read_all(sock), 400, "too_many_chunks")
+    raw = (GOLDEN / "canvas_transparent_7.png").read_bytes()
+    body = b"".join(
+        b"%x\r\n%s\r\n" % (len(raw[i : i + 64]), raw[i : i + 64]) for i in range(0, len(raw), 64)
+    )
+    with connect(live) as sock:  # an ordinary chunked upload still works
+        sock.sendall(head + body + b"0\r\n\r\n")
+        status, _, answer_body = answer(sock.recv(65536))
+        assert status == 200 and answer_body["digit"] == 7

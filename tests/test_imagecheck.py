@@ -40,7 +40,7 @@ def photo(side: int = 640) -> Image.Image:
         (lambda: encode(photo(), "JPEG", progressive=True), Structure("JPEG", 640, 640, 10)),
         (lambda: encode(photo().convert("L"), "GIF", comment=b"hi"), Structure("GIF", 640, 640)),
         (lambda: encode(photo(), "BMP"), Structure("BMP", 640, 640)),
-        (lambda: encode(photo(), "WEBP"), Structure("WEBP")),
+        (lambda: encode(photo(), "WEBP"), Structure("WEBP", 640, 640)),
         (lambda: encode(photo(), "TIFF"), Structure("TIFF")),
         (lambda: hostile.mpo_photo(800, 600), Structure("JPEG", 800, 600)),
     ],
@@ -139,3 +139,10 @@ def test_costly_decodes_are_refused_from_the_header(tmp_path: Path) -> None:
 def test_a_webp_too_big_for_the_memory_budget_is_413_not_damaged() -> None:
     with pytest.raises(ImageTooCostly, match="MB"):
         decode(hostile.webp_huge(7000))
+
+
+@pytest.mark.parametrize("lossless", [True, False])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_webp_size_is_read_from_its_header(lossless: bool, mode: str) -> None:
+    raw = encode(Image.new(mode, (321, 123), "white"), "WEBP", lossless=lossless)
+    assert inspect(raw) == Structure("WEBP", 321, 123)

@@ -106,3 +106,16 @@ def test_too_many_waiting_jobs_are_refused_not_queued_forever() -> None:
         worker.join()
     finally:
         box.close()
+
+
+def test_after_a_costly_refusal_the_next_image_gets_a_fresh_worker(sandbox: Sandbox) -> None:
+    """A refused file leaves nothing behind: the worker that saw it is replaced, and the
+    next one, however soon it comes, is served (WebP's decoder once kept its canvas)."""
+    for _ in range(3):
+        with pytest.raises(ImageTooCostly, match="MB"):
+            sandbox.run(HEADER, hostile.webp_huge())
+        assert sandbox.run(HEADER, hostile.canvas_png())
+    big = hostile.png_huge_rgba()  # leaves the worker holding memory: it exits after
+    with pytest.raises(BlankImage):
+        sandbox.run(HEADER, big)
+    assert sandbox.run(HEADER, hostile.canvas_png())

@@ -69,7 +69,7 @@ def inspect(raw: bytes) -> Structure:
     if raw.startswith(b"BM") and len(raw) >= 26:
         return _bmp(raw)
     if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
-        return Structure("WEBP")
+        return _webp(raw)
     if raw[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return Structure("TIFF")
     return Structure("other")
@@ -143,6 +143,24 @@ def _gif(raw: bytes) -> Structure:
             if size == 0:
                 break
     return Structure("GIF", width, height)
+
+
+def _webp(raw: bytes) -> Structure:
+    """WebP's canvas size, from its first chunk (libwebp allocates it when the file is
+    opened, before any check of ours could run on the opened image)."""
+    kind, data = raw[12:16], raw[20:30]
+    if kind == b"VP8X" and len(data) >= 10:  # extended: 24-bit width-1 and height-1
+        width = 1 + int.from_bytes(data[4:7], "little")
+        height = 1 + int.from_bytes(data[7:10], "little")
+    elif kind == b"VP8L" and len(data) >= 5 and data[0] == 0x2F:  # lossless: 14 bits each
+        bits = int.from_bytes(data[1:5], "little")
+        width, height = 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    elif kind == b"VP8 " and len(data) >= 10 and data[3:6] == b"\x9d\x01\x2a":  # lossy
+        width = int.from_bytes(data[6:8], "little") & 0x3FFF
+        height = int.from_bytes(data[8:10], "little") & 0x3FFF
+    else:
+        return Structure("WEBP")
+    return Structure("WEBP", width, height)
 
 
 def _bmp(raw: bytes) -> Structure:

@@ -53,6 +53,9 @@ MIN_INK_PIXELS = 4  # fewer marked pixels than this (at working size) count as b
 MARK_LEVEL = 0.3  # ink level (after stretching) that marks a pixel as part of the digit
 # Modes Pillow's fast integer ``reduce`` handles; others (16-bit grey, ...) resize directly.
 REDUCIBLE_MODES = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "I", "F"})
+# libwebp holds about twice the canvas again while decoding (a 7000x7000 lossless WebP
+# failed in a 384 MB budget that its 196 MB of pixels seemed to fit).
+WEBP_OVERHEAD = 3.0
 # Text chunks are never read: cap what Pillow decompresses for them (default 64 MB).
 PngImagePlugin.MAX_TEXT_MEMORY = 1 << 20
 
@@ -124,7 +127,10 @@ def open_image(raw: bytes, limits: Limits = Limits()) -> Image.Image:
         raise InvalidRequest("the image is empty (0 bytes)", code="empty_image")
     if len(raw) > limits.max_bytes:
         raise PayloadTooLarge(f"the image is {len(raw)} bytes; the limit is {limits.max_bytes}")
-    imagecheck.inspect(raw)  # crafted structures are refused before Pillow walks them
+    structure = imagecheck.inspect(raw)  # crafted structures are refused before Pillow walks them
+    if structure.format == "WEBP" and structure.pixels:
+        # libwebp allocates the whole canvas as the file is opened: check the cost first.
+        _refuse_if_costly(structure.width, structure.height, "WEBP", 4 * WEBP_OVERHEAD, limits)
     with _decoding_errors():
         img: Image.Image = Image.open(io.BytesIO(raw), formats=SUPPORTED_FORMATS)
         _check_size(img, limits)
@@ -149,14 +155,19 @@ def decoded_bytes(img: Image.Image) -> int:
 
 
 def _check_cost(img: Image.Image, limits: Limits) -> None:
-    # The decoded image, plus half again for the reduction to the working size; libwebp
-    # needs about twice the image again while decoding (a 7000x7000 lossless WebP failed
-    # in a 384 MB budget that its 196 MB of pixels seemed to fit).
-    factor = 3.0 if img.format == "WEBP" else 1.5
-    needed = int(decoded_bytes(img) * factor)
+    # The decoded image, plus half again for the reduction to the working size.
+    factor = WEBP_OVERHEAD if img.format == "WEBP" else 1.5
+    bytes_per_pixel = decoded_bytes(img) / (img.width * img.height)
+    _refuse_if_costly(img.width, img.height, img.format, bytes_per_pixel * factor, limits)
+
+
+def _refuse_if_costly(
+    width: int, height: int, fmt: str | None, bytes_per_pixel: float, limits: Limits
+) -> None:
+    needed = width * height * bytes_per_pixel
     if needed > limits.max_decode_mb * 2**20:
         raise ImageTooCostly(
-            f"decoding this {img.width}x{img.height} {img.format} image would take about "
+            f"decoding this {width}x{height} {fmt} image would take about "
             f"{needed / 2**20:.0f} MB; the limit is {limits.max_decode_mb} MB"
         )
 

@@ -11,8 +11,9 @@ The worker runs at a lower priority, so the server's own small requests come fir
 
 The protocol on the worker's stdin/stdout is deliberately dumb, so a decoder exploited
 by a crafted file can hand the server nothing but bytes: a job is a length-prefixed JSON
-header (preprocessing spec and limits) and the file; the answer is a status byte and
-either the 28x28 uint8 image or a JSON error (code and message).
+header (preprocessing spec and limits) and the file; the answer is a status byte, a byte
+that says whether the worker now exits (it does after a refusal for cost, or when it
+holds too much memory), and either the 28x28 uint8 image or a JSON error.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
 _OK, _ERROR = b"\x00", b"\x01"
+_STAYS, _EXITS = b"\x00", b"\x01"
 NICE = 10  # the sandbox yields the CPU to the server's small requests
 RECYCLE_RSS_MB = 96  # a worker holding this much more than at start is replaced
 STARTUP_TIMEOUT_S = 30.0  # importing numpy and Pillow on a busy machine
@@ -101,7 +103,11 @@ def worker_main(cpu_s: float, memory_mb: int) -> None:
     """Serve jobs from stdin until it closes (run by ``python -m digitrec.sandbox``)."""
     import resource
 
+    from PIL import Image
+
     import digitrec.preprocess  # noqa: F401 - import numpy and Pillow before the limits
+
+    Image.init()  # every decoder plugin too: none is imported later under the limits
 
     os.nice(NICE)
 
@@ -125,10 +131,13 @@ def worker_main(cpu_s: float, memory_mb: int) -> None:
             return
         reply = _answer(header, raw, cpu_s)
         del raw
+        # Memory given back, no state left from a costly file: the server starts a fresh one.
+        exits = b'"image_too_costly"' in reply[:64] or _rss_mb() - start_rss > RECYCLE_RSS_MB
+        reply = reply[:1] + (_EXITS if exits else _STAYS) + reply[1:]
         stdout.write(_LEN.pack(len(reply)) + reply)
         stdout.flush()
-        if _rss_mb() - start_rss > RECYCLE_RSS_MB:
-            return  # give the memory back: the server starts a fresh worker
+        if exits:
+            return
 
 
 # --- the server's side ----------------------------------------------------------------------
@@ -177,9 +186,12 @@ class SandboxWorker:
             self.process = None
             reason = "took too long" if isinstance(exc, TimeoutError) else "went over its budget"
             raise ImageTooCostly(f"decoding the image {reason}; it was refused") from None
+        if reply[1:2] == _EXITS:  # wait for it here, so the next job starts a fresh one
+            self._kill(process)
+            self.process = None
         if reply[:1] == _OK:
-            return reply[1:]
-        error = json.loads(reply[1:])
+            return reply[2:]
+        error = json.loads(reply[2:])
         raise _error_for(error["code"], error["message"])
 
     @staticmethod
