@@ -119,3 +119,20 @@ def test_readme_quotes_the_http_benchmark() -> None:
         (row,) = [line for line in README.splitlines() if label in line]
         missing = [quote for quote in quotes if quote not in row]
         assert not missing, f"README row {label!r} lacks {missing}: {row}"
+
+
+def test_readme_attack_table_is_the_one_the_results_produce() -> None:
+    """The README's attack table is the one ``benchmarks/summary.py`` renders from
+    ``attack.json`` and ``attack_before.json`` (whatever machine ran ``make attack``)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from summary import attack
+    finally:
+        sys.path.pop(0)
+    results = ROOT / "benchmarks" / "results"
+    rendered = attack(json.loads((results / "attack.json").read_text(encoding="utf-8")))
+    one_worker = rendered.split("`--workers 1`:")[1].split("`--workers")[0].strip()
+    assert one_worker in README
+    assert "make attack" in README and "attack" in (ROOT / "Makefile").read_text()

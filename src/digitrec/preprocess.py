@@ -121,16 +121,25 @@ def decode(raw: bytes, limits: Limits = Limits()) -> Image.Image:
     return load(open_image(raw, limits))
 
 
-def open_image(raw: bytes, limits: Limits = Limits()) -> Image.Image:
-    """Read the header only and check the limits; no pixel is decoded yet (see ``load``)."""
+def check_structure(raw: bytes, limits: Limits = Limits()) -> imagecheck.Structure:
+    """What can be refused without any decoder: empty or oversized files, crafted
+    structures, declared sizes over the limits, WebP canvases over the memory budget."""
     if not raw:
         raise InvalidRequest("the image is empty (0 bytes)", code="empty_image")
     if len(raw) > limits.max_bytes:
         raise PayloadTooLarge(f"the image is {len(raw)} bytes; the limit is {limits.max_bytes}")
     structure = imagecheck.inspect(raw)  # crafted structures are refused before Pillow walks them
+    if structure.pixels:
+        _check_dimensions(structure.width, structure.height, limits)
     if structure.format == "WEBP" and structure.pixels:
         # libwebp allocates the whole canvas as the file is opened: check the cost first.
         _refuse_if_costly(structure.width, structure.height, "WEBP", 4 * WEBP_OVERHEAD, limits)
+    return structure
+
+
+def open_image(raw: bytes, limits: Limits = Limits()) -> Image.Image:
+    """Read the header only and check the limits; no pixel is decoded yet (see ``load``)."""
+    check_structure(raw, limits)
     with _decoding_errors():
         img: Image.Image = Image.open(io.BytesIO(raw), formats=SUPPORTED_FORMATS)
         _check_size(img, limits)
@@ -202,7 +211,10 @@ def _decoding_errors() -> Iterator[None]:
 
 
 def _check_size(img: Image.Image, limits: Limits) -> None:
-    width, height = img.size
+    _check_dimensions(*img.size, limits)
+
+
+def _check_dimensions(width: int, height: int, limits: Limits) -> None:
     if width < 1 or height < 1:
         raise InvalidImage("the image has no pixels")
     if max(width, height) > limits.max_side or width * height > limits.max_pixels:

@@ -76,14 +76,17 @@ def _job(header: dict[str, Any], raw: bytes) -> bytes:
     return preprocess_bytes(raw, spec, limits).image.tobytes()
 
 
-def _answer(header: dict[str, Any], raw: bytes, cpu_s: float) -> bytes:
+def _answer(header: dict[str, Any], raw: bytes, cpu_s: float) -> tuple[bytes, bool]:
+    """The reply, and whether this worker should now be replaced (a decode went over its
+    budget and may have left state or memory behind)."""
     import resource
 
     used = time.process_time()
     resource.setrlimit(resource.RLIMIT_CPU, (int(used + cpu_s) + 2, resource.RLIM_INFINITY))
     signal.setitimer(signal.ITIMER_PROF, cpu_s)
+    spent = True  # the refusals below, but for a DigitrecError, come from a decode
     try:
-        return _OK + _job(header, raw)
+        return _OK + _job(header, raw), False
     except _OverBudget:
         error: DigitrecError = ImageTooCostly(
             f"decoding the image took over the {cpu_s:g} s CPU budget; it was refused"
@@ -91,12 +94,12 @@ def _answer(header: dict[str, Any], raw: bytes, cpu_s: float) -> bytes:
     except MemoryError:
         error = ImageTooCostly("decoding the image needs more memory than allowed; it was refused")
     except DigitrecError as exc:
-        error = exc
+        error, spent = exc, False
     except Exception as exc:  # a decoder's own failure: the file is damaged
         error = InvalidImage(f"the image is damaged ({type(exc).__name__})")
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
-    return _ERROR + json.dumps({"code": error.code, "message": error.message}).encode()
+    return _ERROR + json.dumps({"code": error.code, "message": error.message}).encode(), spent
 
 
 def worker_main(cpu_s: float, memory_mb: int) -> None:
@@ -129,10 +132,10 @@ def worker_main(cpu_s: float, memory_mb: int) -> None:
             raw = _read_exact(stdin, size)
         except EOFError:
             return
-        reply = _answer(header, raw, cpu_s)
+        reply, spent = _answer(header, raw, cpu_s)
         del raw
         # Memory given back, no state left from a costly file: the server starts a fresh one.
-        exits = b'"image_too_costly"' in reply[:64] or _rss_mb() - start_rss > RECYCLE_RSS_MB
+        exits = spent or _rss_mb() - start_rss > RECYCLE_RSS_MB
         reply = reply[:1] + (_EXITS if exits else _STAYS) + reply[1:]
         stdout.write(_LEN.pack(len(reply)) + reply)
         stdout.flush()

@@ -1,12 +1,14 @@
 """Where an upload is decoded, so that no image can hold up the others.
 
-Nothing of it runs on the event loop. A decoding thread first walks the file's
-structure (``imagecheck``: bounded, refuses crafted files). A small PNG, JPEG, GIF or
-BMP (at most ``LIGHT_MAX_PIXELS``, the canvas and screenshots people send) is then
-decoded and prepared right there: its cost is bounded by its size. Anything else (big
-photos, WebP, TIFF, unknown structures) goes to the sandbox (``digitrec.sandbox``),
-separate processes with a CPU-time and memory budget per image, so a hostile file costs
-at most that budget and never a thread that small requests are waiting for.
+Nothing of it runs on the event loop. A decoding thread first checks what needs no
+decoder (``preprocess.check_structure``: the bounded ``imagecheck`` walk that refuses
+crafted files, and declared sizes over the limits), so a hostile file is refused right
+there. A small PNG, JPEG, GIF or BMP (at most ``LIGHT_MAX_PIXELS``, the canvas and
+screenshots people send) is then decoded and prepared in that thread: its cost is
+bounded by its size. Anything else (big photos, WebP, TIFF, unknown structures) goes to
+the sandbox (``digitrec.sandbox``), separate processes with a CPU-time and memory budget
+per image, so a hostile file costs at most that budget and never a thread that small
+requests are waiting for.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from digitrec.config import Settings
-from digitrec.imagecheck import inspect
 from digitrec.predict import Predictor
-from digitrec.preprocess import Preprocessed, from_image
+from digitrec.preprocess import Preprocessed, check_structure, from_image
 from digitrec.sandbox import Sandbox, job_header
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ class Decoder:
 
 
 def _prepare_if_light(predictor: Predictor, raw: bytes) -> Preprocessed | None:
-    if not inspect(raw).is_light(LIGHT_MAX_PIXELS):
+    """Prepared here if light; None for the sandbox. What needs no decoder to refuse is
+    refused here either way, so a hostile file never costs a trip to the sandbox."""
+    if not check_structure(raw, predictor.limits).is_light(LIGHT_MAX_PIXELS):
         return None
     return predictor.preprocess(raw)
