@@ -146,3 +146,10 @@ def test_a_webp_too_big_for_the_memory_budget_is_413_not_damaged() -> None:
 def test_webp_size_is_read_from_its_header(lossless: bool, mode: str) -> None:
     raw = encode(Image.new(mode, (321, 123), "white"), "WEBP", lossless=lossless)
     assert inspect(raw) == Structure("WEBP", 321, 123)
+
+
+def test_jpeg_fill_bytes_before_markers_are_skipped() -> None:
+    raw = encode(photo(200), "JPEG", progressive=True)
+    sos = raw.find(b"\xff\xda")
+    padded = raw[:sos] + b"\xff\xff\xff" + raw[sos:]  # fill bytes are legal before a marker
+    assert inspect(padded) == inspect(raw) == Structure("JPEG", 200, 200, 10)

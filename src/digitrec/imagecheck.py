@@ -32,8 +32,10 @@ MAX_GIF_BLOCKS = 1024  # extension blocks and sub-blocks before the first image
 LIGHT_FORMATS = ("PNG", "JPEG", "GIF", "BMP")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# A real marker: 0xFF then not a stuffed zero, a restart marker or another fill byte.
-_JPEG_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+# A real marker: 0xFF then not a stuffed zero, a restart marker or another fill byte (of
+# a run of fill bytes, the last 0xFF matches). No repetition: the search stays linear
+# (``\xff+`` made it 20x slower on photos).
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 # Frame headers: C0-CF except DHT (C4), JPG (C8) and DAC (CC).
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xDA)})  # no length field (SOI/EOI: D8/D9)
