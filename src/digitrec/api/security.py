@@ -84,6 +84,19 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _TrackedSend:
+    """``send``, remembering whether the response has started (then no error can be sent)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
 class UnexpectedErrorMiddleware:
     """Answer an unexpected exception with a JSON 500 (logged with its traceback) from
     inside the middleware stack, so the answer still passes the security headers."""
@@ -95,16 +108,9 @@ class UnexpectedErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except _BodyTooLarge:
             raise  # BodyLimitMiddleware's own signal, answered 413 there
         except ClientDisconnect:
@@ -112,7 +118,7 @@ class UnexpectedErrorMiddleware:
             return  # nobody to answer (e.g. cut off by the body timeout with a 408)
         except Exception:
             log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
-            if started:
+            if tracked.started:
                 raise  # the answer is under way: the server closes the connection
             await send_json_error(send, 500, INTERNAL_ERROR)
 
@@ -145,7 +151,6 @@ class BodyLimitMiddleware:
                 await send_json_error(send, 413, self._error())
                 return
         received = 0
-        started = False
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -156,16 +161,11 @@ class BodyLimitMiddleware:
                     raise _BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _TrackedSend(send)
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, tracked)
         except _BodyTooLarge:
-            if not started:
+            if not tracked.started:
                 await send_json_error(send, 413, self._error())
 
 
