@@ -119,3 +119,16 @@ def test_after_a_costly_refusal_the_next_image_gets_a_fresh_worker(sandbox: Sand
     with pytest.raises(BlankImage):
         sandbox.run(HEADER, big)
     assert sandbox.run(HEADER, hostile.canvas_png())
+
+
+def test_a_sandbox_that_cannot_start_is_a_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # the worker dies at once
+    box = Sandbox(1, cpu_s=1.0, memory_mb=384)
+    try:
+        with pytest.raises(ServiceBusy) as info:
+            box.run(HEADER, hostile.canvas_png())
+        assert info.value.status == 503 and info.value.code == "sandbox_unavailable"
+    finally:
+        box.close()

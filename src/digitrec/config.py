@@ -21,6 +21,7 @@ MIN_SECRET_LENGTH = 32  # characters of DIGITREC_SECRET_KEY
 MIN_SECRET_DISTINCT = 8  # distinct characters: "aaaa..." is not a secret
 DEFAULT_API_RATE = 600  # requests/minute per key when keys are required
 DEFAULT_WEB_RATE = 120  # requests/minute per page visitor when keys are required
+TOP_K_MAX = 10  # answers per image at most: every digit
 
 
 def _default_home() -> Path:
@@ -83,7 +84,7 @@ class Settings(BaseSettings):
     # --- serving -----------------------------------------------------------------
     model: str | None = None  # model to serve/use: VERSION or NAME:VERSION; default: newest
     backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: ONNX Runtime if available
-    top_k: int = Field(3, ge=1, le=10)  # answers returned per image
+    top_k: int = Field(3, ge=1, le=TOP_K_MAX)  # answers returned per image
     host: str = "127.0.0.1"  # serve: interface to bind
     port: int = Field(8000, ge=0, le=65535)  # serve: TCP port
     workers: int = Field(1, ge=1, le=64)  # serve: worker processes

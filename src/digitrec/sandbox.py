@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict
 from typing import IO, Any
 
-from digitrec.errors import DigitrecError, ImageTooCostly, InvalidImage
+from digitrec.errors import DigitrecError, ImageTooCostly, InvalidImage, ServiceBusy
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +161,17 @@ class SandboxWorker:
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True
         )
         assert process.stdout is not None
-        if self._read(process, 1, time.monotonic() + STARTUP_TIMEOUT_S) != _OK:
+        try:
+            ready = self._read(process, 1, time.monotonic() + STARTUP_TIMEOUT_S) == _OK
+        except (EOFError, TimeoutError):
+            ready = False
+        if not ready:
             self._kill(process)
-            raise DigitrecError("the decoding sandbox did not start")
+            log.error("the decoding sandbox did not start (see its error above)")
+            raise ServiceBusy(
+                "large images cannot be decoded right now; try again shortly",
+                code="sandbox_unavailable",
+            )
         return process
 
     def ensure_started(self) -> subprocess.Popen[bytes]:
@@ -251,8 +259,6 @@ class Sandbox:
 
     def run(self, header: dict[str, Any], raw: bytes) -> bytes:
         """Blocking: call from a thread. Refuses with 503 when too many jobs wait."""
-        from digitrec.errors import ServiceBusy
-
         with self._cond:
             if not self._free and self._waiting >= self.max_waiting:
                 raise ServiceBusy("too many large images are being decoded; try again shortly")

@@ -13,7 +13,8 @@ from digitrec.api.inputs import read_image
 from digitrec.api.schemas import ErrorOut, Health, ModelCard, ModelRef, PredictionOut, Ready
 from digitrec.api.service import Service
 from digitrec.card import summary
-from digitrec.preprocess import to_png
+from digitrec.config import TOP_K_MAX
+from digitrec.preprocess import FORMAT_LIST, to_png
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 
@@ -25,7 +26,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         403: "the API key was revoked",
         413: "the body or the image (pixels) is over the limit, or decoding it would cost "
         "more than one request may (image_too_costly: CPU time, memory, crafted structure)",
-        415: "not an image format we read (send PNG, JPEG, WebP, BMP, GIF or TIFF)",
+        415: f"not an image format we read (send {FORMAT_LIST})",
         422: "the image is damaged, blank, or a parameter is out of range",
         429: "rate limit reached; see Retry-After",
         503: "no model is loaded, or the server is at capacity (busy; try again shortly)",
@@ -73,7 +74,9 @@ _IMAGE_BODY = {
 async def predict(
     request: Request,
     service: ServiceDep,
-    top_k: Annotated[int | None, Query(ge=1, le=10, description="answers (default 3)")] = None,
+    top_k: Annotated[
+        int | None, Query(ge=1, le=TOP_K_MAX, description="answers (default 3)")
+    ] = None,
     include_input: Annotated[
         bool, Query(description="also return the 28x28 image the model saw, as a PNG data URL")
     ] = False,

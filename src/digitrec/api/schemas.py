@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from digitrec.config import TOP_K_MAX
+
 
 class TopItem(BaseModel):
     digit: int = Field(ge=0, le=9, examples=[7])
@@ -38,7 +40,7 @@ class PredictJSON(BaseModel):
         min_length=1,
         description="the image file as base64, or a data URL such as data:image/png;base64,...",
     )
-    top_k: int | None = Field(None, ge=1, le=10, description="answers to return (default 3)")
+    top_k: int | None = Field(None, ge=1, le=TOP_K_MAX, description="answers to return (default 3)")
 
 
 class ModelCard(BaseModel):
