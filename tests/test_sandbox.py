@@ -132,3 +132,28 @@ def test_a_sandbox_that_cannot_start_is_a_503(monkeypatch: pytest.MonkeyPatch) -
         assert info.value.status == 503 and info.value.code == "sandbox_unavailable"
     finally:
         box.close()
+
+
+def test_jobs_waiting_when_the_sandbox_closes_are_refused_not_left_hanging() -> None:
+    box = Sandbox(1, cpu_s=5.0, memory_mb=384)
+    slow = hostile.progressive_jpeg_scans(20000, 2500, 30)  # holds the only worker ~0.6 s
+    outcomes: list[BaseException | None] = []
+
+    def run(raw: bytes) -> None:
+        try:
+            box.run(HEADER, raw)
+            outcomes.append(None)
+        except BaseException as exc:
+            outcomes.append(exc)
+
+    box.warm()
+    threads = [threading.Thread(target=run, args=(raw,)) for raw in (slow, hostile.canvas_png())]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.1)
+    box.close()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+    assert any(isinstance(o, ServiceBusy) for o in outcomes), outcomes
+    assert all(w.process is None for w in box.workers)  # nothing started after close

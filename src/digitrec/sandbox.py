@@ -256,6 +256,7 @@ class Sandbox:
         self._free = list(self.workers)
         self._cond = threading.Condition()
         self._waiting = 0
+        self._closed = False
 
     def run(self, header: dict[str, Any], raw: bytes) -> bytes:
         """Blocking: call from a thread. Refuses with 503 when too many jobs wait."""
@@ -264,10 +265,12 @@ class Sandbox:
                 raise ServiceBusy("too many large images are being decoded; try again shortly")
             self._waiting += 1
             try:
-                while not self._free:
+                while not self._free and not self._closed:
                     self._cond.wait()
             finally:
                 self._waiting -= 1
+            if self._closed:
+                raise ServiceBusy("the server is stopping; try again shortly")
             worker = self._free.pop()
         try:
             return worker.run(header, raw)
@@ -281,6 +284,10 @@ class Sandbox:
             worker.ensure_started()
 
     def close(self) -> None:
+        """Stop every worker; jobs still waiting for one are refused (503)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
         for worker in self.workers:
             worker.close()
 
