@@ -1,6 +1,6 @@
 """Our training recipe against the tutorial recipe: same data, same machine, same run.
 
-Both recipes train through ``digitrec.train.run_training`` on the same cached MNIST
+Both recipes train through ``digitrec.training.run_training`` on the same cached MNIST
 (the same train/validation split), one after the other, never at once:
 
 - ours: ``Settings()`` defaults (digitnet, AdamW + one-cycle, batched augmentation,
@@ -36,14 +36,9 @@ from digitrec.config import Settings
 from digitrec.data import Mnist, load_mnist
 from digitrec.model import count_parameters
 from digitrec.preprocess import PreprocessSpec
-from digitrec.train import (
-    Trainer,
-    autocast_context,
-    autocast_dtype,
-    evaluate,
-    resolve_device,
-    run_training,
-)
+from digitrec.training import run_training
+from digitrec.training.device import autocast_context, autocast_dtype, resolve_device
+from digitrec.training.loop import Trainer, evaluate
 
 TARGETS = (0.995, 0.996)
 

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from common import machine_info, ratio, save_results, table
-from digitrec.augment import AugmentConfig, augment_batch
 from digitrec.config import Settings
 from digitrec.model import create_model
+from digitrec.training.augment import AugmentConfig, augment_batch
 
 TRAIN_IMAGES = 55_000
 

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from digitrec.registry import BUNDLED_ROOT, ModelEntry, Registry
 from digitrec.storage import atomic_write_json
-from digitrec.train import cpu_name
+from digitrec.training.device import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

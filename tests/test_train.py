@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from digitrec.augment import AugmentConfig, augment_batch
 from digitrec.config import Settings
 from digitrec.data import Mnist
 from digitrec.errors import ModelNotFound, StorageError
 from digitrec.model import architectures, count_parameters, create_model, model_args
 from digitrec.registry import Registry
-from digitrec.train import CHECKPOINT, run_training, split_indices
+from digitrec.training import run_training
+from digitrec.training.augment import AugmentConfig, augment_batch
+from digitrec.training.checkpoint import CHECKPOINT
+from digitrec.training.loop import split_indices
 from tests.conftest import MNIST_CACHE
 
 AUG = AugmentConfig(rotation=12, scale=0.12, shear=0.15, translate=0.1, stroke=0.1, elastic=0.5)

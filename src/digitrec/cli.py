@@ -285,7 +285,7 @@ def cmd_data(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from digitrec.train import run_training
+    from digitrec.training import run_training
 
     with logging_redirect_tqdm():
         result = run_training(

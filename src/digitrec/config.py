@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     dry_run_batches: int = Field(3, ge=1)  # batches per phase in a dry run
     train_subset: int | None = Field(None, ge=10)  # use only this many training images
 
-    # --- augmentation (batched, on tensors; see augment.py) --------------------
+    # --- augmentation (batched, on tensors; see training/augment.py) -----------
     aug_rotation: float = Field(12.0, ge=0, le=90)  # max rotation, degrees
     aug_scale: float = Field(0.12, ge=0, lt=1)  # max relative zoom in or out
     aug_shear: float = Field(0.15, ge=0, le=1)  # max shear factor

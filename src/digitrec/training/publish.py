@@ -1,0 +1,119 @@
+"""What a finished run leaves behind: the test report (confusion matrix, per-class metrics,
+plots) in the run folder, and the selected model as a version in the registry, with its
+manifest (architecture, preprocessing, data hashes, settings, commit, timings, metrics)
+and model card."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from digitrec import __version__
+from digitrec.data import MNIST_FILES
+from digitrec.model import count_parameters, model_args
+from digitrec.registry import MANIFEST, ONNX, WEIGHTS, ModelEntry, Registry
+from digitrec.report import (
+    accuracy,
+    confusion_matrix,
+    per_class_metrics,
+    plot_confusion,
+    plot_curves,
+    plot_mistakes,
+    write_confusion_csv,
+    write_per_class_csv,
+)
+from digitrec.training.checkpoint import weights_bytes
+from digitrec.training.device import describe_device
+from digitrec.training.loop import Evaluation, Trainer
+
+
+def write_report(
+    run_dir: Path, test: Evaluation, images: np.ndarray, history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Confusion matrix, per-class metrics and plots of the final test evaluation."""
+    cm = confusion_matrix(test.labels, test.probs.argmax(1))
+    classes = per_class_metrics(cm)
+    write_confusion_csv(run_dir / "confusion_matrix.csv", cm)
+    write_per_class_csv(run_dir / "per_class.csv", classes)
+    plot_confusion(run_dir / "confusion_matrix.png", cm)
+    plot_curves(run_dir / "training_curves.png", history)
+    plot_mistakes(
+        run_dir / "worst_mistakes.png", images[: len(test.labels)], test.labels, test.probs
+    )
+    return {
+        "test_accuracy": round(accuracy(cm), 6),
+        "test_loss": round(test.loss, 6),
+        "test_errors": int(cm.sum() - np.trace(cm)),
+        "test_size": int(cm.sum()),
+        "per_class": classes,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def build_manifest(trainer: Trainer, run_id: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    s, history = trainer.settings, trainer.state["history"]
+    return {
+        "format": 1,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "dry_run": s.dry_run,
+        "architecture": {
+            "name": s.arch,
+            "args": model_args(trainer.model),
+            "parameters": count_parameters(trainer.model),
+        },
+        "preprocessing": trainer.spec.to_dict(),
+        "labels": list(range(10)),
+        "input": {"shape": [1, 1, 28, 28], "dtype": "float32", "layout": "NCHW"},
+        "data": {
+            "source": "MNIST",
+            "md5": dict(MNIST_FILES),
+            "train_size": len(trainer.x_train),
+            "val_size": len(trainer.x_val),
+            "test_size": len(trainer.x_test),
+            "split_seed": s.split_seed,
+        },
+        "settings": s.training_dict(),
+        "run": run_id,
+        "git_commit": trainer.commit,
+        "software": {
+            "digitrec": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "device": describe_device(trainer.device, trainer.dtype),
+        "timings": {
+            "train_seconds": round(trainer.state["seconds"], 2),
+            "seconds_per_epoch": [h["seconds"] for h in history],
+        },
+        "metrics": metrics,
+    }
+
+
+def register(
+    trainer: Trainer, run_id: str, metrics: dict[str, Any], export_onnx: bool = True
+) -> ModelEntry:
+    """Save the selected model as version ``run_id`` with its manifest and model card."""
+    from digitrec.card import write_model_card
+
+    registry = Registry.from_settings(trainer.settings)
+    name = trainer.settings.model_name
+    if (registry.root / name / run_id / MANIFEST).is_file():
+        entry = registry.resolve(f"{name}:{run_id}")  # saved just before a kill: keep it
+        entry.verify()
+    else:
+        writers: dict[str, Callable[[Path], object]] = {
+            WEIGHTS: lambda p: p.write_bytes(weights_bytes(trainer.model)),
+        }
+        if export_onnx:
+            from digitrec.export import onnx_writer
+
+            writers[ONNX] = onnx_writer(trainer.model)
+        entry = registry.save(name, run_id, build_manifest(trainer, run_id, metrics), writers)
+    write_model_card(entry)
+    return entry

@@ -1,0 +1,122 @@
+"""`digitrec train` from start to finish: a new run or a resumed one, then fit, select,
+report and register. ``run_training`` is the entry point; it imports the rest of
+``training/`` and nothing there imports it back.
+
+A run lives in its own folder (``<runs_dir>/<run id>/``): its resolved settings
+(``settings.json``), a checkpoint after every epoch, ``metrics.csv``, the report
+(confusion matrix, per-class metrics, plots) and finally a model version in the registry.
+``--resume`` continues a killed run from its folder with the settings it started with.
+The test set is used only for the final report (and, in benchmarks, to time how fast
+accuracy targets are reached; it never steers training).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from digitrec.config import Settings
+from digitrec.data import Mnist
+from digitrec.errors import DigitrecError
+from digitrec.registry import ModelEntry
+from digitrec.storage import atomic_write_json, remove_stale_temporaries
+from digitrec.training.loop import EpochHook, Evaluation, Trainer
+from digitrec.training.publish import register, write_report
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "settings.json"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict[str, Any]]
+    test: Evaluation | None = None
+    entry: ModelEntry | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def run_training(
+    settings: Settings,
+    *,
+    resume: str | None = None,
+    progress: bool = True,
+    data: Mnist | None = None,
+    epoch_hook: EpochHook | None = None,
+    register_model: bool = True,
+) -> TrainResult:
+    """The whole of `digitrec train`: fit, select an epoch on validation, report, register."""
+    if resume:
+        run_dir = resolve_run(settings, resume)
+        settings = load_run_settings(run_dir, settings)
+        # A kill during registration leaves this run's hidden temporary model folder.
+        remove_stale_temporaries(settings.registry_dir / settings.model_name, run_dir.name)
+    else:
+        run_dir = settings.runs_path / new_run_id()
+        while run_dir.exists():
+            time.sleep(1)
+            run_dir = settings.runs_path / new_run_id()
+        atomic_write_json(run_dir / SETTINGS_FILE, settings.training_dict())
+    trainer = Trainer(settings, run_dir, data=data, progress=progress, epoch_hook=epoch_hook)
+    history = trainer.fit()
+    selected_epoch = trainer.load_selected()
+    test = trainer.evaluate_split(trainer.x_test, trainer.y_test)
+    metrics = write_report(run_dir, test, trainer.data.test_images, history)
+    chosen = history[selected_epoch - 1]
+    metrics.update(
+        selected_epoch=selected_epoch,
+        val_accuracy=chosen["val_accuracy"],
+        val_loss=chosen["val_loss"],
+        epochs=len(history),
+    )
+    atomic_write_json(run_dir / "report.json", {k: v for k, v in metrics.items()})
+    result = TrainResult(run_dir, history, test, metrics=metrics)
+    if register_model:
+        result.entry = register(trainer, run_dir.name, metrics)
+        atomic_write_json(
+            run_dir / "model.json", {"model": result.entry.ref, "path": str(result.entry.path)}
+        )
+    return result
+
+
+def resolve_run(settings: Settings, ref: str) -> Path:
+    candidate = Path(ref).expanduser()
+    run_dir = candidate if candidate.is_dir() else settings.runs_path / ref
+    if not (run_dir / SETTINGS_FILE).is_file():
+        raise DigitrecError(
+            f"no training run {ref!r} (looked for {run_dir / SETTINGS_FILE})", code="run_not_found"
+        )
+    if (run_dir / "model.json").is_file():
+        raise DigitrecError(
+            f"run {run_dir.name} already finished; its model is in "
+            f"{json.loads((run_dir / 'model.json').read_text())['model']}",
+            code="run_finished",
+        )
+    return run_dir
+
+
+def load_run_settings(run_dir: Path, current: Settings) -> Settings:
+    """The settings a run started with. Paths come from now; device and threads too, but
+    only when given explicitly (another thread count can change the numbers slightly)."""
+    stored = json.loads((run_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
+    paths = {"home", "data_dir", "models_dir", "runs_dir"}
+    override = paths | ({"device", "threads"} & current.model_fields_set)
+    ignored = sorted(
+        k
+        for k in current.model_fields_set - override
+        if k in stored and stored[k] != getattr(current, k)
+    )
+    if ignored:
+        log.warning("resuming with the run's own settings; ignoring %s", ", ".join(ignored))
+    merged = {**stored, **{k: getattr(current, k) for k in override}}
+    return Settings(**{k: v for k, v in merged.items() if k in Settings.model_fields})
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
