@@ -4,8 +4,9 @@ connection may cost bounded.
 It owns, per connection: TCP_NODELAY; the request target, header size and header count,
 refused while they stream in (414, 431) so no more bytes pile up; a deadline for the
 request line and headers and one for the body (408); a cap on open connections per
-worker (idle ones are closed to make room, else 503); and a graceful stop that closes
-idle connections at once and answers a client still sending with 503. Every refusal is
+worker (idle ones are closed to make room, else 503); and a graceful stop that gives
+idle connections a second for a request on its way (then closes them) and answers a
+client still sending with 503. Every refusal is
 JSON with the security headers and ends the connection; refusals are logged as a count
 at most every few seconds. The limits come in as ``HttpLimits``, built once by ``serve``.
 
@@ -369,14 +370,16 @@ class LimitedProtocol(HttpToolsProtocol):
         self.shared.note(what, self.loop)
 
     def shutdown(self) -> None:
-        """Graceful stop: an idle connection closes now; a request still arriving has
-        STOP_WINDOW_S to finish, then gets 503; one being processed is finished."""
+        """Graceful stop: an idle connection gets STOP_WINDOW_S for a request already on
+        its way (answered with ``connection: close``, so a keep-alive client moves to
+        another worker instead of meeting a reset), then closes; a request still arriving
+        has as long to finish, then gets 503; one being processed is finished."""
         if self.shared.stop_time is None:
             self.shared.stop_time = self.loop.time()
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
             if self.phase is Phase.IDLE:
-                self.transport.close()
+                self._arm(STOP_WINDOW_S)  # _deadline_passed closes it, silently
                 return
         else:
             cycle.keep_alive = False
