@@ -277,3 +277,24 @@ def test_read_only_registry_keeps_the_previous_model(
         run_training(settings.model_copy(update={"seed": 9}), progress=False, data=mnist)
     assert [e.ref for e in Registry(tiny_disk, extra_roots=()).list()] == [first.ref]
     first.verify()
+
+
+def test_every_augmentation_setting_reaches_the_augmenter() -> None:
+    """AugmentConfig is derived from the aug_* settings by name: none can be left out."""
+    from dataclasses import fields
+
+    from digitrec.config import Settings, TrainingSettings
+    from digitrec.training.augment import AugmentConfig
+
+    aug_settings = {name for name in TrainingSettings.model_fields if name.startswith("aug_")}
+    assert {f"aug_{f.name}" for f in fields(AugmentConfig)} == aug_settings
+    cfg = AugmentConfig.from_settings(Settings(aug_elastic_sigma=4.5, aug_rotation=7.0))
+    assert (cfg.elastic_sigma, cfg.rotation) == (4.5, 7.0)
+
+
+def test_the_manifest_keeps_every_training_setting() -> None:
+    from digitrec.config import Settings, TrainingSettings
+
+    stored = Settings(epochs=3).training_dict()
+    assert set(stored) == set(TrainingSettings.model_fields)
+    assert stored["epochs"] == 3 and "home" not in stored and "max_pixels" not in stored

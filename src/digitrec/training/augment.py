@@ -9,7 +9,7 @@ float images in [0, 1] with ink = 1, shape (N, 1, H, W); labels are never touche
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -32,16 +32,9 @@ class AugmentConfig:
 
     @classmethod
     def from_settings(cls, s: Settings) -> AugmentConfig:
-        return cls(
-            s.aug_rotation,
-            s.aug_scale,
-            s.aug_shear,
-            s.aug_translate,
-            s.aug_stroke,
-            s.aug_elastic,
-            s.aug_elastic_alpha,
-            s.aug_elastic_sigma,
-        )
+        """Each field from the setting of the same name with ``aug_`` in front (a field
+        without its setting fails here, at once, rather than silently keep a default)."""
+        return cls(**{f.name: getattr(s, f"aug_{f.name}") for f in fields(cls)})
 
 
 def _uniform(n: int, limit: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
