@@ -47,6 +47,8 @@ class MicroBatcher:
                 await self._task
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        # Whatever still waits in the queue is answered no more: refuse new work at once.
+        self._queue = self._task = self._executor = None
 
     @contextlib.contextmanager
     def arriving(self) -> Iterator[None]:
