@@ -36,13 +36,13 @@ def test_small_images_in_a_thread_big_ones_in_the_sandbox(
             where.append(threading.current_thread().name)
             return super().preprocess(raw)
 
-    original = Sandbox.run
+    original = Sandbox.run_admitted
 
     def run(self: Sandbox, header: dict[str, Any], raw: bytes) -> bytes:
         sandboxed.append(len(raw))
         return original(self, header, raw)
 
-    monkeypatch.setattr(Sandbox, "run", run)
+    monkeypatch.setattr(Sandbox, "run_admitted", run)
     recording = Recording.__new__(Recording)
     recording.__dict__.update(predictor.__dict__)  # the loaded model, without reloading it
     with TestClient(create_app(settings, recording)) as client:
@@ -53,6 +53,51 @@ def test_small_images_in_a_thread_big_ones_in_the_sandbox(
     assert where and all(name.startswith("decode") and name != loop_thread for name in where)
     assert len(where) == 1  # only the canvas PNG was light
     assert len(sandboxed) == 2  # the 3-megapixel photo and the TIFF went to the sandbox
+
+
+def test_a_full_sandbox_refuses_at_once_instead_of_queueing(
+    settings: Settings, predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every place in the sandbox taken by jobs in progress, the next big image is a
+    503 at once, not one more job waiting unseen in a thread pool's queue; drawings are
+    still read."""
+    import asyncio
+
+    from digitrec.api.decoding import Decoder
+    from digitrec.errors import ServiceBusy
+
+    release = threading.Event()
+
+    def stuck(self: Sandbox, header: dict[str, Any], raw: bytes) -> bytes:
+        release.wait(10)  # a decode in progress, holding its place
+        raise ServiceBusy("released")
+
+    monkeypatch.setattr(Sandbox, "run_admitted", stuck)
+    decoder = Decoder(settings.model_copy(update={"decode_processes": 1}))
+    decoder.start()
+    photo = hostile.jpeg_photo(1600, 1200)
+
+    async def scenario() -> None:
+        assert decoder.sandbox is not None
+        held = [
+            asyncio.ensure_future(decoder.prepare(predictor, photo))
+            for _ in range(decoder.sandbox.capacity)
+        ]
+        await asyncio.sleep(0.3)
+        try:
+            with pytest.raises(ServiceBusy, match="too many"):
+                await asyncio.wait_for(decoder.prepare(predictor, photo), 2)
+            light = await asyncio.wait_for(decoder.prepare(predictor, hostile.canvas_png()), 5)
+            assert light.image.max() == 255
+        finally:
+            release.set()
+            await asyncio.gather(*held, return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        decoder.stop()
 
 
 @pytest.fixture(scope="module")

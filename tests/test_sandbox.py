@@ -3,6 +3,7 @@ budget per image that a hostile file cannot get past."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -12,7 +13,13 @@ from collections.abc import Iterator
 import pytest
 from benchmarks import hostile
 
-from digitrec.errors import BlankImage, ImageTooCostly, ServiceBusy, UnsupportedMediaType
+from digitrec.errors import (
+    BlankImage,
+    ImageTooCostly,
+    InvalidImage,
+    ServiceBusy,
+    UnsupportedMediaType,
+)
 from digitrec.preprocess import Limits, PreprocessSpec, preprocess_bytes
 from digitrec.sandbox import Sandbox, job_header
 
@@ -87,25 +94,28 @@ def test_a_stuck_or_dead_worker_is_replaced(sandbox: Sandbox) -> None:
         quick.close()
 
 
-def test_too_many_waiting_jobs_are_refused_not_queued_forever() -> None:
+def test_jobs_beyond_the_capacity_are_refused_at_once() -> None:
     box = Sandbox(1, cpu_s=5.0, memory_mb=384)
-    box.max_waiting = 0
-    slow = hostile.progressive_jpeg_scans(20000, 2500, 30)
     try:
-        box.warm()
-
-        def blank() -> None:
-            with pytest.raises(BlankImage):
-                box.run(HEADER, slow)
-
-        worker = threading.Thread(target=blank)
-        worker.start()
-        time.sleep(0.2)  # the slow one holds the only worker for ~0.6 s
-        with pytest.raises(ServiceBusy):
-            box.run(HEADER, hostile.canvas_png())
-        worker.join()
+        with contextlib.ExitStack() as places:
+            for _ in range(box.capacity):
+                places.enter_context(box.admitted())
+            with pytest.raises(ServiceBusy, match="too many"):
+                box.run(HEADER, hostile.canvas_png())
+        assert box.run(HEADER, hostile.canvas_png())  # places given back
     finally:
         box.close()
+
+
+def test_a_malformed_reply_kills_the_worker_and_refuses_the_file(sandbox: Sandbox) -> None:
+    sandbox.warm()
+    worker = sandbox.workers[0]
+    for reply in (b"\x00\x00" + b"x" * 10, b"\x01\x00not json", b"\x01\x00[1]", b"\x07\x00"):
+        with pytest.raises(InvalidImage, match="malformed"):
+            worker._result(reply, 784)
+        assert worker.process is None
+        worker.ensure_started()
+    assert sandbox.run(HEADER, hostile.canvas_png())
 
 
 def test_after_a_costly_refusal_the_next_image_gets_a_fresh_worker(sandbox: Sandbox) -> None:

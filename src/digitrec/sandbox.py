@@ -18,6 +18,7 @@ holds too much memory), and either the 28x28 uint8 image or a JSON error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import IO, Any
 
@@ -41,6 +43,7 @@ _STAYS, _EXITS = b"\x00", b"\x01"
 NICE = 10  # the sandbox yields the CPU to the server's small requests
 RECYCLE_RSS_MB = 96  # a worker holding this much more than at start is replaced
 STARTUP_TIMEOUT_S = 30.0  # importing numpy and Pillow on a busy machine
+WAITING_PER_WORKER = 8  # jobs that may wait for each worker before more are refused
 
 
 class _OverBudget(Exception):
@@ -200,10 +203,23 @@ class SandboxWorker:
         if reply[1:2] == _EXITS:  # wait for it here, so the next job starts a fresh one
             self._kill(process)
             self.process = None
-        if reply[:1] == _OK:
-            return reply[2:]
-        error = json.loads(reply[2:])
-        raise _error_for(error["code"], error["message"])
+        return self._result(reply, header["spec"]["size"] ** 2)
+
+    def _result(self, reply: bytes, image_bytes: int) -> bytes:
+        """The image from a worker's reply, or the error it reports. A reply of any other
+        shape (a worker a crafted file took over) kills the worker and refuses the file."""
+        status, body = reply[:1], reply[2:]
+        try:
+            if status == _OK and len(body) == image_bytes:
+                return body
+            if status == _ERROR:
+                error = json.loads(body)
+                code, message = str(error["code"]), str(error["message"])[:300]
+                raise _error_for(code, message)
+        except (ValueError, KeyError, TypeError):
+            pass
+        self.close()
+        raise InvalidImage("decoding the image gave a malformed result; it was refused")
 
     @staticmethod
     def _read(process: subprocess.Popen[bytes], n: int, deadline: float) -> bytes:
@@ -248,27 +264,43 @@ def _error_for(code: str, message: str) -> DigitrecError:
 
 
 class Sandbox:
-    """A few sandbox workers; a job waits for a free one (at most ``max_waiting`` wait)."""
+    """A few sandbox workers, and at most ``capacity`` jobs admitted at once (running or
+    waiting for a free worker); past that a job is refused with 503 at once."""
 
     def __init__(self, processes: int, cpu_s: float, memory_mb: int) -> None:
         self.workers = [SandboxWorker(cpu_s, memory_mb) for _ in range(processes)]
-        self.max_waiting = 8 * processes
+        self.capacity = (1 + WAITING_PER_WORKER) * processes
         self._free = list(self.workers)
         self._cond = threading.Condition()
-        self._waiting = 0
+        self._admitted = 0
         self._closed = False
 
-    def run(self, header: dict[str, Any], raw: bytes) -> bytes:
-        """Blocking: call from a thread. Refuses with 503 when too many jobs wait."""
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold one of the ``capacity`` places, or raise ServiceBusy. Take it before handing
+        the job to a thread, so no job ever waits where it is not counted."""
         with self._cond:
-            if not self._free and self._waiting >= self.max_waiting:
+            if self._closed:
+                raise ServiceBusy("the server is stopping; try again shortly")
+            if self._admitted >= self.capacity:
                 raise ServiceBusy("too many large images are being decoded; try again shortly")
-            self._waiting += 1
-            try:
-                while not self._free and not self._closed:
-                    self._cond.wait()
-            finally:
-                self._waiting -= 1
+            self._admitted += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._admitted -= 1
+
+    def run(self, header: dict[str, Any], raw: bytes) -> bytes:
+        """Blocking (call from a thread): admit the job, then ``run_admitted``."""
+        with self.admitted():
+            return self.run_admitted(header, raw)
+
+    def run_admitted(self, header: dict[str, Any], raw: bytes) -> bytes:
+        """Blocking: wait for a free worker and decode there (the caller holds a place)."""
+        with self._cond:
+            while not self._free and not self._closed:
+                self._cond.wait()
             if self._closed:
                 raise ServiceBusy("the server is stopping; try again shortly")
             worker = self._free.pop()

@@ -70,8 +70,9 @@ class Decoder:
         self.sandbox = Sandbox(
             processes, self.settings.max_decode_cpu_s, self.settings.max_decode_memory_mb
         )
-        # Each thread waits on a sandbox process (or in line for one): no CPU of its own.
-        self._sandbox_io = ThreadPoolExecutor(processes + self.sandbox.max_waiting, "sandbox")
+        # A thread per admitted job, waiting on a sandbox process or in line for one (no CPU
+        # of its own): a job is admitted before it is handed over, so none queues unseen.
+        self._sandbox_io = ThreadPoolExecutor(self.sandbox.capacity, "sandbox")
 
     def warm(self) -> None:
         """Start the sandbox processes now rather than on the first big image."""
@@ -96,7 +97,10 @@ class Decoder:
         if light is not None:
             return light
         header = job_header(predictor.spec, predictor.limits)
-        image = await loop.run_in_executor(self._sandbox_io, self.sandbox.run, header, raw)
+        with self.sandbox.admitted():  # 503 at once when the sandbox is full
+            image = await loop.run_in_executor(
+                self._sandbox_io, self.sandbox.run_admitted, header, raw
+            )
         size = predictor.spec.size
         return from_image(np.frombuffer(image, np.uint8).reshape(size, size).copy(), predictor.spec)
 
