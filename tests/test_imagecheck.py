@@ -153,3 +153,13 @@ def test_jpeg_fill_bytes_before_markers_are_skipped() -> None:
     sos = raw.find(b"\xff\xda")
     padded = raw[:sos] + b"\xff\xff\xff" + raw[sos:]  # fill bytes are legal before a marker
     assert inspect(padded) == inspect(raw) == Structure("JPEG", 200, 200, 10)
+
+
+def test_rle_bmps_are_never_decoded_in_process() -> None:
+    """Pillow decodes RLE BMPs in Python (0.1 s of CPU for a megapixel): a few of them
+    would hold the threads ordinary drawings are decoded in, so they go to the sandbox."""
+    rle = inspect(hostile.bmp_rle8_rows(1000, 1000))
+    assert (rle.format, rle.pixels, rle.python_codec) == ("BMP", 1_000_000, True)
+    assert not rle.is_light(2_000_000)
+    plain = inspect(encode(photo(300), "BMP"))
+    assert plain.is_light(2_000_000) and not plain.python_codec
