@@ -163,3 +163,13 @@ def test_rle_bmps_are_never_decoded_in_process() -> None:
     assert not rle.is_light(2_000_000)
     plain = inspect(encode(photo(300), "BMP"))
     assert plain.is_light(2_000_000) and not plain.python_codec
+
+
+@pytest.mark.parametrize(
+    ("mode", "bytes_per_pixel"),
+    [("L", 1), ("RGB", 3), ("RGBA", 4), ("CMYK", 4), ("I;16", 2), ("I", 4), ("F", 4)],
+)
+def test_decoded_size_is_bytes_per_pixel_times_pixels(mode: str, bytes_per_pixel: int) -> None:
+    from digitrec.preprocess import decoded_bytes
+
+    assert decoded_bytes(Image.new(mode, (100, 50))) == 5000 * bytes_per_pixel

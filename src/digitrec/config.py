@@ -112,7 +112,7 @@ class Settings(TrainingSettings):
     # --- what one request may cost (see README, "Reliability") --------------------------
     max_decode_cpu_s: float = Field(1.0, gt=0, le=60)  # CPU seconds to decode one image
     max_decode_memory_mb: int = Field(384, ge=64, le=16384)  # memory to decode one image
-    decode_processes: int | None = Field(None, ge=1, le=64)  # big-image sandboxes; default 1
+    decode_processes: int | None = Field(None, ge=1, le=64)  # sandboxes per worker; default 1-2
     max_url_bytes: int = Field(8192, ge=256, le=1 << 20)  # request target (path + query); 414
     max_header_bytes: int = Field(16384, ge=1024, le=1 << 20)  # all request headers; 431
     max_headers: int = Field(100, ge=8, le=10000)  # number of request headers; 431
@@ -138,16 +138,13 @@ class Settings(TrainingSettings):
     @field_validator("secret_key", mode="after")
     @classmethod
     def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(set(value.get_secret_value())) < MIN_SECRET_DISTINCT:
+        text = value.get_secret_value() if value is not None else None
+        if text is not None and (
+            len(text) < MIN_SECRET_LENGTH or len(set(text)) < MIN_SECRET_DISTINCT
+        ):
             raise ValueError(
                 f"the secret key is too weak: use at least {MIN_SECRET_LENGTH} random "
                 "characters, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-            )
-        if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
-            raise ValueError(
-                f"the secret key is too short ({len(value.get_secret_value())} characters): use "
-                f"at least {MIN_SECRET_LENGTH} random characters, e.g. "
-                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return value
 

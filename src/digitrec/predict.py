@@ -18,11 +18,10 @@ import numpy as np
 
 from digitrec.config import Settings
 from digitrec.errors import DependencyMissing, InvalidRequest, ModelInvalid
-from digitrec.preprocess import Limits, Preprocessed, load, open_image, prepare
+from digitrec.preprocess import Limits, Preprocessed, preprocess_bytes
 from digitrec.registry import ONNX, WEIGHTS, ModelEntry, Registry
 
 if TYPE_CHECKING:
-    from PIL import Image
     from torch import nn
 
 log = logging.getLogger(__name__)
@@ -188,15 +187,7 @@ class Predictor:
 
     def preprocess(self, raw: bytes) -> Preprocessed:
         """Image file bytes -> model input, with this model's spec and the upload limits."""
-        return self.prepare(self.open(raw))
-
-    def open(self, raw: bytes) -> Image.Image:
-        """The first half of ``preprocess``: read the header and check the limits (cheap)."""
-        return open_image(raw, self.limits)
-
-    def prepare(self, img: Image.Image) -> Preprocessed:
-        """The second half: decode the pixels and lay the digit out as MNIST did."""
-        return prepare(load(img), self.spec)
+        return preprocess_bytes(raw, self.spec, self.limits)
 
     def answer(
         self, pre: Preprocessed, probs: np.ndarray, top_k: int, started: float

@@ -133,7 +133,8 @@ def check_structure(raw: bytes, limits: Limits = Limits()) -> imagecheck.Structu
         _check_dimensions(structure.width, structure.height, limits)
     if structure.format == "WEBP" and structure.pixels:
         # libwebp allocates the whole canvas as the file is opened: check the cost first.
-        _refuse_if_costly(structure.width, structure.height, "WEBP", 4 * WEBP_OVERHEAD, limits)
+        needed = structure.pixels * 4 * WEBP_OVERHEAD  # RGBA
+        _refuse_if_costly(structure.width, structure.height, "WEBP", needed, limits)
     return structure
 
 
@@ -159,21 +160,19 @@ def decoded_bytes(img: Image.Image) -> int:
         while scale < 8 and max(width, height) / (2 * scale) >= WORK_SIDE:
             scale *= 2
         return -(-width // scale) * -(-height // scale)  # decoded in grey
-    depth = 4 if img.mode in ("I", "F", "RGBX", "CMYK") else 2 if ";16" in img.mode else 1
+    depth = 4 if img.mode in ("I", "F") else 2 if ";16" in img.mode else 1  # bytes a band
     return width * height * len(img.getbands()) * depth
 
 
 def _check_cost(img: Image.Image, limits: Limits) -> None:
     # The decoded image, plus half again for the reduction to the working size.
     factor = WEBP_OVERHEAD if img.format == "WEBP" else 1.5
-    bytes_per_pixel = decoded_bytes(img) / (img.width * img.height)
-    _refuse_if_costly(img.width, img.height, img.format, bytes_per_pixel * factor, limits)
+    _refuse_if_costly(img.width, img.height, img.format, decoded_bytes(img) * factor, limits)
 
 
 def _refuse_if_costly(
-    width: int, height: int, fmt: str | None, bytes_per_pixel: float, limits: Limits
+    width: int, height: int, fmt: str | None, needed: float, limits: Limits
 ) -> None:
-    needed = width * height * bytes_per_pixel
     if needed > limits.max_decode_mb * 2**20:
         raise ImageTooCostly(
             f"decoding this {width}x{height} {fmt} image would take about "
@@ -471,7 +470,7 @@ def preprocess_bytes(
     raw: bytes, spec: PreprocessSpec = PreprocessSpec(), limits: Limits = Limits()
 ) -> Preprocessed:
     """Image file bytes -> model input: ``prepare(decode(raw))``, the path every caller
-    takes (the server splits it in two to read the header before choosing a thread)."""
+    takes (the CLI, evaluation, the server's decoding threads and its sandbox)."""
     return prepare(decode(raw, limits), spec)
 
 

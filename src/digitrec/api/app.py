@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from digitrec import __version__
 from digitrec.api.routes import api, health
 from digitrec.api.security import (
+    INTERNAL_ERROR_MESSAGE,
     BodyLimitMiddleware,
     SecurityHeadersMiddleware,
     UnexpectedErrorMiddleware,
@@ -53,7 +54,7 @@ async def _digitrec_error(request: Request, exc: Exception) -> JSONResponse:
         # The server's own failure (e.g. an unreadable key file): its message may name
         # server paths, so it goes to the log and the client gets the code alone.
         log.error("%s on %s %s: %s", exc.code, request.method, request.url.path, exc.message)
-        return error_response(exc.status, exc.code, "the server failed to answer; it was logged")
+        return error_response(exc.status, exc.code, INTERNAL_ERROR_MESSAGE)
     headers = None
     if isinstance(exc, RateLimited):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
@@ -79,7 +80,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", "the server failed to answer; it was logged")
+    return error_response(500, "internal_error", INTERNAL_ERROR_MESSAGE)
 
 
 def create_app(

@@ -23,9 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from digitrec.errors import PayloadTooLarge, RateLimited
 
 log = logging.getLogger(__name__)
-INTERNAL_ERROR = {
-    "error": {"code": "internal_error", "message": "the server failed to answer; it was logged"}
-}
+INTERNAL_ERROR_MESSAGE = "the server failed to answer; it was logged"
+INTERNAL_ERROR = {"error": {"code": "internal_error", "message": INTERNAL_ERROR_MESSAGE}}
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
