@@ -11,6 +11,7 @@ that the nearest untrusted hop was seen from.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -40,11 +41,17 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+@functools.lru_cache(maxsize=8)
+def _networks(
+    proxies: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The trusted proxies, parsed once (Settings validated them)."""
+    return tuple(ipaddress.ip_network(net, strict=False) for net in proxies)
+
+
 def _trusted(address: str, settings: Settings) -> bool:
     ip = _ip(address)
-    return ip is not None and any(
-        ip in ipaddress.ip_network(net, strict=False) for net in settings.trusted_proxies
-    )
+    return ip is not None and any(ip in net for net in _networks(tuple(settings.trusted_proxies)))
 
 
 def client_address(request: Request) -> str:

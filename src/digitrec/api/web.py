@@ -29,7 +29,7 @@ async def index() -> FileResponse:
 @web.get("/web/token", response_model=WebToken, include_in_schema=False)
 async def web_token(request: Request) -> dict[str, Any]:
     """A signed token the page sends as X-Web-Token, so visitors need no API key (see
-    ``deps``: short-lived, for this client and the prediction route only)."""
+    ``deps``: short-lived, for this client and the routes the page calls only)."""
     service: Service = request.app.state.service
     token = web_token_for(request)
     return {"token": token, "expires_in": service.web_tokens.ttl}
