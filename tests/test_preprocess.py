@@ -1,14 +1,18 @@
-"""Preprocessing: decoding, ink extraction, MNIST layout, and how bad images are refused."""
+"""Preprocessing: decoding, ink extraction, MNIST layout, stroke width, and how bad images
+are refused."""
 
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from digitrec.errors import (
     BlankImage,
@@ -32,6 +36,8 @@ from digitrec.preprocess import (
     mnist_layout,
     normalize,
     preprocess_bytes,
+    stroke_band_from,
+    stroke_width,
 )
 from tests.conftest import encode, stroke_image
 from tests.handwriting import DIGITS, traced
@@ -313,3 +319,156 @@ def test_ink_box_opening_near_the_ink_matches_the_whole_image(seed: int) -> None
     ink[top : top + 50, left : left + 4] = 1.0  # a stroke, maybe touching an edge
     ink[rng.integers(120, size=6), rng.integers(140, size=6)] = 1.0  # specks
     assert _ink_bbox(ink) == _opened_bbox_by_definition(ink)
+
+
+# --- stroke width ------------------------------------------------------------------------
+
+BAND = (0.08, 0.2)  # about MNIST's (test_realistic measures the real one)
+BANDED = PreprocessSpec(stroke_band=BAND)
+SUPERSAMPLING = 4  # shapes are drawn this many times bigger, then reduced (anti-aliased)
+
+
+def supersampled(size: int, draw: Callable[[ImageDraw.ImageDraw, int], None]) -> np.ndarray:
+    """An anti-aliased ink map ``size`` pixels square: ``draw(pen, scale)`` draws on a
+    canvas ``scale`` times bigger."""
+    big = Image.new("L", (size * SUPERSAMPLING, size * SUPERSAMPLING), 0)
+    draw(ImageDraw.Draw(big), SUPERSAMPLING)
+    return np.asarray(big.resize((size, size), Image.Resampling.BOX), np.float32) / 255
+
+
+def ring(size: int, pen: float) -> np.ndarray:
+    """A circle as wide as the image drawn with a ``pen`` pixels wide."""
+    return supersampled(
+        size, lambda d, k: d.ellipse([0, 0, k * size - 1, k * size - 1], None, 255, round(pen * k))
+    )
+
+
+def line(length: int, pen: float, angle: float) -> np.ndarray:
+    """A straight line ``length`` pixels long, ``pen`` pixels wide, at ``angle``."""
+    size = length + 2 * round(pen) + 2
+    dx, dy = np.cos(angle) * length / 2, np.sin(angle) * length / 2
+    return supersampled(
+        size,
+        lambda d, k: d.line(
+            [
+                (k * (size / 2 - dx), k * (size / 2 - dy)),
+                (k * (size / 2 + dx), k * (size / 2 + dy)),
+            ],
+            255,
+            round(pen * k),
+        ),
+    )
+
+
+def handwritten(
+    digit: str, height: int, pen: int, canvas: int = 280, transparent: bool = False
+) -> bytes:
+    """A handwritten digit ``height`` pixels tall drawn with a ``pen`` pixels wide in the
+    middle of a square canvas: a canvas export (ink in alpha) or dark on white."""
+    mask = Image.new("L", (canvas, canvas), 0)
+    draw = ImageDraw.Draw(mask)
+    scale = height / 0.64  # the key points span 0.18 to 0.82 of the drawing area
+    for stroke in traced(DIGITS[digit]):
+        points = [
+            (canvas / 2 + scale * (x - 0.5), canvas / 2 + scale * (y - 0.5)) for x, y in stroke
+        ]
+        draw.line(points, 255, pen, "curve")
+    if not transparent:
+        return encode(ImageOps.invert(mask))
+    rgba = np.zeros((canvas, canvas, 4), np.uint8)
+    rgba[..., 3] = np.asarray(mask)
+    return encode(Image.fromarray(rgba))
+
+
+@pytest.mark.parametrize(
+    "size, pen",
+    [
+        (size, pen)
+        for size in (20, 28, 64, 150, 384)
+        for pen in (2, 3, 5, 8, 12, 40)
+        if pen <= 0.3 * size  # thicker: a disc, not a ring
+    ],
+)
+def test_stroke_width_of_a_ring(size: int, pen: int) -> None:
+    assert stroke_width(ring(size, pen)) == pytest.approx(pen / size, rel=0.15)
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.4, np.pi / 4, 1.2])
+@pytest.mark.parametrize("pen", [2, 3, 5, 12])
+def test_stroke_width_of_a_line(angle: float, pen: int) -> None:
+    ink = line(200, pen, angle)
+    rows, cols = np.nonzero(ink > MARK_LEVEL)
+    long_side = max(np.ptp(rows), np.ptp(cols)) + 1  # the line's box, its ends included
+    assert stroke_width(ink) == pytest.approx(pen / long_side, rel=0.15)
+
+
+def test_stroke_band_is_the_training_digits_percentiles() -> None:
+    pens = np.linspace(1.5, 6, 40)  # digits 20 pixels big, like MNIST's
+    digits = np.stack(
+        [np.pad(np.rint(255 * ring(20, pen)).astype(np.uint8), 4) for pen in pens]
+        + [np.zeros((28, 28), np.uint8)]  # an empty image has no stroke and does not count
+    )
+    low, high = stroke_band_from(digits)
+    assert low == pytest.approx(np.percentile(pens / 20, 2), rel=0.15)
+    assert high == pytest.approx(np.percentile(pens / 20, 98), rel=0.15)
+
+
+def in_band(width: float, band: tuple[float, float]) -> bool:
+    """Inside the band, give or take the 5 % that the measure moves by when a digit
+    brought to the band's edge is fitted to the box again."""
+    return band[0] * 0.95 <= width <= band[1] * 1.05
+
+
+@pytest.mark.parametrize("digit", ["1", "2", "3", "7"])
+@pytest.mark.parametrize(
+    "drawing",
+    [
+        pytest.param({"height": 60, "pen": 20, "transparent": True}, id="small digit, fat pen"),
+        pytest.param({"height": 800, "pen": 2, "canvas": 1000}, id="big photo, ballpoint"),
+    ],
+)
+def test_strokes_are_brought_into_the_band(digit: str, drawing: dict[str, Any]) -> None:
+    raw = handwritten(digit, **drawing)
+    as_drawn = stroke_width(preprocess_bytes(raw).image / 255)
+    assert not in_band(as_drawn, BAND), as_drawn  # without a band: a blob, or a hairline
+    width = stroke_width(preprocess_bytes(raw, BANDED).image / 255)
+    assert in_band(width, BAND), (as_drawn, width)
+
+
+@pytest.mark.parametrize("digit", ["1", "2", "3", "7"])
+def test_strokes_inside_the_band_are_left_exactly_as_they_were(digit: str) -> None:
+    raw = handwritten(digit, height=200, pen=24, transparent=True)  # a canvas, 1/11 pen
+    plain = preprocess_bytes(raw)
+    assert BAND[0] < stroke_width(plain.image / 255) < BAND[1]
+    assert np.array_equal(preprocess_bytes(raw, BANDED).image, plain.image)
+
+
+def test_no_band_leaves_strokes_as_drawn() -> None:
+    ink = ink_map(decode(handwritten("3", height=60, pen=20, transparent=True)))
+    plain = mnist_layout(ink, PreprocessSpec(stroke_band=None))
+    assert np.array_equal(plain, mnist_layout(ink, PreprocessSpec(stroke_band=(0.0, 1.0))))
+    assert not np.array_equal(plain, mnist_layout(ink, BANDED))
+
+
+def test_spec_round_trips_through_json_with_a_band() -> None:
+    spec = PreprocessSpec(stroke_band=(0.0826, 0.2085))
+    stored = json.loads(json.dumps(spec.to_dict()))  # as the manifest stores it
+    assert stored["stroke_band"] == [0.0826, 0.2085]
+    assert PreprocessSpec.from_dict(stored) == spec
+
+
+def test_spec_of_a_model_trained_before_the_band_still_loads() -> None:
+    old = {"size": 28, "box": 20, "mean": 0.1307, "std": 0.3081, "centering": "mass"}
+    assert PreprocessSpec.from_dict(old).stroke_band is None
+    assert PreprocessSpec.from_dict({**old, "stroke_band": None, "unknown": 1}) == SPEC
+
+
+def test_a_thin_pen_digit_is_kept_whole() -> None:
+    """Strokes about 2 pixels wide survive the speck filter: the crop is the whole digit,
+    not the corner where the anti-aliased strokes meet (which once came out 4x3 pixels)."""
+    from PIL import ImageDraw
+
+    big = Image.new("L", (1120, 1120), 255)  # drawn 4x bigger, then reduced: anti-aliased
+    ImageDraw.Draw(big).line([(160, 120), (960, 120), (560, 1040)], fill=0, width=8, joint="curve")
+    top, bottom, left, right = _ink_bbox(ink_map(big.resize((280, 280), Image.Resampling.LANCZOS)))
+    assert bottom - top > 200 and right - left > 180

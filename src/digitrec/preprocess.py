@@ -12,7 +12,9 @@ drawing or photo is prepared exactly the way MNIST digits were:
    transparency, polarity (dark on light or light on dark), uneven lighting and faint
    noise are dealt with here.
 3. ``mnist_layout``: crop to the ink, fit a 20x20 box keeping the aspect ratio
-   (anti-aliased), paste into 28x28 with the centre of mass at the centre.
+   (anti-aliased), thin or thicken the strokes into the training digits' band of stroke
+   widths (when the spec has one), paste into 28x28 with the centre of mass at the
+   centre.
 4. ``normalize``: ``(x - mean) / std`` with the constants of the model's manifest.
 
 Only numpy and Pillow are needed: the ONNX serving path runs without PyTorch.
@@ -71,13 +73,22 @@ class PreprocessSpec:
     mean: float = 0.1307  # MNIST training pixel mean (pixels scaled to [0, 1])
     std: float = 0.3081  # MNIST training pixel standard deviation
     centering: str = "mass"  # the centre of mass is moved to the middle, as MNIST did
+    # Stroke widths (relative to the ink's longer side, see ``stroke_width``) of the
+    # training digits, low and high; wider or thinner strokes are brought to the nearer
+    # end. None (models trained before it was measured): strokes are left as drawn.
+    stroke_band: tuple[float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["stroke_band"] = list(self.stroke_band) if self.stroke_band else None  # JSON
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if known.get("stroke_band") is not None:
+            low, high = known["stroke_band"]
+            known["stroke_band"] = (float(low), float(high))
         return cls(**known)
 
 
@@ -415,7 +426,9 @@ def _ink_bbox(ink: np.ndarray) -> tuple[int, int, int, int]:
         top, left = max(0, rows[0] - 1), max(0, cols[0] - 1)
         region = mask[top : rows[-1] + 2, left : cols[-1] + 2]
         opened = _dilate3(_erode3(region))
-        if np.count_nonzero(opened) >= MIN_INK_PIXELS:
+        # Only specks may go: when the opening takes most of the ink, the strokes
+        # themselves are under 3 pixels wide (a ballpoint in a big photo); keep them.
+        if np.count_nonzero(opened) >= max(MIN_INK_PIXELS, int(np.count_nonzero(region)) // 2):
             rows = top + np.flatnonzero(opened.any(1))
             cols = left + np.flatnonzero(opened.any(0))
             mask = opened
@@ -426,21 +439,38 @@ def _ink_bbox(ink: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
+# A digit drawn small with a fat pen, or big with a ballpoint, differs from MNIST in the
+# width of its strokes relative to its size. The width is measured on the digit fitted to
+# the box, as the model will see it and as the training digits are, as twice the ink's
+# area over the length of its outline (exact for a ring; a stroke's ends and a blob
+# count a little thinner). Out of the training digits' band, the strokes are thinned or
+# thickened by grey-scale erosion or dilation on a copy of the crop ``RESTROKE_SIDE``
+# pixels big (the cost is bounded whatever the image), then fitted to the box again.
+
+STROKE_PERCENTILES = (2, 98)  # the band: MNIST's widths but the 2 % thinnest and thickest
+RESTROKE_SIDE = 64  # strokes are thinned or thickened on the crop scaled to this side
+
+
 def mnist_layout(ink: np.ndarray, spec: PreprocessSpec = PreprocessSpec()) -> np.ndarray:
-    """Crop to the ink, fit ``box`` keeping the aspect, centre the mass in ``size``."""
+    """Crop to the ink, fit ``box`` keeping the aspect, bring the strokes into
+    ``stroke_band`` (when set), centre the mass in ``size``."""
     top, bottom, left, right = _ink_bbox(ink)
-    crop = ink[top:bottom, left:right]
-    h, w = crop.shape
-    ratio = spec.box / max(h, w)
-    new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
-    method = Image.Resampling.LANCZOS if ratio < 1 else Image.Resampling.BILINEAR
-    fitted = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((new_w, new_h), method))
-    fitted = np.clip(fitted, 0, 1)
+    crop = np.ascontiguousarray(ink[top:bottom, left:right])
+    fitted = _fit(crop, spec.box)
+    if spec.stroke_band is not None:
+        low, high = spec.stroke_band
+        width = stroke_width(fitted)
+        if not low <= width <= high:
+            # Too thick: to the band's edge, the least erosion (more wears strokes away);
+            # too thin: to its middle (strokes at the thinnest edge read less well).
+            target = (low + high) / 2 if width < low else high
+            fitted = _fit(restroke(crop, width, target), spec.box)
 
     canvas = np.zeros((spec.size, spec.size), dtype=np.float32)
     mass = float(fitted.sum())
     if mass <= 0:
         raise BlankImage("the image looks blank after scaling")
+    new_h, new_w = fitted.shape
     cy = float((fitted.sum(1) * np.arange(new_h)).sum()) / mass
     cx = float((fitted.sum(0) * np.arange(new_w)).sum()) / mass
     centre = spec.size // 2
@@ -448,6 +478,107 @@ def mnist_layout(ink: np.ndarray, spec: PreprocessSpec = PreprocessSpec()) -> np
     x0 = int(np.clip(round(centre - cx), 0, spec.size - new_w))
     canvas[y0 : y0 + new_h, x0 : x0 + new_w] = fitted
     return canvas
+
+
+def _fit(crop: np.ndarray, box: int) -> np.ndarray:
+    """The crop scaled so its longer side is ``box``, keeping the aspect (anti-aliased)."""
+    h, w = crop.shape
+    ratio = box / max(h, w)
+    new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
+    method = Image.Resampling.LANCZOS if ratio < 1 else Image.Resampling.BILINEAR
+    fitted = np.asarray(Image.fromarray(crop).resize((new_w, new_h), method))
+    return np.clip(fitted, 0, 1)
+
+
+def stroke_width(ink: np.ndarray) -> float:
+    """Stroke width of the ink (float, ink high) relative to the longer side of its box:
+    2 * area / perimeter, the perimeter being the summed gradient magnitude (2x2
+    differences: a one-pixel line still has two edges). Within ~15 % of the pen's width
+    for strokes at least 2 pixels wide, whatever the image's size."""
+    mask = ink > MARK_LEVEL
+    if mask.any():  # the digit's box, as ``mnist_layout`` crops it (faint pixels around)
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        ink = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    p = np.pad(ink, 1)
+    dx = np.diff(p, axis=1)
+    dy = np.diff(p, axis=0)
+    perimeter = float(np.hypot(dx[1:] + dx[:-1], dy[:, 1:] + dy[:, :-1]).sum()) / 2
+    if perimeter == 0:
+        return 0.0  # no ink at all
+    # A line too thin for the pixels shows as a fainter one: as thin as its ink is faint.
+    return 2 * float(ink.sum()) * float(ink.max()) / perimeter / max(ink.shape)
+
+
+def stroke_band_from(images: np.ndarray) -> tuple[float, float]:
+    """The band of relative stroke widths of uint8 MNIST-layout digits (N, size, size),
+    for ``PreprocessSpec.stroke_band``. The digits are measured as ``mnist_layout``
+    measures its fitted ones; they are their own ink map (paper 0, ink 255). About 2 s
+    for MNIST's 60,000 training digits."""
+    widths = [stroke_width(_unit(image)) for image in images if image.any()]
+    low, high = np.percentile(widths, STROKE_PERCENTILES)
+    return round(float(low), 4), round(float(high), 4)
+
+
+def restroke(crop: np.ndarray, width: float, target: float) -> np.ndarray:
+    """The ink crop, with strokes ``width`` wide (relative to its longer side), eroded or
+    dilated to ``target`` on a copy scaled to ``RESTROKE_SIDE``, and cropped to its ink.
+
+    Once: a loop that a fat pen filled stays filled, and such a blob measures thick
+    however much it is eroded; eroding it more only wears away the thinner strokes.
+    """
+    h, w = crop.shape
+    factor = -(-max(h, w) // RESTROKE_SIDE)
+    if width < target and factor > 1:
+        # Strokes to thicken may be thinner than the smaller copy's pixels: keep each
+        # block's strongest ink (a max, not an average, which would only make them faint).
+        work = _block_max(np.pad(crop, ((0, -h % factor), (0, -w % factor))), factor)
+    else:
+        scale = RESTROKE_SIDE / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        work = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BILINEAR))
+    # Each side moves by ``shift`` pixels; the longer side too, hence the 1 - target.
+    shift = (width - target) * max(work.shape) / (2 * (1 - target))
+    work = np.pad(work, int(np.ceil(max(0.0, -shift))) + 1)  # room to grow
+    work = _morph(work, abs(shift), np.minimum if shift > 0 else np.maximum)
+    mask = work > MARK_LEVEL
+    if np.count_nonzero(mask) < MIN_INK_PIXELS:
+        return crop  # nothing would be left: keep the strokes as drawn
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return np.ascontiguousarray(work[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
+
+
+def _block_max(a: np.ndarray, factor: int) -> np.ndarray:
+    """The maximum of each ``factor`` x ``factor`` block (the sides are multiples of it),
+    as ``factor`` strided maxima per axis: 20x faster than one reduction over a 4-D view."""
+    rows = a[0::factor].copy()
+    for i in range(1, factor):
+        np.maximum(rows, a[i::factor], out=rows)
+    out = rows[:, 0::factor].copy()
+    for i in range(1, factor):
+        np.maximum(out, rows[:, i::factor], out=out)
+    return out
+
+
+def _morph(a: np.ndarray, radius: float, op: np.ufunc) -> np.ndarray:
+    """Grey-scale erosion (``np.minimum``) or dilation (``np.maximum``) by a disc of
+    ``radius`` pixels: 3x3 squares and crosses in turn (an octagon), the fractional
+    part interpolated between the last two steps."""
+    steps = int(radius)
+    for step in range(steps):
+        a = _morph_step(a, op, square=step % 2 == 0)
+    frac = radius - steps
+    if frac > 0:
+        a = a + frac * (_morph_step(a, op, square=steps % 2 == 0) - a)
+    return a
+
+
+def _morph_step(a: np.ndarray, op: np.ufunc, square: bool) -> np.ndarray:
+    """One 3x3 step, square or cross; pixels outside the image are paper (0)."""
+    p = np.pad(a, 1)
+    rows = op(op(p[:-2], p[1:-1]), p[2:])  # vertical neighbours, (h, w + 2)
+    if square:
+        return np.asarray(op(op(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:]))
+    return np.asarray(op(op(rows[:, 1:-1], p[1:-1, :-2]), p[1:-1, 2:]))
 
 
 # --- the whole path ----------------------------------------------------------------------

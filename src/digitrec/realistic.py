@@ -3,8 +3,9 @@
 Each variant turns one 28x28 MNIST digit into the bytes of an image file: drawn on a
 big canvas off-centre, small or large, with thick or thin strokes, exported from a
 canvas with a transparent background, dark on light, saved as JPEG, or photographed on
-paper with uneven light and noise. Running them through the full preprocessing path
-shows how much accuracy real inputs cost compared with clean MNIST.
+paper with uneven light and noise; and with pens far from MNIST's: a small digit with a
+fat pen, a fat marker, a ballpoint in a big photo. Running them through the full
+preprocessing path shows how much accuracy real inputs cost compared with clean MNIST.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter
+
+from digitrec.preprocess import MARK_LEVEL, stroke_width
 
 CANVAS = 280  # side of the simulated drawing canvas, pixels
 
@@ -117,6 +120,79 @@ def photo(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     return _encode(img, "JPEG", quality=85)
 
 
+def _pen(digit: np.ndarray, side: int, width: float) -> Image.Image:
+    """The digit upscaled to ``side`` and redrawn with a square pen whose stroke is about
+    ``width`` of the ink's longer side (a min or max filter, as thick as needed)."""
+    img = _scaled(digit, side)
+    ink = np.asarray(img, dtype=np.float32) / 255.0
+    rows, cols = np.nonzero(ink > MARK_LEVEL)
+    long_side = max(np.ptp(rows), np.ptp(cols)) + 1
+    # Each side moves by ``shift`` pixels, the longer side with it (hence 1 - width).
+    shift = round((width - stroke_width(ink)) * long_side / (2 * (1 - width)))
+    filt = ImageFilter.MaxFilter(3) if shift > 0 else ImageFilter.MinFilter(3)
+    for _ in range(abs(shift)):
+        img = img.filter(filt)
+    return img
+
+
+def _centre_line(digit: np.ndarray, side: int) -> Image.Image:
+    """The digit upscaled to ``side`` and thinned to the centre line of its strokes (1-2
+    pixels): the pixels that survive at least as many 3x3 min filters as their
+    neighbours (the ridge of the distance to the paper)."""
+    mask = _scaled(digit, side).point(lambda v: 255 if v > 127 else 0)
+    depth = np.zeros((side, side), np.uint8)
+    while mask.getbbox():
+        depth += np.asarray(mask) // 255
+        mask = mask.filter(ImageFilter.MinFilter(3))
+    highest = np.asarray(Image.fromarray(depth).filter(ImageFilter.MaxFilter(3)))
+    line = (depth > 2) & (depth >= highest)  # no spurs from the outline's small bumps
+    line[1:, 1:] |= line[:-1, :-1]  # two pixels wide
+    return Image.fromarray(np.where(line, 255, 0).astype(np.uint8))
+
+
+def small_thick(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A digit ~60 px tall on the canvas, drawn with a pen a quarter of its height wide,
+    exported with a transparent background."""
+    pen = _pen(digit, 70, float(rng.uniform(0.25, 0.3)))  # its ink ~60 px once thickened
+    x, y = rng.integers(10, CANVAS - 80, size=2)
+    alpha = np.rint(255 * _on_canvas(pen, (CANVAS, CANVAS), (int(x), int(y))))
+    rgba = np.zeros((CANVAS, CANVAS, 4), dtype=np.uint8)
+    rgba[..., :3] = rng.integers(0, 256, size=3, dtype=np.uint8)
+    rgba[..., 3] = alpha.astype(np.uint8)
+    return _encode(Image.fromarray(rgba))
+
+
+def marker(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A fat marker (stroke a quarter of the digit's height), dark on white."""
+    pen = _pen(digit, 84, float(rng.uniform(0.23, 0.27))).resize(
+        (252, 252), Image.Resampling.BICUBIC
+    )
+    return _encode(_dark_on_light(_on_canvas(pen, (CANVAS, CANVAS), (14, 14))))
+
+
+def ballpoint_photo(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A ballpoint digit (~2 px stroke, ~150 px tall) in a 1600x1200 phone photo: paper
+    lit unevenly by cool daylight, sensor noise, JPEG."""
+    h, w = 1200, 1600
+    pen = _centre_line(digit, 210).filter(ImageFilter.GaussianBlur(0.6))
+    x, y = int(rng.integers(100, w - 310)), int(rng.integers(100, h - 310))
+    # The lighting is a plane: made at 4x3 pixels and stretched (cheap at this size).
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (
+        np.cos(angle) * np.linspace(0, 1, 4)[None, :]
+        + np.sin(angle) * np.linspace(0, 1, 3)[:, None]
+    )
+    paper = 255 * (0.88 - 0.25 * (ramp - ramp.min()) / (np.ptp(ramp) + 1e-6))
+    lit = Image.fromarray(paper.astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR)
+    grey = np.asarray(lit) - np.uint8(11) + rng.integers(0, 23, size=(h, w), dtype=np.uint8)
+    ink = np.asarray(pen, dtype=np.float32) / 255.0
+    region = grey[y : y + pen.height, x : x + pen.width]
+    region[...] = np.rint(region * (1 - ink) + 40 * ink)
+    img = Image.fromarray(grey)
+    blue = Image.merge("RGB", (img.point(lambda v: v * 0.9), img.point(lambda v: v * 0.95), img))
+    return _encode(blue, "JPEG", quality=85)
+
+
 VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "clean_png": clean_png,
     "off_centre": off_centre,
@@ -128,6 +204,9 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "inverted": inverted,
     "jpeg": jpeg,
     "photo": photo,
+    "small_thick": small_thick,
+    "ballpoint_photo": ballpoint_photo,
+    "marker": marker,
 }
 
 
