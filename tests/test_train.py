@@ -21,6 +21,7 @@ from digitrec.data import Mnist
 from digitrec.errors import ModelNotFound, StorageError
 from digitrec.model import architectures, count_parameters, create_model, model_args
 from digitrec.registry import Registry
+from digitrec.rejection import LABELS
 from digitrec.training import run_training
 from digitrec.training.augment import AugmentConfig, augment_batch
 from digitrec.training.checkpoint import CHECKPOINT
@@ -127,14 +128,20 @@ def test_short_real_training_beats_chance_widely(tmp_path: Path, mnist: Mnist) -
     entry = result.entry
     assert entry is not None
     manifest = entry.manifest
-    assert manifest["architecture"]["parameters"] == count_parameters(create_model("digitnet"))
+    arch = manifest["architecture"]
+    assert arch["parameters"] == count_parameters(create_model("digitnet", **arch["args"]))
+    assert arch["args"]["classes"] == 12 and manifest["labels"][10:] == LABELS[10:]
     assert manifest["data"]["md5"]["t10k-images-idx3-ubyte"] == "2646ac647ad5339dbf082846283269ea"
     assert manifest["metrics"]["test_accuracy"] == result.metrics["test_accuracy"]
     assert np.array(manifest["metrics"]["confusion_matrix"]).sum() == 10000
     assert manifest["settings"]["seed"] == 3
-    assert set(manifest["files"]) == {"model.safetensors", "model.onnx"}
+    assert set(manifest["files"]) == {"model.safetensors", "model.onnx", "reliability.png"}
     entry.verify()
-    assert (entry.path / "MODEL_CARD.md").read_text().count("|") > 20
+    card = (entry.path / "MODEL_CARD.md").read_text()
+    assert card.count("|") > 20 and "](reliability.png)" in card
+    assert {"rejection", "calibration"} <= set(manifest)
+    assert manifest["rejection"]["method"] in manifest["rejection"]["validation"]
+    assert manifest["preprocessing"]["stroke_band"] is not None
 
 
 def cli(*args: str, home: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -240,11 +247,12 @@ def test_resume_after_sigkill_gives_the_same_model(
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 3 MB file system: writes beyond it fail with ENOSPC."""
+    """A real 6 MB file system: room for one model (3.8 MB), not for a run's checkpoints;
+    writes beyond it fail with ENOSPC."""
     mount = tmp_path / "disk"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)],
         capture_output=True,
         check=False,
     )

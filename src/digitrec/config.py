@@ -49,7 +49,7 @@ class TrainingSettings(BaseSettings):
     # --- model and training ----------------------------------------------------
     arch: str = "digitnet"  # architecture name in the model registry (model.py)
     name: str | None = None  # registry name of the trained model; default: the arch
-    epochs: int = Field(15, ge=1, le=1000)  # full passes over the training split
+    epochs: int = Field(20, ge=1, le=1000)  # full passes over the training split
     batch_size: int = Field(128, ge=1, le=8192)  # images per optimizer step
     lr: float = Field(3e-3, gt=0)  # peak learning rate of the one-cycle schedule
     weight_decay: float = Field(5e-4, ge=0)  # AdamW decoupled weight decay (conv/linear weights)
@@ -66,6 +66,11 @@ class TrainingSettings(BaseSettings):
     dry_run_batches: int = Field(3, ge=1)  # batches per phase in a dry run
     train_subset: int | None = Field(None, ge=10)  # use only this many training images
 
+    # --- rejection and calibration (negatives.py, rejection.py, calibration.py) --
+    negatives: float = Field(0.2, ge=0, le=1)  # non-digits per digit in a batch; 0: no rejection
+    negatives_pool: int = Field(20000, ge=100)  # distinct negatives drawn per run, augmented anew
+    calibration_variants: int = Field(300, ge=0)  # validation digits per redrawn variant
+
     # --- augmentation (batched, on tensors; see training/augment.py) -----------
     aug_rotation: float = Field(12.0, ge=0, le=90)  # max rotation, degrees
     aug_scale: float = Field(0.12, ge=0, lt=1)  # max relative zoom in or out
@@ -75,6 +80,7 @@ class TrainingSettings(BaseSettings):
     aug_elastic: float = Field(0.0, ge=0, le=1)  # chance of an elastic distortion
     aug_elastic_alpha: float = Field(1.5, ge=0)  # elastic displacement, pixels
     aug_elastic_sigma: float = Field(3.0, gt=0)  # smoothness of the elastic field, pixels
+    aug_texture: float = Field(0.3, ge=0, le=1)  # chance of uneven ink with speckle
 
 
 class Settings(TrainingSettings):
@@ -88,6 +94,8 @@ class Settings(TrainingSettings):
     models_dir: Path | None = None  # model registry; default <home>/models
     runs_dir: Path | None = None  # training run folders; default <home>/runs
     keys_file: Path | None = None  # hashed API keys; default <home>/keys.json
+    # Fashion-MNIST test images: evaluation-only non-digits (Debian: dataset-fashion-mnist)
+    fashion_mnist_dir: Path = Path("/usr/share/datasets/fashion-mnist")
 
     # --- data ----------------------------------------------------------------
     download_timeout: float = 10.0  # seconds per network attempt (connect and read)

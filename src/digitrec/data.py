@@ -394,6 +394,23 @@ def load_mnist(settings: Settings, *, progress: bool = True) -> Mnist:
     )
 
 
+def load_fashion_mnist_test(settings: Settings) -> np.ndarray:
+    """Fashion-MNIST's 10,000 test images (uint8, N x 28 x 28): clothes, never digits.
+    Used only to measure rejection, never to train or to choose a threshold."""
+    folder = settings.fashion_mnist_dir
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte"):
+        path = folder / name
+        if path.is_file():
+            try:
+                return parse_idx(maybe_gunzip(path.read_bytes()))
+            except (OSError, ValueError, EOFError) as exc:
+                raise DataUnavailable(f"cannot read {path}: {_reason(exc)}") from None
+    raise DataUnavailable(
+        f"Fashion-MNIST is not in {folder}: apt-get install dataset-fashion-mnist, "
+        "or set DIGITREC_FASHION_MNIST_DIR to a folder with t10k-images-idx3-ubyte(.gz)"
+    )
+
+
 def describe(settings: Settings) -> dict[str, Any]:
     """What `digitrec data info` prints: where the files are and what they hold."""
     files = []

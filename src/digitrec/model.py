@@ -2,7 +2,8 @@
 
 Every architecture takes only JSON-friendly constructor arguments, which the registry
 stores in the manifest beside the weights, so a model is rebuilt from its folder alone.
-Inputs are normalised 1x28x28 images; outputs are 10 logits.
+Inputs are normalised 1x28x28 images; outputs are 10 digit logits, then, for a model
+trained to reject (``classes=12``), "not a digit" and "several digits" (rejection.py).
 """
 
 from __future__ import annotations
@@ -72,11 +73,13 @@ class DigitNet(nn.Module):
     def __init__(
         self,
         widths: tuple[int, int] | list[int] = (32, 64),
-        hidden: int = 128,
+        hidden: int = 256,
         dropout: float = 0.4,
+        classes: int = NUM_CLASSES,
     ) -> None:
         super().__init__()
         self.args = {"widths": list(widths), "hidden": hidden, "dropout": dropout}
+        self.args["classes"] = classes  # older manifests have no such key: 10
         w1, w2 = widths
         self.features = nn.Sequential(
             conv_bn(1, w1, 3),
@@ -95,7 +98,7 @@ class DigitNet(nn.Module):
             nn.BatchNorm1d(hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
-            nn.Linear(hidden, NUM_CLASSES),
+            nn.Linear(hidden, classes),
         )
 
     def _feature_side(self) -> int:
@@ -113,9 +116,11 @@ class TutorialNet(nn.Module):
     conv3x3(32) - ReLU - conv3x3(64) - ReLU - maxpool 2x2 - dropout - fc 128 - dropout - fc 10.
     """
 
-    def __init__(self, dropout1: float = 0.25, dropout2: float = 0.5) -> None:
+    def __init__(
+        self, dropout1: float = 0.25, dropout2: float = 0.5, classes: int = NUM_CLASSES
+    ) -> None:
         super().__init__()
-        self.args = {"dropout1": dropout1, "dropout2": dropout2}
+        self.args = {"dropout1": dropout1, "dropout2": dropout2, "classes": classes}
         self.net = nn.Sequential(
             nn.Conv2d(1, 32, 3),
             nn.ReLU(inplace=True),
@@ -127,7 +132,7 @@ class TutorialNet(nn.Module):
             nn.LazyLinear(128),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout2),
-            nn.Linear(128, NUM_CLASSES),
+            nn.Linear(128, classes),
         )
         self.net(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE))  # materialise the lazy layer
 

@@ -105,6 +105,45 @@ def plot_confusion(path: Path, cm: np.ndarray, title: str = "Test confusion matr
     _save_figure(fig, path)
 
 
+def plot_reliability(
+    path: Path, before: dict[str, Any], after: dict[str, Any], title: str = "MNIST test"
+) -> None:
+    """Reliability diagram, before and after calibration (``calibration.reliability``
+    output): per confidence bin, the share of right answers (bar) against the bin's mean
+    confidence (dot on the diagonal when calibrated); the number of answers is written
+    above each bar, since a bin of a few answers says little."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, data, label in ((axes[0], before, "before"), (axes[1], after, "after")):
+        edges = np.asarray(data["edges"])
+        centres = (edges[:-1] + edges[1:]) / 2
+        acc = np.array([np.nan if a is None else a for a in data["accuracy"]], dtype=float)
+        conf = np.array([np.nan if c is None else c for c in data["confidence"]], dtype=float)
+        ax.bar(
+            centres,
+            np.nan_to_num(acc),
+            width=edges[1] - edges[0],
+            edgecolor="#124",
+            color="#4a8",
+            alpha=0.8,
+            label="share right",
+        )
+        ax.plot(conf, conf, "o", color="#b30", markersize=4, label="mean confidence")
+        for x, y, n in zip(centres, np.nan_to_num(acc), data["counts"], strict=True):
+            if n:
+                ax.text(x, min(y, 0.93) + 0.02, str(n), ha="center", fontsize=6, rotation=90)
+        ax.plot([0, 1], [0, 1], "--", color="grey")
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.05),
+            xlabel="confidence",
+            title=f"{title}, {label} temperature: ECE {data['ece'] * 100:.2f} %",
+        )
+        ax.legend(loc="upper left", fontsize=8)
+    axes[0].set_ylabel("share of answers right")
+    _save_figure(fig, path)
+
+
 def plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]

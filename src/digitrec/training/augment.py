@@ -1,8 +1,10 @@
 """Batched augmentation on tensors: the whole batch is transformed in a few tensor ops.
 
 Each image gets its own random affine transform (rotation, zoom, shear, shift), and
-optionally a thicker or thinner stroke and an elastic distortion, so the model sees the
-ways people really draw: slanted, off-centre, bold or thin. Inputs and outputs are
+optionally a thicker or thinner stroke, uneven ink with speckle, and an elastic
+distortion, so the model sees the ways people really draw and photograph: slanted,
+off-centre, bold or thin, pressed unevenly. Digits and negatives of a batch are
+augmented alike, so no augmentation can tell them apart. Inputs and outputs are
 float images in [0, 1] with ink = 1, shape (N, 1, H, W); labels are never touched.
 """
 
@@ -29,6 +31,7 @@ class AugmentConfig:
     elastic: float = 0.0
     elastic_alpha: float = 1.5
     elastic_sigma: float = 3.0
+    texture: float = 0.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> AugmentConfig:
@@ -83,11 +86,29 @@ def _change_stroke(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) ->
     return torch.where(pick < cfg.stroke, thicker, torch.where(pick > 1 - cfg.stroke, thinner, x))
 
 
+def _texture(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """For a random share of the batch: uneven ink (a smooth random field between 0.5 and
+    1 multiplies it, as pen pressure or a photo's light does) and faint speckle around
+    the strokes, as photos and JPEG screenshots arrive after preprocessing."""
+    n = x.shape[0]
+    field = _gaussian_blur(torch.rand(x.shape, generator=gen, device=x.device), 1.0)
+    field = 0.5 + 0.5 * (field - field.amin((2, 3), keepdim=True)) / (
+        field.amax((2, 3), keepdim=True) - field.amin((2, 3), keepdim=True)
+    ).clamp_min(1e-6)
+    speckle = torch.rand(x.shape, generator=gen, device=x.device) * 0.12
+    near_ink = F.max_pool2d(x, 5, stride=1, padding=2) > 0.2
+    textured = (x * field + speckle * near_ink).clamp(0, 1)
+    apply = torch.rand(n, generator=gen, device=x.device)[:, None, None, None] < cfg.texture
+    return torch.where(apply, textured, x)
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """Randomly transform each image of a float batch (N, 1, H, W) in [0, 1]."""
     n, _, h, w = x.shape
     if cfg.stroke > 0:
         x = _change_stroke(x, cfg, gen)
+    if cfg.texture > 0:
+        x = _texture(x, cfg, gen)
     grid = F.affine_grid(affine_matrices(n, cfg, gen, x.device), [n, 1, h, w], align_corners=False)
     if cfg.elastic > 0:
         noise = torch.rand(n, 2, h, w, generator=gen, device=x.device) * 2 - 1

@@ -33,7 +33,9 @@ from digitrec.config import Settings
 from digitrec.data import Mnist, load_mnist
 from digitrec.errors import InvalidRequest
 from digitrec.model import count_parameters, create_model
-from digitrec.preprocess import PreprocessSpec, normalize
+from digitrec.negatives import training_pool
+from digitrec.preprocess import PreprocessSpec, normalize, stroke_band_from
+from digitrec.rejection import DIGIT_CLASSES, REJECT_CLASSES, digit_probabilities
 from digitrec.report import csv_text
 from digitrec.storage import atomic_write_text, remove_stale_temporaries, storage_errors
 from digitrec.training.augment import AugmentConfig, augment_batch
@@ -80,9 +82,10 @@ def split_indices(n: int, val_size: int, split_seed: int) -> tuple[np.ndarray, n
 @dataclass
 class Evaluation:
     loss: float
-    accuracy: float
-    probs: np.ndarray  # (N, 10) softmax outputs
+    accuracy: float  # of the best digit (the answer's ``digit``), flagged or not
+    probs: np.ndarray  # (N, 10) digit probabilities, softmax of the digit logits
     labels: np.ndarray
+    logits: np.ndarray  # (N, classes) raw outputs, for calibration and rejection
 
 
 def to_input(images: torch.Tensor, spec: PreprocessSpec, device: torch.device) -> torch.Tensor:
@@ -103,7 +106,7 @@ def evaluate(
 ) -> Evaluation:
     """Loss, accuracy and probabilities in float32, exactly as the served model computes."""
     model.eval()
-    probs, losses, seen = [], 0.0, 0
+    outputs, losses, seen = [], 0.0, 0
     for b, start in enumerate(range(0, len(images), batch_size)):
         if max_batches is not None and b >= max_batches:
             break
@@ -111,11 +114,12 @@ def evaluate(
         y = labels[start : start + batch_size].to(device)
         logits = model(x).float()
         losses += float(F.cross_entropy(logits, y, reduction="sum"))
-        probs.append(logits.softmax(1).cpu().numpy())
+        outputs.append(logits.cpu().numpy())
         seen += len(y)
-    p = np.concatenate(probs)
+    raw = np.concatenate(outputs)
+    p = digit_probabilities(raw).astype(np.float32)
     y_np = labels[:seen].numpy()
-    return Evaluation(losses / seen, float((p.argmax(1) == y_np).mean()), p, y_np)
+    return Evaluation(losses / seen, float((p.argmax(1) == y_np).mean()), p, y_np, raw)
 
 
 EpochHook = Callable[[nn.Module, dict[str, Any]], dict[str, Any]]
@@ -137,7 +141,6 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.epoch_hook = epoch_hook
-        self.spec = PreprocessSpec()
         self.epochs = 1 if settings.dry_run else settings.epochs
         self.aug = AugmentConfig.from_settings(settings)
         if settings.threads:
@@ -146,8 +149,13 @@ class Trainer:
         self.dtype = autocast_dtype(self.device, settings.mixed_precision)
         self.data = data if data is not None else load_mnist(settings, progress=progress)
         self._split()
+        # Served drawings have their strokes brought into the training digits' band.
+        self.spec = PreprocessSpec(stroke_band=stroke_band_from(self.x_train.numpy()))
+        self.classes = DIGIT_CLASSES + (REJECT_CLASSES if settings.negatives > 0 else 0)
+        self.sections: dict[str, Any] = {}  # calibration and rejection, for the manifest
+        self._draw_negatives()
         torch.manual_seed(settings.seed)
-        self.model = create_model(settings.arch).to(self.device)
+        self.model = create_model(settings.arch, classes=self.classes).to(self.device)
         self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.optimizer = self._optimizer()
         self.steps_per_epoch = self._steps_per_epoch()
@@ -165,6 +173,21 @@ class Trainer:
         self.y_val = torch.from_numpy(d.train_labels[val_idx].astype(np.int64))
         self.x_test = torch.from_numpy(d.test_images.copy())
         self.y_test = torch.from_numpy(d.test_labels.astype(np.int64))
+
+    def _draw_negatives(self) -> None:
+        """The run's pool of non-digits (negatives.py); each batch takes a share of it."""
+        s = self.settings
+        self.x_neg = torch.zeros((0, self.spec.size, self.spec.size), dtype=torch.uint8)
+        self.y_neg = torch.zeros(0, dtype=torch.int64)
+        self.negatives_per_batch = 0
+        if s.negatives <= 0:
+            return
+        size = min(s.negatives_pool, 64) if s.dry_run else s.negatives_pool
+        started = time.perf_counter()
+        images, labels = training_pool(size, self.x_train.numpy(), s.seed, self.spec)
+        self.x_neg, self.y_neg = torch.from_numpy(images), torch.from_numpy(labels)
+        self.negatives_per_batch = max(1, round(s.batch_size * s.negatives))
+        log.info("drew %d negatives in %.1f s", size, time.perf_counter() - started)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         s = self.settings
@@ -200,12 +223,13 @@ class Trainer:
         bs = self.settings.batch_size
         for step in range(self.steps_per_epoch):
             idx = order[step * bs : (step + 1) * bs]
-            x = self.x_train[idx].unsqueeze(1).float().div_(255)
-            x = augment_batch(x, self.aug, gen)
-            yield (
-                normalize(x, self.spec).contiguous(memory_format=torch.channels_last),
-                self.y_train[idx],
-            )
+            images, labels = self.x_train[idx], self.y_train[idx]
+            if self.negatives_per_batch:
+                pick = torch.randint(len(self.x_neg), (self.negatives_per_batch,), generator=gen)
+                images = torch.cat([images, self.x_neg[pick]])
+                labels = torch.cat([labels, self.y_neg[pick]])
+            x = augment_batch(images.unsqueeze(1).float().div_(255), self.aug, gen)
+            yield normalize(x, self.spec).contiguous(memory_format=torch.channels_last), labels
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()

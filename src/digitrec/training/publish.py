@@ -18,6 +18,7 @@ from digitrec import __version__
 from digitrec.data import MNIST_FILES
 from digitrec.model import count_parameters, model_args
 from digitrec.registry import MANIFEST, ONNX, WEIGHTS, ModelEntry, Registry
+from digitrec.rejection import LABELS
 from digitrec.report import (
     accuracy,
     confusion_matrix,
@@ -31,6 +32,8 @@ from digitrec.report import (
 from digitrec.training.checkpoint import weights_bytes
 from digitrec.training.device import describe_device
 from digitrec.training.loop import Evaluation, Trainer
+
+RELIABILITY = "reliability.png"  # reliability diagram, in the run folder and the model's
 
 
 def write_report(
@@ -68,7 +71,8 @@ def build_manifest(trainer: Trainer, run_id: str, metrics: dict[str, Any]) -> di
             "parameters": count_parameters(trainer.model),
         },
         "preprocessing": trainer.spec.to_dict(),
-        "labels": list(range(10)),
+        "labels": LABELS[: trainer.classes],
+        **trainer.sections,
         "input": {"shape": [1, 1, 28, 28], "dtype": "float32", "layout": "NCHW"},
         "data": {
             "source": "MNIST",
@@ -107,9 +111,12 @@ def register(
         entry = registry.resolve(f"{name}:{run_id}")  # saved just before a kill: keep it
         entry.verify()
     else:
+        reliability = trainer.run_dir / RELIABILITY
         writers: dict[str, Callable[[Path], object]] = {
             WEIGHTS: lambda p: p.write_bytes(weights_bytes(trainer.model)),
         }
+        if reliability.is_file():
+            writers[RELIABILITY] = lambda p: p.write_bytes(reliability.read_bytes())
         if export_onnx:
             from digitrec.export import onnx_writer
 

@@ -25,6 +25,7 @@ from digitrec.data import Mnist
 from digitrec.errors import DigitrecError
 from digitrec.registry import ModelEntry
 from digitrec.storage import atomic_write_json, remove_stale_temporaries
+from digitrec.training.calibrate import calibrate
 from digitrec.training.loop import EpochHook, Evaluation, Trainer
 from digitrec.training.publish import register, write_report
 
@@ -68,6 +69,8 @@ def run_training(
     selected_epoch = trainer.load_selected()
     test = trainer.evaluate_split(trainer.x_test, trainer.y_test)
     metrics = write_report(run_dir, test, trainer.data.test_images, history)
+    trainer.sections = calibrate(trainer, run_dir, test.logits)
+    atomic_write_json(run_dir / "rejection.json", trainer.sections)
     chosen = history[selected_epoch - 1]
     metrics.update(
         selected_epoch=selected_epoch,
