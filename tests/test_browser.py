@@ -8,6 +8,7 @@ Skipped when /usr/bin/chromium is missing, unless DIGITREC_REQUIRE_BROWSER=1 (CI
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import pytest
 
 from digitrec.registry import BUNDLED_ROOT, MANIFEST, Registry
 from tests.conftest import LiveServer
-from tests.handwriting import DIGITS, SEVEN_IN_TWO, Point, traced
+from tests.handwriting import DIGITS, SEVEN_IN_TWO, Point, placed, traced
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -107,16 +108,36 @@ class Tab:
         box = self.box()
         return [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
 
-    def draw(self, strokes: list[list[Point]], seed: int = 0) -> None:
-        """Write with the mouse, stroke by stroke."""
+    def draw(self, strokes: list[list[Point]], seed: int = 0) -> int:
+        """Write with the mouse, stroke by stroke. Returns how many predictions the page
+        had asked for before the pen was lifted for the last time."""
         mouse = self.page.mouse
+        asked = len(self.predictions)
         for stroke in traced(strokes, seed=seed):
             points = self.to_page(stroke)
             mouse.move(*points[0])
             mouse.down()
             for x, y in points[1:]:
                 mouse.move(x, y)
+            asked = len(self.predictions)
             mouse.up()
+        return asked
+
+    def read(self, strokes: list[list[Point]], seed: int = 0) -> str:
+        """Draw on a clear pad and wait for the answer to the whole drawing. Returns the
+        digit the page reads, or the verdict (or error) it shows instead."""
+        from playwright.sync_api import expect
+
+        self.page.keyboard.press("Escape")
+        self.expect_blank()
+        asked = self.draw(strokes, seed=seed)
+        self.wait_until(lambda: len(self.predictions) > asked)  # the last lift's request
+        answer = self.page.locator("#answer")
+        expect(answer).to_have_attribute("aria-busy", "false")
+        verdict = answer.get_attribute("data-verdict")
+        if verdict == "digit":
+            return self.page.locator("#digit").inner_text()
+        return verdict or f"error: {self.page.locator('#message').inner_text()}"
 
     def touch(self, strokes: list[list[Point]], seed: int = 0) -> None:
         """Write with a finger: real touch input through the browser's input pipeline."""
@@ -322,8 +343,9 @@ def test_undo_and_clear(open_tab: Callable[..., Tab]) -> None:
     page.wait_for_timeout(400)  # longer than the debounce: a late request would show here
     assert len(tab.predictions) == sent
 
-    tab.draw([[(0.5, 0.5)]])  # a tap leaves a dot, and the dot is read
-    expect(page.locator("#digit")).not_to_have_text("?")
+    tab.draw([[(0.5, 0.5)]])  # a tap leaves a dot, and the dot is read: as no digit
+    expect(page.locator("#answer")).to_have_attribute("data-verdict", "not_a_digit")
+    expect(page.locator("#top .bar")).to_have_count(3)
     sent = len(tab.predictions)
     page.keyboard.press("Escape")
     tab.expect_blank()
@@ -501,3 +523,90 @@ def test_session_has_no_console_errors_or_csp_violations(open_tab: Callable[...,
     page.set_input_files("#file", GOLDEN / "canvas_dark_2.png")
     tab.expect_digit("2")
     assert tab.problems == []
+
+
+# --- h. a digit written small is read as well as one written large ----------------------
+
+
+def contact_sheet(shots: list[bytes], path: Path, columns: int = 5) -> None:
+    """Screenshots side by side, at half size, in rows of ``columns``."""
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(shot)) for shot in shots]
+    width = max(image.width for image in images) // 2
+    height = max(image.height for image in images) // 2
+    rows = -(-len(images) // columns)
+    sheet = Image.new("RGB", (columns * width, rows * height), "white")
+    for i, image in enumerate(images):
+        image.thumbnail((width, height))
+        sheet.paste(image, ((i % columns) * width, (i // columns) * height))
+    sheet.save(path)
+
+
+def test_small_digits_are_read_as_well_as_large_ones(
+    open_tab: Callable[..., Tab], artifacts: Path
+) -> None:
+    """The ten digits with the default pen, 60 % of the pad tall and centred, then 15 %
+    tall in the top-left corner: the small ones must not turn into blobs."""
+    tab = open_tab()
+    sizes = {"60": (0.60, None), "15": (0.15, (0.08, 0.08))}
+    read: dict[str, dict[str, str]] = {}
+    for name, (height, corner) in sizes.items():
+        read[name], shots = {}, []
+        for digit, strokes in DIGITS.items():
+            read[name][digit] = tab.read(placed(strokes, height, corner), seed=int(digit))
+            shots.append(tab.page.locator(".layout").screenshot())
+        contact_sheet(shots, artifacts / f"digits-{name}.png")
+    (artifacts / "digits.json").write_text(json.dumps(read, indent=2))
+    right = {size: sum(got == digit for digit, got in read[size].items()) for size in read}
+    assert right["60"] >= 9, f"{right['60']}/10 right at 60 %: {read['60']}"
+    assert right["15"] >= right["60"], f"at 15 % {read['15']}, at 60 % {read['60']}"
+
+
+# --- i. the verdict: a drawing that is not one digit is not answered with a digit ---------
+
+
+def test_verdicts_are_shown(open_tab: Callable[..., Tab], artifacts: Path) -> None:
+    """Drawings the real model refuses: a star is not a digit, a 1 beside a 2 is several
+    digits; the page says so plainly and mutes the guesses. "unsure" (no drawing gives it
+    on purpose) is the server's real answer with only its verdict changed."""
+    from playwright.sync_api import expect
+
+    tab = open_tab(color_scheme="dark")
+    page = tab.page
+    message, digit, top = page.locator("#message"), page.locator("#digit"), page.locator("#top")
+    star = [[(0.5, 0.15), (0.62, 0.8), (0.2, 0.4), (0.8, 0.4), (0.38, 0.8), (0.5, 0.15)]]
+    assert tab.read(star) == "not_a_digit"
+    expect(message).to_have_text("That does not look like a digit.")
+    expect(digit).to_have_text("?")
+    expect(top).to_have_class(re.compile(r"\bis-muted\b"))
+    expect(top.locator(".bar")).to_have_count(3)
+    expect(page.locator("#top-title")).to_have_text("Best guesses")
+    expect(page.locator("#confidence")).to_be_hidden()
+    expect(page.locator("#announce")).to_contain_text("does not look like a digit")
+    page.screenshot(path=artifacts / "desktop-dark-not-a-digit.png")
+
+    one_two = placed(DIGITS["1"], 0.4, (0.1, 0.3)) + placed(DIGITS["2"], 0.4, (0.5, 0.3))
+    assert tab.read(one_two) == "several_digits"
+    expect(message).to_have_text("That looks like more than one digit: draw one at a time.")
+    expect(digit).to_have_text("?")
+
+    def unsure(route: Any) -> None:
+        response = route.fetch()
+        route.fulfill(response=response, json={**response.json(), "verdict": "unsure"})
+
+    page.route(PREDICT, unsure)
+    page.keyboard.press("Escape")
+    tab.draw(DIGITS["7"])
+    expect(message).to_have_text("Not sure that is a digit.")
+    expect(digit).to_have_text("7")  # the best guess, outlined rather than filled
+    expect(digit).to_have_class(re.compile(r"\bis-guess\b"))
+    expect(digit).not_to_have_class(re.compile(r"\bis-known\b"))
+    expect(page.locator("#announce")).to_contain_text("Best guess: 7.")
+    page.screenshot(path=artifacts / "desktop-dark-unsure.png")
+    page.unroute(PREDICT)
+
+    assert tab.read(DIGITS["7"]) == "7"
+    expect(message).to_have_text("It looks like a 7.")
+    expect(top).not_to_have_class(re.compile(r"\bis-muted\b"))
+    expect(page.locator("#top-title")).to_have_text("Top answers")

@@ -179,10 +179,28 @@ def test_models_list_and_show(
 
 @pytest.mark.mnist
 def test_evaluate_agrees_with_the_manifest(tmp_path: Path, bundled_entry: ModelEntry) -> None:
-    done = run("evaluate", bundled_entry.ref, "--json", home=tmp_path)
+    done = run("evaluate", bundled_entry.ref, "--json", "--limit", "20", home=tmp_path)
     assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+    everything = json.loads(done.stdout)
+    report = everything["test"]
     assert report["n"] == 10000
+    assert report["flagged"] < 0.01 and report["ece_after"] < 0.005
+    variants = everything["realistic"]["variants"]
+    assert {"photo", "transparent", "small_thick"} <= set(variants)
+    assert all(
+        {"accuracy", "flagged", "ece_before", "ece_after"} <= set(v) for v in variants.values()
+    )
+    rejection = everything["rejection"]
+    assert set(rejection["negatives"]) == {
+        "fashion_mnist",
+        "fashion_mnist_uploaded",
+        "unseen_fonts",
+        "unseen_scribbles",
+        "several_digits",
+    }
+    for row in [*rejection["negatives"].values(), *rejection["positives"].values()]:
+        assert {"flagged", "auroc", "fpr_at_95_tpr"} <= set(row)
+    assert rejection["negatives"]["unseen_fonts"]["flagged"] > 0.9
     assert report["name"] == bundled_entry.name and report["version"] == bundled_entry.version
     assert report["agrees_with_manifest"] is True
     assert abs(report["test_accuracy"] - bundled_entry.metrics["test_accuracy"]) <= 1e-4

@@ -28,7 +28,31 @@ def summary(entry: ModelEntry) -> dict[str, Any]:
         "device": m.get("device"),
         "dry_run": bool(m.get("dry_run", False)),
         "preprocessing": m.get("preprocessing", {}),
+        "rejection": _rejection_summary(m),
+        "calibration": _calibration_summary(m),
     }
+
+
+def _rejection_summary(m: dict[str, Any]) -> dict[str, Any] | None:
+    section = m.get("rejection")
+    if not section:
+        return None
+    chosen = section["validation"][section["method"]]
+    return {
+        "method": section["method"],
+        "accept": section["accept"],
+        "reject": section["reject"],
+        "validation_auroc": chosen["auroc"],
+        "validation_flagged": chosen["flagged"],
+    }
+
+
+def _calibration_summary(m: dict[str, Any]) -> dict[str, Any] | None:
+    section = m.get("calibration")
+    if not section:
+        return None
+    keys = ("temperature", "test_ece_before", "test_ece_after")
+    return {k: section[k] for k in keys}
 
 
 def render(entry: ModelEntry) -> str:
@@ -76,16 +100,61 @@ def render(entry: ModelEntry) -> str:
             f"| {row['digit']} | {row['precision']:.4f} | {row['recall']:.4f} | "
             f"{row['f1']:.4f} | {row['support']} |"
         )
-    lines += [
-        "",
-        "## Limits",
-        "Trained on isolated, centred handwritten digits. It always answers with a digit, so "
-        "letters, symbols and several digits at once give meaningless answers; blank images "
-        "are refused. Accuracy on real drawings and photos depends on preprocessing and is "
-        "measured separately (`digitrec evaluate --suite realistic`).",
-        "",
-    ]
+    lines += ["", *_rejection_lines(m), "", "## Limits", _limits(m), ""]
     return "\n".join(lines)
+
+
+def _rejection_lines(m: dict[str, Any]) -> list[str]:
+    lines = ["## Not a digit, and calibration"]
+    cal = m.get("calibration")
+    if cal:
+        lines += [
+            f"Confidence is calibrated by temperature scaling (T = {cal['temperature']}, "
+            f"fitted on {cal['fitted_on']}): expected calibration error on MNIST test "
+            f"{cal['test_ece_before'] * 100:.2f} % before, {cal['test_ece_after'] * 100:.2f} % "
+            "after.",
+            "",
+        ]
+        if "reliability.png" in m.get("files", {}):
+            lines += ["![Reliability diagram, MNIST test](reliability.png)", ""]
+    rej = m.get("rejection")
+    if not rej:
+        lines.append("This model has no rejection classes: every answer is a digit.")
+        return lines
+    lines += [
+        f"Verdicts use the `{rej['method']}` score ({rej['chosen_by']}). A score of at "
+        f"least {rej['accept']:.6g} is a digit, below {rej['reject']:.6g} is not one digit, "
+        "in between is unsure. Thresholds come from validation digits only.",
+        "",
+        "| method (validation) | AUROC | FPR at 95 % TPR | MNIST flagged | redrawn flagged |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in rej["validation"].items():
+        lines.append(
+            f"| {name}{' (chosen)' if name == rej['method'] else ''} | {v['auroc']:.4f} | "
+            f"{v['fpr_at_95_tpr'] * 100:.2f} % | {v['flagged']['mnist'] * 100:.2f} % | "
+            f"{v['flagged']['redrawn'] * 100:.2f} % |"
+        )
+    lines += ["", "Held-apart figures: `digitrec evaluate --suite rejection`."]
+    return lines
+
+
+def _limits(m: dict[str, Any]) -> str:
+    common = (
+        "Trained on isolated, centred handwritten digits; blank images are refused. "
+        "Accuracy on real drawings and photos depends on preprocessing and is measured "
+        "separately (`digitrec evaluate --suite realistic`)."
+    )
+    if m.get("rejection"):
+        return (
+            common + " It says when an image does not look like one digit, but its "
+            "negatives are generated (fonts, scribbles, shapes, MNIST digits side by side): "
+            "kinds of input unlike any of them may still be read as a digit."
+        )
+    return (
+        common + " It always answers with a digit, so letters, symbols and several digits "
+        "at once give meaningless answers."
+    )
 
 
 def write_model_card(entry: ModelEntry) -> None:

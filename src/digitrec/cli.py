@@ -156,16 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser(
         "evaluate",
         help="measure a stored model on the test set",
-        description="Recompute test accuracy and the confusion matrix of "
-        "a stored model (fetching MNIST if needed). --suite realistic runs "
-        "redrawn test digits (canvas, photo, JPEG, ...) through the full "
-        "preprocessing path.",
+        description="Recompute test accuracy, the confusion matrix, the share "
+        "flagged and the calibration error of a stored model (fetching MNIST if "
+        "needed); run redrawn test digits (canvas, photo, JPEG, ...) through the "
+        "full preprocessing path; and measure how well it tells digits from "
+        "held-apart non-digits (Fashion-MNIST, unseen fonts, scribbles, several "
+        "digits): share flagged, AUROC, FPR at 95 %% TPR.",
     )
     _add_model(evaluate, positional=True)
-    evaluate.add_argument("--suite", choices=["test", "realistic"], default="test")
     evaluate.add_argument(
-        "--limit", type=int, help="realistic suite: digits per variant (default 1000)"
+        "--suite",
+        choices=["all", "test", "realistic", "rejection"],
+        default="all",
+        help="what to measure (default: all three)",
     )
+    evaluate.add_argument("--limit", type=int, help="redrawn digits per variant (default 1000)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     _add_paths(evaluate)
 
@@ -303,39 +308,50 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from digitrec.evaluate import evaluate_realistic, evaluate_test
+    from digitrec.evaluate import SUITES, evaluate
 
-    if args.suite == "realistic":
-        report = evaluate_realistic(settings, limit=args.limit or 1000)
-        if args.json:
-            emit_json(report)
-            return 0
-        print(
-            f"model {report['model']['name']}:{report['model']['version']}, "
-            f"{report['per_variant_n']} digits per variant"
-        )
-        for name, acc in report["variants"].items():
-            print(f"  {name:12s} {acc * 100:6.2f} %")
-        print(
-            f"  {'all':12s} {report['accuracy'] * 100:6.2f} %  (clean PNG "
-            f"{report['variants']['clean_png'] * 100:.2f} %)"
-        )
-        return 0
-    report = evaluate_test(settings)
+    suites = SUITES if args.suite == "all" else (args.suite,)
+    report = evaluate(settings, suites, limit=args.limit or 1000)
+    test = report.get("test")
     if args.json:
-        emit_json(
-            {k: v for k, v in report.items() if k != "confusion_matrix"}
-            | {"confusion_matrix": report["confusion_matrix"]}
+        emit_json(report)
+    else:
+        for suite in suites:
+            _print_suite(suite, report[suite])
+    return 0 if test is None or test.get("agrees_with_manifest", True) else 1
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:6.2f} %"
+
+
+def _print_suite(suite: str, r: dict[str, Any]) -> None:
+    if suite == "test":
+        print(
+            f"model {r['name']}:{r['version']} on {r['backend']}: test accuracy "
+            f"{r['test_accuracy'] * 100:.2f} % ({r['errors']} errors in {r['n']}); "
+            f"flagged as not one digit {r['flagged'] * 100:.2f} %; calibration error (ECE) "
+            f"{r['ece_before'] * 100:.2f} % -> {r['ece_after'] * 100:.2f} % at T={r['temperature']}"
         )
-        return 0
-    print(
-        f"model {report['name']}:{report['version']} on {report['backend']}: test accuracy "
-        f"{report['test_accuracy'] * 100:.2f} % ({report['errors']} errors in {report['n']})"
-    )
-    if report.get("manifest_test_accuracy") is not None:
-        same = "agrees" if report["agrees_with_manifest"] else "DISAGREES"
-        print(f"manifest says {report['manifest_test_accuracy'] * 100:.2f} %: {same}")
-    return 0 if report.get("agrees_with_manifest", True) else 1
+        if r.get("manifest_test_accuracy") is not None:
+            same = "agrees" if r["agrees_with_manifest"] else "DISAGREES"
+            print(f"manifest says {r['manifest_test_accuracy'] * 100:.2f} %: {same}")
+    elif suite == "realistic":
+        print(f"redrawn digits, {r['per_variant_n']} per variant: accuracy, flagged, ECE after")
+        for name, v in r["variants"].items():
+            print(f"  {name:16s} {_pct(v['accuracy'])} {_pct(v['flagged'])} {_pct(v['ece_after'])}")
+        print(f"  {'all':16s} {_pct(r['accuracy'])}")
+    else:
+        if r["method"] is None:
+            print("rejection: this model has no rejection thresholds (every answer is a digit)")
+            return
+        print(f"rejection by {r['method']}: flagged, AUROC, FPR at 95 % TPR")
+        for kind in ("negatives", "positives"):
+            for name, v in r[kind].items():
+                print(
+                    f"  {kind[:3]} {name:16s} {_pct(v['flagged'])} {v['auroc']:.4f} "
+                    f"{_pct(v['fpr_at_95_tpr'])}"
+                )
 
 
 def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
@@ -358,8 +374,18 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
             emit_json({"file": str(path), **result.to_dict()})
         else:
             top = "  ".join(f"{d} ({p * 100:.1f}%)" for d, p in result.top)
-            print(f"{path}: {result.digit}   top: {top}")
+            print(f"{path}: {_headline(result)}   top: {top}")
     return 1 if failures else 0
+
+
+def _headline(result: Any) -> str:
+    """The answer in words: the digit, or what the verdict says instead."""
+    words = {
+        "not_a_digit": "not a digit",
+        "several_digits": "several digits",
+        "unsure": f"unsure (perhaps {result.digit})",
+    }
+    return words.get(result.verdict, str(result.digit))
 
 
 def _read_image_file(path: Path, limit: int) -> bytes:

@@ -20,6 +20,7 @@ from digitrec.config import Settings
 from digitrec.errors import DependencyMissing, InvalidRequest, ModelInvalid
 from digitrec.preprocess import Limits, Preprocessed, preprocess_bytes
 from digitrec.registry import ONNX, WEIGHTS, ModelEntry, Registry
+from digitrec.rejection import DIGIT_CLASSES, Rejection, digit_probabilities
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,11 +37,20 @@ class Prediction:
     model_version: str
     image: np.ndarray  # the 28x28 uint8 picture the model saw
     processing_ms: float
+    verdict: str = "digit"  # a key of rejection.VERDICTS
+    digit_score: float | None = None  # the rejection score; None: the model cannot reject
+
+    @property
+    def is_digit(self) -> bool:
+        return self.verdict == "digit"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "digit": self.digit,
             "confidence": self.confidence,
+            "is_digit": self.is_digit,
+            "verdict": self.verdict,
+            "digit_score": self.digit_score,
             "top": [{"digit": d, "probability": p} for d, p in self.top],
             "model": {"name": self.model_name, "version": self.model_version},
             "processing_ms": self.processing_ms,
@@ -51,7 +61,7 @@ class Backend(Protocol):
     name: str
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 1, 28, 28) float32 -> (N, 10) logits."""
+        """(N, 1, 28, 28) float32 -> (N, classes) logits (10, or 12 with rejection)."""
         ...
 
 
@@ -142,12 +152,6 @@ def choose_backend(entry: ModelEntry, backend: str, threads: int | None) -> Back
     return TorchBackend(entry, threads)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted.astype(np.float64))
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 class Predictor:
     """A loaded, verified model and the one way to turn images into answers."""
 
@@ -161,6 +165,7 @@ class Predictor:
         self.entry = entry
         self.spec = entry.preprocessing
         self.limits = limits or Limits()
+        self.rejection = Rejection.from_manifest(entry.manifest)
         self.backend = choose_backend(entry, backend, threads)
         self.predict_batch(np.zeros((1, 1, self.spec.size, self.spec.size), np.float32))  # warm up
         log.info("loaded model %s on %s", entry.ref, self.backend.name)
@@ -182,21 +187,29 @@ class Predictor:
         return self.entry.version
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 1, 28, 28) normalised float32 -> (N, 10) probabilities."""
-        return softmax(self.backend(np.ascontiguousarray(batch, dtype=np.float32)))
+        """(N, 1, 28, 28) normalised float32 -> (N, classes) raw outputs (logits)."""
+        return self.backend(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def digit_probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """(N, classes) outputs -> (N, 10) calibrated probabilities of each digit."""
+        return digit_probabilities(logits, self.rejection.temperature)
 
     def preprocess(self, raw: bytes) -> Preprocessed:
         """Image file bytes -> model input, with this model's spec and the upload limits."""
         return preprocess_bytes(raw, self.spec, self.limits)
 
     def answer(
-        self, pre: Preprocessed, probs: np.ndarray, top_k: int, started: float
+        self, pre: Preprocessed, logits: np.ndarray, top_k: int, started: float
     ) -> Prediction:
-        """Build the Prediction for one image from its probabilities."""
-        if not 1 <= top_k <= len(probs):
+        """Build the Prediction for one image from the model's outputs for it."""
+        if not 1 <= top_k <= DIGIT_CLASSES:
             raise InvalidRequest(
-                f"top_k must be between 1 and {len(probs)}", code="validation_error"
+                f"top_k must be between 1 and {DIGIT_CLASSES}", code="validation_error"
             )
+        row = logits[None]
+        probs = self.digit_probabilities(row)[0]
+        score = self.rejection.score(row)
+        verdict = self.rejection.verdicts(row, score)[0]
         order = np.argsort(-probs, kind="stable")[:top_k]
         top = [(int(d), round(float(probs[d]), 6)) for d in order]
         return Prediction(
@@ -207,10 +220,12 @@ class Predictor:
             model_version=self.version,
             image=pre.image,
             processing_ms=round((time.perf_counter() - started) * 1000, 3),
+            verdict=verdict,
+            digit_score=round(float(score[0]), 6) if self.rejection.method else None,
         )
 
     def predict_bytes(self, raw: bytes, top_k: int = 3) -> Prediction:
         started = time.perf_counter()
         pre = self.preprocess(raw)
-        probs = self.predict_batch(pre.tensor[None])[0]
-        return self.answer(pre, probs, top_k, started)
+        logits = self.predict_batch(pre.tensor[None])[0]
+        return self.answer(pre, logits, top_k, started)

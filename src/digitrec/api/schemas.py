@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from digitrec.config import TOP_K_MAX
+from digitrec.rejection import VERDICTS
 
 
 class TopItem(BaseModel):
@@ -19,10 +20,26 @@ class ModelRef(BaseModel):
     version: str = Field(examples=["20261125-120301"])
 
 
+VERDICT_HELP = "; ".join(f"`{name}`: {meaning}" for name, meaning in VERDICTS.items())
+
+
 class PredictionOut(BaseModel):
-    digit: int = Field(ge=0, le=9, description="the most likely digit")
-    confidence: float = Field(ge=0, le=1, description="its probability")
-    top: list[TopItem] = Field(description="the top_k digits, most likely first")
+    digit: int = Field(ge=0, le=9, description="the most likely digit (the best guess)")
+    confidence: float = Field(
+        ge=0, le=1, description="its calibrated probability, given that the image is a digit"
+    )
+    is_digit: bool = Field(description="true when the verdict is `digit`")
+    verdict: Literal["digit", "not_a_digit", "several_digits", "unsure"] = Field(
+        description="whether the image shows one digit: " + VERDICT_HELP
+    )
+    digit_score: float | None = Field(
+        description="the score the verdict compares with thresholds chosen on validation "
+        "data (higher: more like one digit; its scale depends on the model's rejection "
+        "method, see the model card); null for a model that cannot reject"
+    )
+    top: list[TopItem] = Field(
+        description="the top_k digits, most likely first (given that the image is a digit)"
+    )
     model: ModelRef
     processing_ms: float = Field(ge=0, description="server time from request to answer")
     input_image: str | None = Field(
@@ -59,6 +76,13 @@ class ModelCard(BaseModel):
     device: str | None
     dry_run: bool
     preprocessing: dict[str, Any]
+    rejection: dict[str, Any] | None = Field(
+        description="how verdicts are made: method, thresholds and validation figures; "
+        "null for a model that cannot reject"
+    )
+    calibration: dict[str, Any] | None = Field(
+        description="temperature and MNIST test calibration error before and after"
+    )
     backend: str = Field(description="inference engine: onnx or torch")
 
 

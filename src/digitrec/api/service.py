@@ -82,5 +82,5 @@ class Service:
         started = time.perf_counter()
         with batcher.arriving():
             prepared = await self.decoder.prepare(predictor, raw)
-        probs = await batcher.submit(prepared.tensor)
-        return predictor.answer(prepared, probs, top_k, started)
+        logits = await batcher.submit(prepared.tensor)
+        return predictor.answer(prepared, logits, top_k, started)

@@ -14,8 +14,19 @@ const DEBOUNCE_MS = 200; // live answer: this long after the pen last moved
 const PEN_WIDTH = 1 / 11; // stroke width as a share of the pad's side (MNIST-like strokes)
 const MIN_STEP = 0.002; // ignore pen moves shorter than this share of the side
 const EXPORT_SIDE = 280; // side of the PNG sent to the server, in pixels
+// The export's pen follows the drawing, not the pad: its width is this share of the
+// drawing's size (the longer side of the box around its points). It is what the pad's pen
+// gives a digit three fifths of the pad tall, so a digit written small is not sent as a blob.
+const EXPORT_PEN = 0.15;
+const EXPORT_PEN_MIN = 1 / 50; // the thinnest export pen, as a share of the side: a dot stays a dot
 const UNSURE_BELOW = 0.5; // under this confidence the answer is worded as a guess
 const BACKENDS = { onnx: "ONNX Runtime", torch: "PyTorch" };
+// What the page says when the server's verdict is not "digit"; the guesses are then muted.
+const DOUBTS = {
+  not_a_digit: "That does not look like a digit.",
+  several_digits: "That looks like more than one digit: draw one at a time.",
+  unsure: "Not sure that is a digit.",
+};
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -33,6 +44,7 @@ const ui = {
   message: $("message"),
   confidence: $("confidence"),
   top: $("top"),
+  topTitle: $("top-title"),
   seenImg: $("seen-img"),
   processing: $("processing"),
   padCaption: $("pad-caption"),
@@ -46,11 +58,12 @@ const NBSP = "\u00a0";
 const PAD_EMPTY_TEXT = ui.padEmpty.textContent;
 const percent = (fraction, digits = 1) => `${(fraction * 100).toFixed(digits)}${NBSP}%`;
 
-// A probability as people read it: an answer that is not certain never reads as certain.
+// A probability as people read it: a model's answer is never certain, so it never reads
+// as certain, even when its probability rounds to 1 or to 0 in the server's floats.
 function chance(p) {
   const shown = percent(p);
-  if (p < 1 && shown === percent(1)) return `>${NBSP}${percent(0.999)}`;
-  if (p > 0 && shown === percent(0)) return `<${NBSP}${percent(0.001)}`;
+  if (shown === percent(1)) return `>${NBSP}${percent(0.999)}`;
+  if (shown === percent(0)) return `<${NBSP}${percent(0.001)}`;
   return shown;
 }
 
@@ -147,9 +160,12 @@ function say(text, kind = "info") {
 
 function resetAnswer(text) {
   ui.digit.textContent = "?";
-  ui.digit.classList.remove("is-known");
+  ui.digit.classList.remove("is-known", "is-guess");
+  delete ui.answer.dataset.verdict;
   ui.confidence.hidden = true;
   ui.top.replaceChildren();
+  ui.top.classList.remove("is-muted");
+  ui.topTitle.textContent = "Top answers";
   ui.seenImg.hidden = true;
   ui.seenImg.removeAttribute("src");
   ui.processing.textContent = "\u2014";
@@ -184,13 +200,36 @@ function topItem({ digit, probability }, rank) {
   return item;
 }
 
-function showAnswer(answer) {
+// The headline, the big digit and the confidence line for a verdict of "digit".
+function showDigit(answer) {
   ui.digit.textContent = String(answer.digit);
+  ui.digit.classList.remove("is-guess");
   ui.digit.classList.add("is-known");
   const sure = answer.confidence >= UNSURE_BELOW;
   say(sure ? `It looks like a ${answer.digit}.` : `Hard to tell. Maybe a ${answer.digit}?`);
   ui.confidence.textContent = `Confidence ${chance(answer.confidence)}`;
   ui.confidence.hidden = false;
+}
+
+// The same for any other verdict: a plain headline, and no digit shown as an answer.
+function showDoubt(answer, verdict) {
+  const unsure = verdict === "unsure";
+  ui.digit.textContent = unsure ? String(answer.digit) : "?"; // an unsure one shows its guess
+  ui.digit.classList.remove("is-known");
+  ui.digit.classList.toggle("is-guess", unsure);
+  say(DOUBTS[verdict] ?? DOUBTS.unsure);
+  ui.confidence.textContent = ""; // a digit's confidence means nothing when it is no digit
+  ui.confidence.hidden = true;
+}
+
+function showAnswer(answer) {
+  const verdict = answer.verdict ?? "digit"; // servers before verdicts send none
+  const doubt = verdict !== "digit";
+  ui.answer.dataset.verdict = verdict;
+  if (doubt) showDoubt(answer, verdict);
+  else showDigit(answer);
+  ui.topTitle.textContent = doubt ? "Best guesses" : "Top answers";
+  ui.top.classList.toggle("is-muted", doubt);
   ui.top.replaceChildren(...answer.top.map(topItem));
   if (answer.input_image) {
     ui.seenImg.src = answer.input_image;
@@ -199,7 +238,12 @@ function showAnswer(answer) {
   ui.processing.textContent = `${answer.processing_ms.toFixed(1)} ms`;
   const known = ui.modelName.dataset.version;
   if (known && answer.model && answer.model.version !== known) loadModelCard(); // model swapped
-  if (pen.id === null) announce(`${ui.message.textContent} ${ui.confidence.textContent}.`);
+  if (pen.id === null) {
+    let words = ui.message.textContent;
+    if (verdict === "unsure") words += ` Best guess: ${answer.digit}.`;
+    if (!ui.confidence.hidden) words += ` ${ui.confidence.textContent}.`;
+    announce(words);
+  }
 }
 
 function showError(error) {
@@ -247,10 +291,10 @@ let debounce = 0;
 let paintQueued = false;
 const ctx = ui.canvas.getContext("2d");
 
-function paint(context, side, ink) {
+function paint(context, side, ink, penWidth = PEN_WIDTH) {
   context.lineCap = "round";
   context.lineJoin = "round";
-  context.lineWidth = side * PEN_WIDTH;
+  context.lineWidth = side * penWidth;
   context.strokeStyle = ink;
   context.fillStyle = ink;
   for (const points of strokes) {
@@ -288,12 +332,29 @@ function queuePaint() {
   }
 }
 
-// The drawing as the server should see it: dark strokes on a transparent square.
+// The pen for the export, as a share of the side: in step with the drawing's size.
+function exportPen() {
+  const low = [Infinity, Infinity];
+  const high = [-Infinity, -Infinity];
+  for (const points of strokes) {
+    for (const [x, y] of points) {
+      low[0] = Math.min(low[0], x);
+      low[1] = Math.min(low[1], y);
+      high[0] = Math.max(high[0], x);
+      high[1] = Math.max(high[1], y);
+    }
+  }
+  const size = Math.max(high[0] - low[0], high[1] - low[1]);
+  return Math.max(size * EXPORT_PEN, EXPORT_PEN_MIN);
+}
+
+// The drawing as the server should see it: dark strokes on a transparent square, drawn
+// with a pen in step with the drawing's size, however large the pad's pen made it look.
 function exportDrawing() {
   const out = document.createElement("canvas");
   out.width = EXPORT_SIDE;
   out.height = EXPORT_SIDE;
-  paint(out.getContext("2d"), EXPORT_SIDE, "black");
+  paint(out.getContext("2d"), EXPORT_SIDE, "black", exportPen());
   return new Promise((resolve) => { out.toBlob(resolve, "image/png"); });
 }
 
