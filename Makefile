@@ -34,15 +34,16 @@ lint: $(VENV)/.dev  ## ruff, mypy and hadolint
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
-train: $(VENV)/.dev  ## train the default recipe (about 8 minutes on 2 cores)
+train: $(VENV)/.dev  ## train the default recipe (about 9 minutes on 2 cores)
 	$(BIN)/digitrec train
 
-evaluate: $(VENV)/.dev  ## measure the newest model on the MNIST test set
+evaluate: $(VENV)/.dev  ## measure the newest model: MNIST test, redrawn digits, non-digits
 	$(BIN)/digitrec evaluate
 
-bench: $(VENV)/.dev  ## inference, preprocessing and HTTP benchmarks -> benchmarks/results/
+bench: $(VENV)/.dev  ## inference, preprocessing, HTTP and not-a-digit benchmarks -> benchmarks/results/
 	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_http.py
+	$(BIN)/python benchmarks/bench_rejection.py
 	$(BIN)/python benchmarks/summary.py
 
 bench-train: $(VENV)/.dev  ## our recipe vs the tutorial recipe, same data, same run

@@ -347,6 +347,108 @@ def attack(data: dict[str, Any]) -> str:
     return "\n".join(sections)
 
 
+def _pc(x: float | None) -> str | None:
+    return None if x is None else f"{x * 100:.2f} %"
+
+
+def rejection(data: dict[str, Any]) -> str:
+    """Held-apart non-digits: share flagged / AUROC / FPR at 95 % TPR per model and method;
+    then calibration error and the cost of the verdict."""
+    sets = [
+        "fashion_mnist",
+        "fashion_mnist_uploaded",
+        "unseen_fonts",
+        "unseen_scribbles",
+        "several_digits",
+    ]
+    rows = []
+    for ref, model in data["models"].items():
+        for method, m in model["methods"].items():
+            label = f"{ref} `{method}`" + (" (its own)" if m["model's own"] else "")
+            cells = [
+                f"{_pc(m['negatives'][s]['flagged'])} / {m['negatives'][s]['auroc']:.4f} / "
+                f"{_pc(m['negatives'][s]['fpr_at_95_tpr'])}"
+                for s in sets
+            ]
+            flagged_real = max(v for k, v in m["positives"].items() if k != "mnist_test")
+            rows.append(
+                [
+                    label,
+                    *cells,
+                    _pc(m["all_negatives"]["flagged"]),
+                    f"{m['all_negatives']['auroc']:.4f}",
+                    _pc(m["positives"]["mnist_test"]),
+                    _pc(flagged_real),
+                ]
+            )
+    table = md_table(
+        [
+            "model, method",
+            *[f"{s}: flagged / AUROC / FPR95" for s in sets],
+            "all: flagged",
+            "all: AUROC",
+            "MNIST test flagged",
+            "worst redrawn variant flagged",
+        ],
+        rows,
+    )
+    cal_rows = []
+    for ref, model in data["models"].items():
+        e = model["ece"]
+        real = [k for k in e if k != "mnist_test"]
+        worst = max(real, key=lambda k: e[k]["after"])
+        cal_rows.append(
+            [
+                ref,
+                _pc(model["test_accuracy"]),
+                _pc(e["mnist_test"]["before"]),
+                _pc(e["mnist_test"]["after"]),
+                f"{worst}: {_pc(e[worst]['before'])} → {_pc(e[worst]['after'])}",
+                model["answer_ms"]["added_p50_ms"],
+            ]
+        )
+    cal = md_table(
+        [
+            "model",
+            "MNIST test accuracy",
+            "ECE before",
+            "ECE after",
+            "worst redrawn variant ECE",
+            "verdict adds, ms p50",
+        ],
+        cal_rows,
+    )
+    stroke_rows = [
+        [
+            ref,
+            name,
+            r["without"]["p50"],
+            r["with_band"]["p50"],
+            r["added_p50_ms"],
+            r["cpu_ms_per_call"]["without"],
+            r["cpu_ms_per_call"]["with_band"],
+        ]
+        for ref, model in data["models"].items()
+        for name, r in model.get("stroke_ms", {}).items()
+    ]
+    stroke = md_table(
+        [
+            "model",
+            "input",
+            "preprocess p50 ms, no band",
+            "with band",
+            "added",
+            "CPU ms, no band",
+            "CPU ms, with band",
+        ],
+        stroke_rows,
+    )
+    return (
+        "## Not a digit and calibration (`python benchmarks/bench_rejection.py`)\n\n"
+        f"{table}\n\n{cal}\n\n{stroke}\n\n{machine_line(data)}\n"
+    )
+
+
 SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
     "bench_inference": (inference, "python benchmarks/bench_inference.py"),
     "bench_http": (http, "python benchmarks/bench_http.py"),
@@ -354,6 +456,7 @@ SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
     "bench_train_step": (train_step, "python benchmarks/bench_train_step.py"),
     "load_test": (load, "make load"),
     "attack": (attack, "make attack"),
+    "bench_rejection": (rejection, "python benchmarks/bench_rejection.py"),
 }
 
 
