@@ -85,6 +85,10 @@ def test_split_is_fixed_and_disjoint() -> None:
 # --- real training ---------------------------------------------------------------------
 
 
+# A small run needs few distinct non-digits and few redrawn digits to choose thresholds.
+SMALL_RUN_ENV = {"DIGITREC_NEGATIVES_POOL": "1000", "DIGITREC_CALIBRATION_VARIANTS": "30"}
+
+
 def small_settings(home: Path, **extra: object) -> Settings:
     base: dict[str, object] = dict(
         home=home,
@@ -95,6 +99,8 @@ def small_settings(home: Path, **extra: object) -> Settings:
         batch_size=64,
         threads=2,
         seed=3,
+        negatives_pool=int(SMALL_RUN_ENV["DIGITREC_NEGATIVES_POOL"]),
+        calibration_variants=int(SMALL_RUN_ENV["DIGITREC_CALIBRATION_VARIANTS"]),
     )
     return Settings(**{**base, **extra})
 
@@ -145,7 +151,12 @@ def test_short_real_training_beats_chance_widely(tmp_path: Path, mnist: Mnist) -
 
 
 def cli(*args: str, home: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DIGITREC_HOME": str(home), "DIGITREC_DATA_DIR": str(MNIST_CACHE)}
+    env = {
+        **os.environ,
+        **SMALL_RUN_ENV,
+        "DIGITREC_HOME": str(home),
+        "DIGITREC_DATA_DIR": str(MNIST_CACHE),
+    }
     return subprocess.run(
         [sys.executable, "-m", "digitrec.cli", *args],
         env=env,
@@ -211,7 +222,12 @@ def test_resume_after_sigkill_gives_the_same_model(
     tmp_path: Path, straight_run: dict[str, torch.Tensor], delay: float
 ) -> None:
     home = tmp_path / "killed"
-    env = {**os.environ, "DIGITREC_HOME": str(home), "DIGITREC_DATA_DIR": str(MNIST_CACHE)}
+    env = {
+        **os.environ,
+        **SMALL_RUN_ENV,
+        "DIGITREC_HOME": str(home),
+        "DIGITREC_DATA_DIR": str(MNIST_CACHE),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "digitrec.cli", *TRAIN_ARGS],
         env=env,

@@ -61,7 +61,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (id or folder)")
     p.add_argument("--arch", default=S, help="architecture (default digitnet; tutorialnet too)")
     p.add_argument("--name", default=S, help="registry name of the model (default: the arch)")
-    p.add_argument("--epochs", type=int, default=S, help="passes over the data (default 15)")
+    p.add_argument("--epochs", type=int, default=S, help="passes over the data (default 20)")
     p.add_argument("--batch-size", type=int, default=S, help="images per step (default 128)")
     p.add_argument("--lr", type=float, default=S, help="peak learning rate (default 3e-3)")
     p.add_argument("--weight-decay", type=float, default=S, help="AdamW weight decay")
@@ -70,6 +70,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=S, help="CPU threads (default: all cores)")
     p.add_argument("--val-size", type=int, default=S, help="validation images (default 5000)")
     p.add_argument("--train-subset", type=int, default=S, help="train on this many images only")
+    p.add_argument(
+        "--negatives",
+        type=float,
+        default=S,
+        help="generated non-digits per digit in a batch (default 0.2); 0 trains a model "
+        "that cannot say 'not a digit'",
+    )
     p.add_argument(
         "--no-mixed-precision",
         dest="mixed_precision",

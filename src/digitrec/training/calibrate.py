@@ -35,6 +35,7 @@ from digitrec.training.loop import Trainer, evaluate
 log = logging.getLogger(__name__)
 
 NEGATIVES_PER_SET = 1000  # validation negatives of each kind
+DRY_RUN_VALIDATION = 200  # validation digits a dry run calibrates on
 
 
 def outputs(trainer: Trainer, images: np.ndarray) -> np.ndarray:
@@ -72,8 +73,9 @@ def calibrate(trainer: Trainer, run_dir: Path, test_logits: np.ndarray) -> dict[
     """Temperature, rejection method and thresholds, as manifest sections, plus the
     reliability diagram of the test set (report only) in the run folder."""
     s = trainer.settings
-    val_logits = outputs(trainer, trainer.x_val.numpy())
-    val_labels = trainer.y_val.numpy()[: len(val_logits)]
+    n_val = DRY_RUN_VALIDATION if s.dry_run else len(trainer.x_val)  # a dry run checks the path
+    val_logits = outputs(trainer, trainer.x_val[:n_val].numpy())
+    val_labels = trainer.y_val.numpy()[:n_val]
     temperature = fit_temperature(val_logits, val_labels)
     n_redrawn = 2 if s.dry_run else s.calibration_variants
     real = outputs(trainer, redrawn(trainer.x_val.numpy(), val_labels, n_redrawn, trainer.spec))
