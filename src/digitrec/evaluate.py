@@ -100,7 +100,8 @@ class Evaluator:
         return self.predictor.rejection
 
     def methods(self) -> list[str]:
-        classes = int(self.predictor.predict_batch(np.zeros((1, 1, 28, 28), np.float32)).shape[1])
+        """The scores this model's outputs allow (the extra-class one needs its classes)."""
+        classes = len(self.predictor.entry.manifest.get("labels", range(DIGIT_CLASSES)))
         return [m for m in SCORES if classes > DIGIT_CLASSES or m != "extra_class"]
 
     @functools.cached_property
@@ -202,35 +203,27 @@ class Evaluator:
                 },
             }
         own = self.rule.method
-        sets = {
-            "negatives": {
-                k: {"n": len(v), "flagged": round(flagged_share(self.rule.verdicts(v)), 6)}
-                | (methods[own]["negatives"][k] if own else {})
-                for k, v in negs.items()
-            },
-            "positives": {
-                k: {"n": len(v), "flagged": round(flagged_share(self.rule.verdicts(v)), 6)}
-                | (methods[own]["positives"][k] if own else {})
-                for k, v in positives.items()
-            },
-        }
-        verdict_counts = {
-            k: {
-                v: self.rule.verdicts(out).count(v)
-                for v in ("not_a_digit", "several_digits", "unsure")
-            }
-            for k, out in negs.items()
-        }
+        verdicts = {k: self.rule.verdicts(v) for k, v in (negs | positives).items()}
+
+        def row(kind: str, name: str) -> dict[str, Any]:
+            found = {"n": len(verdicts[name]), "flagged": round(flagged_share(verdicts[name]), 6)}
+            return found | (methods[own][kind][name] if own else {})
+
+        pooled_verdicts = [v for k in negs for v in verdicts[k]]
         return {
             "model": {"name": self.predictor.name, "version": self.predictor.version},
             "method": own,
             "thresholds": {"accept": self.rule.accept, "reject": self.rule.reject} if own else None,
-            **sets,
-            "all_negatives": separation(SCORES[own](self.test_outputs), SCORES[own](pooled_neg))
-            | {"flagged": round(flagged_share(self.rule.verdicts(pooled_neg)), 6)}
+            "negatives": {k: row("negatives", k) for k in negs},
+            "positives": {k: row("positives", k) for k in positives},
+            "all_negatives": methods[own]["all_negatives"]
+            | {"flagged": round(flagged_share(pooled_verdicts), 6)}
             if own
             else None,
-            "negative_verdicts": verdict_counts,
+            "negative_verdicts": {
+                k: {v: verdicts[k].count(v) for v in ("not_a_digit", "several_digits", "unsure")}
+                for k in negs
+            },
             "methods": methods,
         }
 

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from digitrec.errors import ModelNotFound
+from digitrec.rejection import DIGIT_CLASSES
 
 IMAGE_SIZE = 28
-NUM_CLASSES = 10
 
 _ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
 
@@ -75,7 +75,7 @@ class DigitNet(nn.Module):
         widths: tuple[int, int] | list[int] = (32, 64),
         hidden: int = 256,
         dropout: float = 0.4,
-        classes: int = NUM_CLASSES,
+        classes: int = DIGIT_CLASSES,
     ) -> None:
         super().__init__()
         self.args = {"widths": list(widths), "hidden": hidden, "dropout": dropout}
@@ -117,7 +117,7 @@ class TutorialNet(nn.Module):
     """
 
     def __init__(
-        self, dropout1: float = 0.25, dropout2: float = 0.5, classes: int = NUM_CLASSES
+        self, dropout1: float = 0.25, dropout2: float = 0.5, classes: int = DIGIT_CLASSES
     ) -> None:
         super().__init__()
         self.args = {"dropout1": dropout1, "dropout2": dropout2, "classes": classes}

@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from digitrec.rejection import DIGIT_CLASSES
 from digitrec.storage import atomic_write_bytes, atomic_write_text
 
-NUM_CLASSES = 10
 
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int = NUM_CLASSES) -> np.ndarray:
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int = DIGIT_CLASSES) -> np.ndarray:
     """``cm[t, p]`` counts images of true class t predicted as p."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
