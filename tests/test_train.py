@@ -75,6 +75,19 @@ def test_zero_augmentation_is_identity() -> None:
     assert torch.allclose(out, x, atol=1e-5)
 
 
+def test_fat_pen_fills_small_loops_of_the_chosen_images_only() -> None:
+    x = torch.zeros(8, 1, 28, 28)
+    x[:, :, 8:20, 9:19] = 1  # a ring: a 10x12 box of ink with a 4x4 hole
+    x[:, :, 12:16, 12:16] = 0
+    every = augment_batch(x.clone(), AugmentConfig(0, 0, 0, 0, fat=1.0), torch.Generator())
+    assert torch.all(every[:, :, 12:16, 12:16] > 0.99)  # the loop is filled
+    assert every.sum() > x.sum()  # and the strokes are bolder
+    some = augment_batch(x.clone(), AugmentConfig(0, 0, 0, 0, fat=0.5), torch.Generator())
+    filled = some[:, 0, 13, 13] > 0.99
+    assert 0 < int(filled.sum()) < 8  # only the chosen images changed...
+    assert torch.allclose(some[~filled], x[~filled], atol=1e-5)  # ...the others are intact
+
+
 def test_split_is_fixed_and_disjoint() -> None:
     train, val = split_indices(1000, 100, 7)
     again, _ = split_indices(1000, 100, 7)

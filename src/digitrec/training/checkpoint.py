@@ -49,13 +49,18 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict[s
 
 def save_checkpoint(
     path: Path,
-    model: nn.Module,
+    models: dict[str, nn.Module],
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: dict[str, Any],
 ) -> None:
-    """Weights, optimizer and schedule in one safetensors file (no pickle), atomically."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """Weights (of each named model: the trained network and its average), optimizer
+    and schedule in one safetensors file (no pickle), atomically."""
+    tensors = {
+        f"{name}.{k}": v.detach().cpu().contiguous()
+        for name, model in models.items()
+        for k, v in model.state_dict().items()
+    }
     optim_tensors, optim_meta = _flatten_optimizer(optimizer)
     tensors.update(optim_tensors)
     meta = {
@@ -66,13 +71,20 @@ def save_checkpoint(
     atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict, Any]:
+def load_checkpoint(
+    path: Path, names: tuple[str, ...] = ("net", "averaged")
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any], dict, Any]:
+    """Each named model's state (those saved), the run state, optimizer and schedule."""
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
-    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    states = {
+        name: {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{name}.")}
+        for name in names
+    }
     optim = _unflatten_optimizer(tensors, json.loads(meta["optimizer"]))
-    return model_state, json.loads(meta["state"]), optim, json.loads(meta["scheduler"])
+    found = {name: state for name, state in states.items() if state}
+    return found, json.loads(meta["state"]), optim, json.loads(meta["scheduler"])
 
 
 def weights_bytes(model: nn.Module) -> bytes:

@@ -7,6 +7,10 @@ validation split, saves that epoch's weights and the checkpoint, and rewrites
 are seeded from ``(seed, epoch)`` (``epoch_seed``), so a run resumed from its last
 checkpoint after a kill ends with the same weights as an uninterrupted one.
 
+Given a ``FineTune`` (built by ``finetune.py``), the same loop fine-tunes a registered
+model instead: its architecture, weights and preprocessing to start from, ``finetune_epochs``
+at ``finetune_lr`` held constant then decayed, and users' corrections mixed into every batch.
+
 Model selection uses the validation split (carved from the 60,000 training images with
 ``split_seed`` by ``split_indices``); ``select_epoch`` picks the epoch whose weights are
 kept. ``evaluate`` scores a model on any split in float32, as the served model computes.
@@ -14,6 +18,8 @@ kept. ``evaluate`` scores a model on any split in float32, as the served model c
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import math
 import time
@@ -124,6 +130,32 @@ def evaluate(
 
 EpochHook = Callable[[nn.Module, dict[str, Any]], dict[str, Any]]
 
+FINETUNE_HOLD = 0.5  # share of fine-tuning steps at the full rate; a cosine decay follows
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """A registered model to start from, and the extra examples mixed into every batch."""
+
+    arch: str  # architecture name and constructor arguments, from the model's manifest
+    args: dict[str, Any]
+    weights: dict[str, torch.Tensor]
+    spec: PreprocessSpec  # the model's preprocessing, kept: the extra images were made with it
+    images: torch.Tensor  # uint8 (N, 28, 28), as the model saw them
+    labels: torch.Tensor  # int64 (N,), output indices (10: not a digit)
+
+    @property
+    def classes(self) -> int:
+        return int(self.args.get("classes", DIGIT_CLASSES))
+
+
+def hold_then_decay(step: int, total: int, hold: float = FINETUNE_HOLD) -> float:
+    """Learning-rate factor: 1 for the first ``hold`` of ``total`` steps, then a cosine to 0."""
+    start = hold * total
+    if step < start:
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - start) / max(total - start, 1))))
+
 
 class Trainer:
     """Runs one training run in ``run_dir``; ``fit()`` picks up from a checkpoint if any."""
@@ -135,13 +167,17 @@ class Trainer:
         data: Mnist | None = None,
         progress: bool = True,
         epoch_hook: EpochHook | None = None,
+        finetune: FineTune | None = None,
     ) -> None:
         self.settings = settings
+        self.finetune = finetune
         self.commit = git_commit()  # the code that trains, read before anything else changes
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.epoch_hook = epoch_hook
-        self.epochs = 1 if settings.dry_run else settings.epochs
+        epochs = settings.finetune_epochs if finetune else settings.epochs
+        self.epochs = 1 if settings.dry_run else epochs
+        self.lr = settings.finetune_lr if finetune else settings.lr
         self.aug = AugmentConfig.from_settings(settings)
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -149,14 +185,29 @@ class Trainer:
         self.dtype = autocast_dtype(self.device, settings.mixed_precision)
         self.data = data if data is not None else load_mnist(settings, progress=progress)
         self._split()
-        # Served drawings have their strokes brought into the training digits' band.
-        self.spec = PreprocessSpec(stroke_band=stroke_band_from(self.x_train.numpy()))
-        self.classes = DIGIT_CLASSES + (REJECT_CLASSES if settings.negatives > 0 else 0)
+        if finetune is not None:
+            self.spec, self.classes = finetune.spec, finetune.classes
+        else:
+            # Served drawings have their strokes brought into the training digits' band.
+            self.spec = PreprocessSpec(stroke_band=stroke_band_from(self.x_train.numpy()))
+            self.classes = DIGIT_CLASSES + (REJECT_CLASSES if settings.negatives > 0 else 0)
         self.sections: dict[str, Any] = {}  # calibration and rejection, for the manifest
         self._draw_negatives()
+        self._mix_extra()
         torch.manual_seed(settings.seed)
-        self.model = create_model(settings.arch, classes=self.classes).to(self.device)
-        self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        net = self._build().to(self.device)
+        # ``net`` is the network the optimizer trains; ``model`` the one evaluated, kept
+        # and published: an exponential moving average of ``net``'s weights (its own
+        # batch-norm statistics averaged too), or ``net`` itself when ``ema_decay`` is 0.
+        self.net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model = copy.deepcopy(self.net) if settings.ema_decay > 0 else self.net
+        self.model.requires_grad_(self.model is self.net)
+        self.steps_done = 0
+        # The averaged tensors (weights and batch-norm statistics; loading a checkpoint
+        # copies into them in place, so they are listed once).
+        pairs = zip(self.model.state_dict().values(), self.net.state_dict().values(), strict=True)
+        floats = [(a, b) for a, b in pairs if a.is_floating_point()]
+        self._kept, self._live = [a for a, _ in floats], [b for _, b in floats]
         self.optimizer = self._optimizer()
         self.steps_per_epoch = self._steps_per_epoch()
         self.scheduler = self._scheduler()
@@ -189,17 +240,34 @@ class Trainer:
         self.negatives_per_batch = max(1, round(s.batch_size * s.negatives))
         log.info("drew %d negatives in %.1f s", size, time.perf_counter() - started)
 
+    def _mix_extra(self) -> None:
+        """A fine-tuning run's extra examples: ``feedback_share`` of a batch, drawn with
+        replacement (they are few; each is seen many times, augmented anew)."""
+        ft, share = self.finetune, self.settings.feedback_share
+        self.extra_per_batch = 0
+        if ft is None or share <= 0 or not len(ft.images):
+            return
+        self.x_extra, self.y_extra = ft.images, ft.labels
+        self.extra_per_batch = max(1, round(self.settings.batch_size * share))
+
+    def _build(self) -> nn.Module:
+        if self.finetune is None:
+            return create_model(self.settings.arch, classes=self.classes)
+        model = create_model(self.finetune.arch, **self.finetune.args)
+        model.load_state_dict(self.finetune.weights)
+        return model
+
     def _optimizer(self) -> torch.optim.Optimizer:
         s = self.settings
         if s.optimizer == "adam":
-            return torch.optim.Adam(self.model.parameters(), lr=s.lr)
-        decay = [p for p in self.model.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+            return torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        decay = [p for p in self.net.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.net.parameters() if p.ndim <= 1]
         groups = [
             {"params": decay, "weight_decay": s.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=s.lr)
+        return torch.optim.AdamW(groups, lr=self.lr)
 
     def _steps_per_epoch(self) -> int:
         steps = math.ceil(len(self.x_train) / self.settings.batch_size)
@@ -207,12 +275,17 @@ class Trainer:
 
     def _scheduler(self) -> Any:
         s = self.settings
+        total = self.epochs * self.steps_per_epoch
+        if self.finetune is not None:
+            return torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, functools.partial(hold_then_decay, total=total)
+            )
         if s.schedule == "constant":
             return None
         return torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer,
             max_lr=s.lr,
-            total_steps=self.epochs * self.steps_per_epoch,
+            total_steps=total,
             pct_start=s.warmup_fraction,
         )
 
@@ -228,11 +301,26 @@ class Trainer:
                 pick = torch.randint(len(self.x_neg), (self.negatives_per_batch,), generator=gen)
                 images = torch.cat([images, self.x_neg[pick]])
                 labels = torch.cat([labels, self.y_neg[pick]])
+            if self.extra_per_batch:
+                pick = torch.randint(len(self.x_extra), (self.extra_per_batch,), generator=gen)
+                images = torch.cat([images, self.x_extra[pick]])
+                labels = torch.cat([labels, self.y_extra[pick]])
             x = augment_batch(images.unsqueeze(1).float().div_(255), self.aug, gen)
             yield normalize(x, self.spec).contiguous(memory_format=torch.channels_last), labels
 
+    @torch.no_grad()
+    def _average(self) -> None:
+        """Move ``model`` towards ``net`` after a step. The decay ramps up over the first
+        steps ((1 + t) / (10 + t)), so the average does not start from random weights."""
+        if self.model is self.net:
+            return
+        self.steps_done += 1
+        t = self.steps_done
+        decay = min(self.settings.ema_decay, (1 + t) / (10 + t))
+        torch._foreach_lerp_(self._kept, self._live, 1 - decay)
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        self.model.train()
+        self.net.train()
         torch.manual_seed(epoch_seed(self.settings.seed, epoch) + 1)  # dropout
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(
@@ -246,7 +334,7 @@ class Trainer:
         for x, y in bar:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with autocast_context(self.device, self.dtype):
-                logits = self.model(x)
+                logits = self.net(x)
                 loss = F.cross_entropy(
                     logits.float(), y, label_smoothing=self.settings.label_smoothing
                 )
@@ -255,6 +343,7 @@ class Trainer:
             self.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
+            self._average()
             total_loss += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
@@ -278,8 +367,11 @@ class Trainer:
         path = self.run_dir / CHECKPOINT
         if not path.is_file():
             return {"epoch": 0, "history": [], "seconds": 0.0}
-        model_state, state, optim_state, sched_state = load_checkpoint(path)
-        self.model.load_state_dict(model_state)
+        models, state, optim_state, sched_state = load_checkpoint(path)
+        self.net.load_state_dict(models["net"])
+        if self.model is not self.net:
+            self.model.load_state_dict(models.get("averaged", models["net"]))
+            self.steps_done = state["epoch"] * self.steps_per_epoch
         self.optimizer.load_state_dict(optim_state)
         if self.scheduler is not None and sched_state is not None:
             self.scheduler.load_state_dict(sched_state)
@@ -321,7 +413,11 @@ class Trainer:
             state["epoch"] = epoch + 1
             self._write_metrics(state["history"])
             save_checkpoint(
-                self.run_dir / CHECKPOINT, self.model, self.optimizer, self.scheduler, state
+                self.run_dir / CHECKPOINT,
+                {"net": self.net, "averaged": self.model},
+                self.optimizer,
+                self.scheduler,
+                state,
             )
             log.info(
                 "epoch %d/%d: loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
