@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c requirements.lock
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: serve test lint train evaluate bench bench-train load attack fault docker-lint clean help
+.PHONY: serve test lint train evaluate bench walkthrough bench-train load attack fault docker-lint clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,7 +44,11 @@ bench: $(VENV)/.dev  ## inference, preprocessing, HTTP and not-a-digit benchmark
 	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_http.py
 	$(BIN)/python benchmarks/bench_rejection.py
+	$(BIN)/python benchmarks/bench_logging.py
 	$(BIN)/python benchmarks/summary.py
+
+walkthrough: $(VENV)/.dev  ## the lifecycle loop for real (A/B, corrections, retrain, promote, roll back)
+	$(BIN)/python benchmarks/lifecycle_walkthrough.py
 
 bench-train: $(VENV)/.dev  ## our recipe vs the tutorial recipe, same data, same run
 	$(BIN)/python benchmarks/bench_train.py

@@ -77,7 +77,7 @@ def model_times(entry: Any, budget_s: float) -> tuple[list[dict[str, Any]], dict
                         "reps": per_image["n"],
                     }
                 )
-                outputs[(backend, batch)] = predictor.predict_batch(x)
+                outputs[(backend, batch)] = predictor.infer(x)
     agreement = {
         f"batch_{b}": {
             "max_abs_probability_diff": float(
@@ -120,7 +120,11 @@ def preprocess_times(
     for item in INPUTS:
         raw = raws[item.name]
         total = summarize(
-            repeat(lambda raw=raw: predictor.preprocess(raw), min_reps=20, min_seconds=budget_s)
+            repeat(
+                lambda raw=raw: predictor.prepare(predictor.open(raw)),
+                min_reps=20,
+                min_seconds=budget_s,
+            )
         )
         img = decode(raw, limits)
         ink = ink_map(img)
@@ -181,7 +185,7 @@ def profile(predictor: Predictor, raw: bytes, reps: int, top: int = 12) -> dict[
     started = time.perf_counter()
     profiler.enable()
     for _ in range(reps):
-        predictor.preprocess(raw)
+        predictor.prepare(predictor.open(raw))
     profiler.disable()
     wall = time.perf_counter() - started
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]

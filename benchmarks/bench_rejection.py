@@ -104,8 +104,9 @@ def measure(evaluator: Evaluator, args: argparse.Namespace) -> dict[str, Any]:
 def answer_cost(predictor: Predictor, calls: int = 20000) -> dict[str, Any]:
     """Time of ``Predictor.answer`` (what runs after the forward pass), with the model's
     verdict and with rejection switched off, interleaved so both see the same machine."""
-    pre = predictor.preprocess(_sample_png())
-    logits = predictor.predict_batch(pre.tensor[None])[0]
+    raw = _sample_png()
+    pre = predictor.prepare(predictor.open(raw))
+    logits = predictor.infer(pre.tensor[None])[0]
     plain = dataclasses.replace(predictor.rejection, method=None)
     own = predictor.rejection
     times: dict[str, list[float]] = {"with_verdict": [], "without": []}

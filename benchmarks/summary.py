@@ -449,6 +449,22 @@ def rejection(data: dict[str, Any]) -> str:
     )
 
 
+def prediction_log(data: dict[str, Any]) -> str:
+    """Throughput with the prediction log on and off, same server and request."""
+    rps, cpu = data["requests_per_s"], data["server_cpu_ms_per_request"]
+    table = md_table(
+        ["prediction log", "req/s at concurrency 8", "server CPU ms per request"],
+        [[name, rps[name], cpu[name]] for name in ("log on", "log off")],
+    )
+    verdict = "met" if data["met"] else "**missed**"
+    return (
+        "## What keeping answers costs (`python benchmarks/bench_logging.py`)\n\n"
+        f"{table}\n\nThe log costs {data['cost'] * 100:.1f} % of throughput "
+        f"(target at most {data['target_max_cost'] * 100:.0f} %: {verdict}); "
+        f"{data['answers_logged']:,} answers written.\n\n{machine_line(data)}\n"
+    )
+
+
 SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
     "bench_inference": (inference, "python benchmarks/bench_inference.py"),
     "bench_http": (http, "python benchmarks/bench_http.py"),
@@ -457,6 +473,7 @@ SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
     "load_test": (load, "make load"),
     "attack": (attack, "make attack"),
     "bench_rejection": (rejection, "python benchmarks/bench_rejection.py"),
+    "bench_logging": (prediction_log, "python benchmarks/bench_logging.py"),
 }
 
 

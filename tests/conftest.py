@@ -3,10 +3,13 @@ the app over a test client, and images made on the fly."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +19,8 @@ from PIL import Image
 from digitrec.api import create_app
 from digitrec.config import Settings
 from digitrec.data import Mnist, load_mnist
+from digitrec.db import Database
+from digitrec.feedback import PredictionLog, PredictionRecord, new_prediction_id
 from digitrec.predict import Predictor
 from digitrec.registry import BUNDLED_ROOT, ModelEntry, Registry
 
@@ -202,3 +207,175 @@ def big_photo() -> bytes:
         buffer, "JPEG", quality=85
     )
     return buffer.getvalue()
+
+
+# --- the lifecycle database: the same tests on SQLite and on a real PostgreSQL 15 -----------------
+
+PG_BIN = Path(os.environ.get("DIGITREC_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL on 127.0.0.1: trust auth on loopback only, fsync off.
+
+    The server refuses to run as root, so as root (here and in CI) ``initdb`` and
+    ``pg_ctl`` run as the ``postgres`` system user through ``runuser``; its data folder is
+    a fresh temporary folder owned by that user. ``database()`` gives each test its own
+    database, dropped afterwards.
+    """
+
+    def __init__(self, bindir: Path) -> None:
+        import tempfile
+
+        self.bindir = bindir
+        self.base = Path(tempfile.mkdtemp(prefix="digitrec-pg-"))
+        self.data = self.base / "data"
+        self.log = self.base / "server.log"
+        self.as_user: list[str] = []
+        self.port = 0
+
+    def _run(self, program: str, *args: str) -> None:
+        import subprocess
+
+        command = [*self.as_user, str(self.bindir / program), *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{program} failed: {done.stdout}{done.stderr}{log}")
+
+    def start(self) -> None:
+        if os.geteuid() == 0:
+            import pwd
+
+            user = pwd.getpwnam("postgres")
+            os.chown(self.base, user.pw_uid, user.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self._run(
+            "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+            "--locale=C", "--no-sync", "--no-instructions",
+        )  # fmt: skip
+        (self.data / "pg_hba.conf").write_text(
+            "local all all trust\nhost all all 127.0.0.1/32 trust\n"
+        )
+        for attempt in range(3):  # a free port may be taken by the time the server binds it
+            self.port = free_port()
+            options = (
+                f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            )
+            try:
+                self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
+                          "-w", "-t", "60", "start")  # fmt: skip
+                return
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+
+    def stop(self) -> None:
+        import shutil
+
+        if (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute(sql)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def database(self) -> Iterator[str]:
+        """A new empty database for one test; dropped (connections and all) afterwards."""
+        import uuid
+
+        name = f"test_{uuid.uuid4().hex[:12]}"
+        self._admin(f"CREATE DATABASE {name}")
+        try:
+            yield self.url(name)
+        finally:
+            self._admin(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def _postgres_missing() -> str | None:
+    """Why no throw-away PostgreSQL can start here, or None."""
+    import pwd
+    import shutil
+
+    if not (PG_BIN / "postgres").is_file():
+        return f"no PostgreSQL server in {PG_BIN} (Debian: apt-get install postgresql-15)"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no 'postgres' user to run PostgreSQL as"
+        if shutil.which("runuser") is None:
+            return "running as root and runuser (util-linux) is missing"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """PostgreSQL 15 from the machine image, started once for the session."""
+    reason = _postgres_missing()
+    if reason:
+        if in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = PostgresServer(PG_BIN)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty lifecycle database: a SQLite file, then a real PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'lifecycle.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    with server.database() as url:
+        yield url
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """A migrated lifecycle database (SQLite and PostgreSQL)."""
+    database = Database(database_url)
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+def prediction_record(**fields: Any) -> PredictionRecord:
+    """An answer as the service logs it: a '7' with its input, unless told otherwise."""
+    values: dict[str, Any] = {
+        "id": new_prediction_id(),
+        "created_at": datetime.now(UTC),
+        "model": "digitnet:20261130-091026",
+        "arm": None,
+        "experiment_id": None,
+        "client_hash": None,
+        "digit": 7,
+        "confidence": 0.9,
+        "verdict": "digit",
+        "probabilities": [0.01] * 7 + [0.9] + [0.01] * 2,
+        "input": np.arange(784, dtype=np.uint16).reshape(28, 28).astype(np.uint8),
+        "latency_ms": 5.0,
+        "upload": None,
+    }
+    return PredictionRecord(**{**values, **fields})
+
+
+def store_answers(db: Database, records: list[PredictionRecord]) -> None:
+    """Write answers through a PredictionLog, as the service does."""
+    log = PredictionLog(db, batch_size=1000)
+    for record in records:
+        log.add(record)
+    log.stop()  # never started: writes the queue here

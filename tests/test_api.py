@@ -278,7 +278,7 @@ def test_concurrent_requests_share_batches(client: TestClient) -> None:
         )
     assert all(r.status_code == 200 for r in results)
     assert len({json.dumps(r.json()["top"]) for r in results}) == 1  # same answer each time
-    batcher = client.app.state.service.batcher  # type: ignore[attr-defined]
+    batcher = client.app.state.service.routing().production.batcher  # type: ignore[attr-defined]
     assert batcher.items >= 32
 
 
@@ -288,11 +288,11 @@ def test_prediction_is_deterministic_across_backends(bundled_entry) -> None:  # 
     onnx_p = Predictor(bundled_entry, backend="onnx", threads=1)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 1, 28, 28)).astype(np.float32)
-    expected = torch_p.predict_batch(x)
+    expected = torch_p.infer(x)
     # relative to the largest logit: random inputs give logits of 100 and more, where
     # float32 itself resolves only about 1e-5
     scale = max(1.0, float(np.abs(expected).max()))
-    assert np.abs(expected - onnx_p.predict_batch(x)).max() / scale < 1e-5
+    assert np.abs(expected - onnx_p.infer(x)).max() / scale < 1e-5
 
 
 def test_decoding_threads_share_the_cores_among_workers(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -610,3 +610,169 @@ def test_verdicts_are_shown(open_tab: Callable[..., Tab], artifacts: Path) -> No
     expect(message).to_have_text("It looks like a 7.")
     expect(top).not_to_have_class(re.compile(r"\bis-muted\b"))
     expect(page.locator("#top-title")).to_have_text("Top answers")
+
+
+# --- j. corrections: "Right? Yes" or "Wrong: tap the right digit" ---------------------------
+
+FEEDBACK = "**/api/v1/feedback"
+
+
+def predict_requests(page: Any) -> list[Any]:
+    """Every POST /api/v1/predict the page makes from now on, in order."""
+    requests: list[Any] = []
+    page.on(
+        "request",
+        lambda r: r.method == "POST" and "/api/v1/predict" in r.url and requests.append(r),
+    )
+    return requests
+
+
+def answer_shown(requests: list[Any]) -> str:
+    """The prediction_id of the newest answer: the one on screen once the page is idle."""
+    response = requests[-1].response()
+    assert response is not None and response.ok, response
+    prediction_id = response.json()["prediction_id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", prediction_id), prediction_id
+    return str(prediction_id)
+
+
+def stored(server: LiveServer, prediction_id: str) -> list[Any]:
+    """The corrections the server stored for one answer, read back through its own store."""
+    from digitrec.config import Settings
+    from digitrec.db import Database
+    from digitrec.feedback import list_feedback
+
+    db = Database.from_settings(Settings(home=server.log.parent))
+    try:
+        return [c for c in list_feedback(db, limit=None) if c.prediction_id == prediction_id]
+    finally:
+        db.dispose()
+
+
+def test_feedback_sends_a_correction_from_the_page(
+    open_tab: Callable[..., Tab], live_server: LiveServer, artifacts: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    tab = open_tab()
+    page = tab.page
+    requests = predict_requests(page)
+    control, status = page.locator("#feedback"), page.locator("#feedback-status")
+    wrong = page.get_by_role("group", name="Wrong: tap the right digit")
+    yes = page.get_by_role("button", name="Yes", exact=True)
+    expect(control).to_be_hidden()
+    assert tab.read(DIGITS["7"]) == "7"
+    expect(control).to_be_visible()
+    expect(page.locator("#feedback-note")).to_contain_text("28\u00d728 image the model saw")
+    expect(page.locator(".footer")).to_contain_text("unless you send it as a correction")
+    shown = answer_shown(requests)
+
+    wrong.get_by_role("button", name="2", exact=True).click()
+    expect(status).to_have_text("Thanks \u2014 saved as a 2.")
+    expect(wrong.get_by_role("button", name="2", exact=True)).to_have_attribute(
+        "aria-pressed", "true"
+    )
+    [correction] = stored(live_server, shown)
+    assert (correction.label, correction.right) == (2, False)
+    page.screenshot(path=artifacts / "desktop-feedback.png")
+
+    yes.click()  # a second tap replaces the correction
+    expect(status).to_have_text("Thanks \u2014 saved as a 7.")
+    expect(yes).to_have_attribute("aria-pressed", "true")
+    expect(wrong.get_by_role("button", name="2", exact=True)).to_have_attribute(
+        "aria-pressed", "false"
+    )
+    [correction] = stored(live_server, shown)
+    assert (correction.label, correction.right) == (7, True)
+
+    assert tab.read(DIGITS["3"], seed=1) == "3"  # a new answer: a fresh control
+    expect(status).to_have_text("")
+    expect(control.locator("[aria-pressed='true']")).to_have_count(0)
+
+    # An answer the server no longer knows (expired): the real server's 404, said plainly.
+    tab.allow(r"status of 404")
+    unknown = "0" * 32
+    page.route(
+        FEEDBACK,
+        lambda route: route.continue_(
+            post_data=json.dumps({**route.request.post_data_json, "prediction_id": unknown})
+        ),
+    )
+    wrong.get_by_role("button", name="Not a digit").click()
+    expect(status).to_contain_text("That answer has expired, so the correction was not saved.")
+    expect(status).to_have_attribute("data-kind", "error")
+    expect(control.locator("[aria-pressed='true']")).to_have_count(0)
+    page.unroute(FEEDBACK)
+    assert stored(live_server, unknown) == []
+
+    page.keyboard.press("Escape")  # no answer, nothing to correct
+    tab.expect_blank()
+    expect(control).to_be_hidden()
+
+
+def test_feedback_by_keyboard_only(open_tab: Callable[..., Tab], live_server: LiveServer) -> None:
+    from playwright.sync_api import expect
+
+    tab = open_tab()
+    page = tab.page
+    requests = predict_requests(page)
+    status = page.locator("#feedback-status")
+    assert tab.read(DIGITS["7"]) == "7"
+    shown = answer_shown(requests)
+
+    def focused() -> str:
+        return str(page.evaluate("document.activeElement.id || document.activeElement.textContent"))
+
+    page.locator("#skip").focus()  # the pen needs a pointer; from here on, keys only
+    order = []
+    for _ in range(5):  # the drawing tools, then the correction, "Yes" first
+        page.keyboard.press("Tab")
+        order.append(focused())
+    assert order == ["undo", "clear", "upload", "feedback-yes", "0"], order
+    for _ in range(3):
+        page.keyboard.press("Tab")
+    assert focused() == "3"
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid", "the focused key shows no focus ring"
+    page.keyboard.press("Enter")
+    expect(status).to_have_text("Thanks \u2014 saved as a 3.")
+    [correction] = stored(live_server, shown)
+    assert (correction.label, correction.right) == (3, False)
+
+    page.keyboard.press("5")  # with the keyboard in the control, typing a digit sends it
+    expect(status).to_have_text("Thanks \u2014 saved as a 5.")
+    assert focused() == "5"
+    [correction] = stored(live_server, shown)
+    assert correction.label == 5
+
+
+def test_feedback_on_a_phone(
+    open_tab: Callable[..., Tab], live_server: LiveServer, artifacts: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    tab = open_tab(**PHONE)
+    page = tab.page
+    requests = predict_requests(page)
+    tab.touch(DIGITS["7"])
+    tab.expect_digit("7")
+    page.wait_for_timeout(400)  # longer than the debounce: the last answer is on its way
+    expect(page.locator("#answer")).to_have_attribute("aria-busy", "false")
+    shown = answer_shown(requests)
+
+    keys = page.locator("#feedback button")
+    expect(keys).to_have_count(12)
+    for i in range(keys.count()):
+        box = keys.nth(i).bounding_box()
+        assert box is not None and box["width"] >= 44 and box["height"] >= 44, box
+    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    page.get_by_role("button", name="Not a digit").tap()
+    expect(page.locator("#feedback-status")).to_have_text("Thanks \u2014 saved as not a digit.")
+    [correction] = stored(live_server, shown)
+    assert (correction.label, correction.right) == (None, False)
+    page.locator("#feedback").scroll_into_view_if_needed()
+    page.screenshot(path=artifacts / "phone-feedback.png")
+    page.set_viewport_size({"width": 320, "height": 568})
+    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), (
+        "the correction keys make a 320 px phone scroll sideways"
+    )

@@ -171,7 +171,7 @@ def test_models_list_and_show(
     assert main(["models", "list", "--home", str(tmp_path), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     shipped = next(m for m in listed if m["version"] == bundled_entry.version)
-    assert shipped["bundled"] and shipped["default"]
+    assert shipped["bundled"] and shipped["alias"] == "production"
     assert shipped["test_accuracy"] == bundled_entry.metrics["test_accuracy"]
     assert main(["models", "show", bundled_entry.ref, "--home", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["files"] == bundled_entry.manifest["files"]
@@ -237,3 +237,12 @@ def test_taken_port_is_one_line_before_anything_loads(tmp_path: Path, workers: s
     assert done.returncode == 7
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in one_line_error(done)
     assert "loaded model" not in done.stdout + done.stderr
+
+
+def test_options_are_never_abbreviated(capsys: pytest.CaptureFixture[str]) -> None:
+    """`evaluate --model X` once set --models-dir X silently (evaluate takes the model as
+    an argument); a partial option name is an error now."""
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", "--model", "x"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --model" in capsys.readouterr().err

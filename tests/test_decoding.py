@@ -32,9 +32,9 @@ def test_small_images_in_a_thread_big_ones_in_the_sandbox(
     sandboxed: list[int] = []
 
     class Recording(Predictor):
-        def preprocess(self, raw: bytes) -> Any:
+        def prepare(self, image: Any) -> Any:
             where.append(threading.current_thread().name)
-            return super().preprocess(raw)
+            return super().prepare(image)
 
     original = Sandbox.run_admitted
 

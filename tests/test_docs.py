@@ -39,10 +39,14 @@ def test_shipped_model_was_made_by_the_default_recipe(bundled_entry: ModelEntry)
 
     defaults = Settings(_env_file=None).training_dict()
     stored = bundled_entry.manifest["settings"]
+    # How to fine-tune on corrections does not shape a model trained from scratch.
+    finetuning = {"with_feedback", "from_version", "finetune_epochs", "finetune_lr"}
+    finetuning |= {k for k in defaults if k.startswith("feedback_")}
+    assert not stored.get("with_feedback")
     differing = {
         k
         for k in defaults
-        if k not in ("device", "threads", "name") and stored.get(k) != defaults[k]
+        if k not in ("device", "threads", "name", *finetuning) and stored.get(k) != defaults[k]
     }
     assert not differing, {k: (stored.get(k), defaults[k]) for k in differing}
 
@@ -156,3 +160,18 @@ def test_readme_rejection_tables_are_the_ones_the_results_produce(
     for table in tables:
         assert table in README
     assert "python benchmarks/bench_rejection.py" in README
+
+
+def test_readme_walkthrough_is_the_transcript_the_script_wrote() -> None:
+    """The README's lifecycle walkthrough is `make walkthrough`'s real output, verbatim."""
+    path = ROOT / "benchmarks" / "results" / "lifecycle_walkthrough.txt"
+    transcript = path.read_text(encoding="utf-8").strip()
+    assert f"```text\n{transcript}\n```" in README
+    assert "make walkthrough" in README
+
+
+def test_readme_quotes_what_keeping_answers_costs() -> None:
+    data = json.loads((ROOT / "benchmarks" / "results" / "bench_logging.json").read_text())
+    rps = data["requests_per_s"]
+    assert f"costs {data['cost'] * 100:.1f} % of throughput" in README
+    assert f"{rps['log on']:.0f} against {rps['log off']:.0f} requests" in README

@@ -94,13 +94,13 @@ def test_web_token_is_bound_to_the_page_the_route_and_the_client(
 ) -> None:
     """With keys on, a web token is no substitute for a key: only the routes the page
     calls, only from a same-origin browser request, only from the client it was issued to."""
-    from digitrec.api.deps import WEB_TOKEN_PATHS
+    from digitrec.api.access import WEB_TOKEN_PATHS
 
     client, _ = keyed
     token = client.get("/web/token", headers=BROWSER).json()["token"]
     web = {"X-Web-Token": token, **BROWSER}
     assert client.get("/api/v1/model", headers=web).status_code == 200  # the page's card
-    assert {"/api/v1/predict", "/api/v1/model"} == WEB_TOKEN_PATHS  # new routes need keys
+    assert {"/api/v1/predict", "/api/v1/model", "/api/v1/feedback"} == WEB_TOKEN_PATHS
     assert client.get("/openapi.json", headers=web).status_code == 200  # public anyway
     assert post(client, {"X-Web-Token": token}).status_code == 401  # not from a plain script
     cross = {"X-Web-Token": token, "Sec-Fetch-Site": "cross-site"}
@@ -295,7 +295,7 @@ def test_client_address_behind_proxies(
 ) -> None:
     from starlette.requests import Request
 
-    from digitrec.api.deps import client_address
+    from digitrec.api.access import client_address
 
     extra = {"trusted_proxies": proxies} if proxies else {}
     app = create_app(Settings(home=tmp_path, trust_proxy_headers=True, **extra))
@@ -307,7 +307,7 @@ def test_client_address_behind_proxies(
 
 
 def test_ipv6_clients_are_counted_per_64() -> None:
-    from digitrec.api.deps import client_key
+    from digitrec.api.access import client_key
 
     net = "2001:db8:1:2::/64"
     assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == net
@@ -319,7 +319,7 @@ def test_ipv6_clients_are_counted_per_64() -> None:
 def test_web_token_does_not_open_other_api_routes(tmp_path: Path, predictor: Predictor) -> None:
     from fastapi import Depends
 
-    from digitrec.api.deps import guard
+    from digitrec.api.access import guard
 
     app = create_app(Settings(home=tmp_path, require_api_key=True), predictor)
     app.router.add_api_route("/api/v1/admin", lambda: {"ok": True}, dependencies=[Depends(guard)])

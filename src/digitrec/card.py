@@ -28,6 +28,7 @@ def summary(entry: ModelEntry) -> dict[str, Any]:
         "device": m.get("device"),
         "dry_run": bool(m.get("dry_run", False)),
         "preprocessing": m.get("preprocessing", {}),
+        "feedback": m.get("feedback"),
         "rejection": _rejection_summary(m),
         "calibration": _calibration_summary(m),
     }
@@ -84,6 +85,7 @@ def render(entry: ModelEntry) -> str:
         f"{m['data']['val_size']:,} held out for model selection (split seed "
         f"{m['data']['split_seed']}), {m['data']['test_size']:,} test images used only for "
         "this report.",
+        *_feedback_lines(m),
         "",
         "## Preprocessing",
         "Crop to the ink, scale to fit a {box}x{box} box keeping the aspect ratio, centre of "
@@ -102,6 +104,24 @@ def render(entry: ModelEntry) -> str:
         )
     lines += ["", *_rejection_lines(m), "", "## Limits", _limits(m), ""]
     return "\n".join(lines)
+
+
+def _feedback_lines(m: dict[str, Any]) -> list[str]:
+    fb = m.get("feedback")
+    if not fb:
+        return []
+    return [
+        "",
+        f"Fine-tuned from `{fb['from']}` with {fb['corrections_used']} users' corrections mixed "
+        f"into MNIST; {fb['corrections_held_out']} other corrections were held out to judge it:",
+        "",
+        "| | before | after |",
+        "|---|---|---|",
+        f"| Held-out corrections answered right | {fb['held_out_accuracy_before'] * 100:.1f} % | "
+        f"{fb['held_out_accuracy'] * 100:.1f} % |",
+        f"| MNIST test accuracy | {fb['mnist_test_accuracy_before'] * 100:.2f} % | "
+        f"{fb['mnist_test_accuracy'] * 100:.2f} % |",
+    ]
 
 
 def _rejection_lines(m: dict[str, Any]) -> list[str]:

@@ -1,4 +1,5 @@
-"""The `digitrec` command: data | train | evaluate | predict | serve | models | export | keys.
+"""The `digitrec` command: data | train | evaluate | predict | serve | models | ab |
+feedback | export | keys.
 
 Flags set the same fields as ``DIGITREC_*`` environment variables (see config.py); a flag
 wins over the environment. Every error a person can cause ends in one line on stderr
@@ -41,13 +42,13 @@ def _add_model(p: argparse.ArgumentParser, positional: bool = False) -> None:
             "model",
             nargs="?",
             default=S,
-            help="model VERSION, NAME:VERSION or NAME (default: the newest model)",
+            help="model VERSION, NAME:VERSION or NAME (default: production)",
         )
     else:
         p.add_argument(
             "--model",
             default=S,
-            help="model VERSION, NAME:VERSION or NAME (default: the newest model)",
+            help="model VERSION, NAME:VERSION or NAME (default: production)",
         )
     p.add_argument(
         "--backend",
@@ -55,6 +56,21 @@ def _add_model(p: argparse.ArgumentParser, positional: bool = False) -> None:
         default=S,
         help="inference engine (default auto: ONNX Runtime when available)",
     )
+
+
+def _add_database(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database-url",
+        default=S,
+        help="SQLAlchemy URL of the lifecycle database (default: SQLite in the home folder)",
+    )
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError("the share must be between 0 and 1, e.g. 0.1")
+    return value
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -89,6 +105,21 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         action="store_true",
         default=S,
         help="run a few batches of every step end to end, to check the pipeline",
+    )
+    p.add_argument(
+        "--with-feedback",
+        dest="with_feedback",
+        action="store_true",
+        default=S,
+        help="fine-tune a registered model with users' corrections mixed into MNIST; "
+        "registers a new version, never promotes it",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_version",
+        metavar="VERSION",
+        default=S,
+        help="with --with-feedback: the model to fine-tune (default: production)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -214,17 +245,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser(
         "models",
-        help="list and show registered models",
-        description="The model registry: every trained version.",
+        help="list, show, promote and roll back model versions",
+        description="The model registry: every trained version, and the production alias "
+        "that `digitrec serve` serves (the shipped model until a version is promoted).",
     )
     models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    mlist = models_sub.add_parser("list", help="one line per model version")
+    mlist = models_sub.add_parser("list", help="one line per model version, with its alias")
     mlist.add_argument("--json", action="store_true", help="print a JSON array")
     mshow = models_sub.add_parser("show", help="the manifest of one model version")
     mshow.add_argument("model", nargs="?", default=S, help="VERSION, NAME:VERSION or NAME")
     mshow.add_argument("--json", action="store_true", help="print the whole manifest")
-    for p in (mlist, mshow):
+    mpromote = models_sub.add_parser(
+        "promote", help="point production at a version (running servers follow)"
+    )
+    mpromote.add_argument("version", help="VERSION or NAME:VERSION")
+    mrollback = models_sub.add_parser(
+        "rollback", help="point production back at the version before the last promotion"
+    )
+    for p in (mlist, mshow, mpromote, mrollback):
         _add_paths(p)
+        _add_database(p)
+
+    ab = sub.add_parser(
+        "ab",
+        help="A/B test a candidate model on live traffic",
+        description="Serve a candidate version to a share of clients (sticky per API key, "
+        "X-Client-Id or browser) and compare online accuracy from users' corrections.",
+    )
+    ab_sub = ab.add_subparsers(dest="ab_command", metavar="ACTION", required=True)
+    ab_start = ab_sub.add_parser("start", help="start an experiment (one at a time)")
+    ab_start.add_argument("--candidate", required=True, help="VERSION or NAME:VERSION")
+    ab_start.add_argument(
+        "--share", type=_share, default=0.1, help="share of clients on the candidate (0.1)"
+    )
+    ab_status = ab_sub.add_parser("status", help="per-arm figures, test and verdict")
+    ab_status.add_argument("--json", action="store_true", help="print JSON")
+    ab_stop = ab_sub.add_parser("stop", help="stop the experiment")
+    ab_stop.add_argument("--promote", action="store_true", help="and promote the candidate")
+    for p in (ab_start, ab_status, ab_stop):
+        _add_paths(p)
+        _add_database(p)
+
+    fb = sub.add_parser(
+        "feedback",
+        help="list or export users' corrections",
+        description="Corrections sent from the page or POST /api/v1/feedback, each with "
+        "the 28x28 image the model saw.",
+    )
+    fb_sub = fb.add_subparsers(dest="feedback_command", metavar="ACTION", required=True)
+    fb_list = fb_sub.add_parser("list", help="the latest corrections")
+    fb_list.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    fb_list.add_argument("--json", action="store_true", help="print a JSON array")
+    fb_export = fb_sub.add_parser("export", help="write them as a dataset")
+    fb_export.add_argument("--format", choices=["npz", "idx"], default="npz")
+    fb_export.add_argument("--output", "-o", type=Path, required=True, help="file to write")
+    for p in (fb_list, fb_export):
+        _add_paths(p)
+        _add_database(p)
 
     export = sub.add_parser(
         "export",
@@ -251,7 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
     krevoke.add_argument("key_id", help="the id shown by `digitrec keys list`")
     for p in (kcreate, klist, krevoke):
         _add_paths(p)
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Only whole option names: `evaluate --model X` must fail, not set --models-dir."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
 
 
 SETTINGS_FIELDS = set(Settings.model_fields)
@@ -311,6 +398,15 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         f"test accuracy: {m['test_accuracy'] * 100:.2f} % ({m['test_errors']} errors in "
         f"{m['test_size']}); epoch {m['selected_epoch']} of {m['epochs']} selected on validation"
     )
+    fb = result.entry.manifest.get("feedback") if result.entry is not None else None
+    if fb and result.entry is not None:
+        held = f"{fb['held_out_accuracy_before']:.1%} -> {fb['held_out_accuracy']:.1%}"
+        mnist = f"{fb['mnist_test_accuracy_before']:.2%} -> {fb['mnist_test_accuracy']:.2%}"
+        print(
+            f"fine-tuned {fb['from']} on {fb['corrections_used']} corrections; "
+            f"{fb['corrections_held_out']} held-out corrections: {held}; MNIST test: {mnist}"
+        )
+        print(f"not promoted: digitrec models promote {result.entry.version}")
     return 0
 
 
@@ -418,13 +514,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from digitrec import cli_lifecycle
     from digitrec.card import summary
     from digitrec.registry import Registry
 
     registry = Registry.from_settings(settings)
+    if args.models_command == "promote":
+        print(cli_lifecycle.promote(settings, args.version))
+        return 0
+    if args.models_command == "rollback":
+        print(cli_lifecycle.rollback(settings))
+        return 0
     if args.models_command == "list":
         entries = registry.list()
-        default = next((e for e in reversed(entries) if not e.dry_run), None)
+        roles = cli_lifecycle.roles(settings)
         if args.json:
             emit_json(
                 [
@@ -432,7 +535,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
                         **summary(e),
                         "path": str(e.path),
                         "bundled": e.bundled,
-                        "default": e is default,
+                        "alias": roles.get(e.ref),
                     }
                     for e in entries
                 ]
@@ -446,7 +549,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
             flags = " ".join(
                 f
                 for f, on in (
-                    ("default", e is default),
+                    (roles.get(e.ref, ""), e.ref in roles),
                     ("bundled", e.bundled),
                     ("dry-run", e.dry_run),
                 )
@@ -454,7 +557,9 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
             )
             print(f"{e.ref:32s} test {acc:>8s}  {s['trained_at']}  {flags}")
         return 0
-    entry = registry.resolve(settings.model)
+    from digitrec.lifecycle import served_entry
+
+    entry = served_entry(settings)
     if args.json:
         emit_json({**entry.manifest, "path": str(entry.path)})
         return 0
@@ -472,6 +577,16 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     ):
         print(f"  {key:15s} {s[key]}")
     print(f"  {'files':15s} {', '.join(entry.manifest.get('files', {}))}")
+    fb = s["feedback"]
+    if fb:
+        print(
+            f"  {'feedback':15s} fine-tuned from {fb['from']} on {fb['corrections_used']} "
+            f"corrections; {fb['corrections_held_out']} held out: "
+            f"{fb['held_out_accuracy_before']:.1%} -> {fb['held_out_accuracy']:.1%} right"
+        )
+    alias = cli_lifecycle.roles(settings).get(entry.ref)
+    if alias:
+        print(f"  {'alias':15s} {alias}")
     return 0
 
 
@@ -510,6 +625,18 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_ab(args: argparse.Namespace, settings: Settings) -> int:
+    from digitrec.cli_lifecycle import cmd_ab
+
+    return cmd_ab(args, settings)
+
+
+def cmd_feedback(args: argparse.Namespace, settings: Settings) -> int:
+    from digitrec.cli_lifecycle import cmd_feedback
+
+    return cmd_feedback(args, settings)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "data": cmd_data,
     "train": cmd_train,
@@ -517,6 +644,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "predict": cmd_predict,
     "serve": cmd_serve,
     "models": cmd_models,
+    "ab": cmd_ab,
+    "feedback": cmd_feedback,
     "export": cmd_export,
     "keys": cmd_keys,
 }

@@ -51,7 +51,7 @@ def model_outputs(predictor: Predictor, images: np.ndarray, batch: int = 1000) -
         x = normalize(
             images[start : start + batch, None].astype(np.float32) / 255.0, predictor.spec
         )
-        out.append(predictor.predict_batch(x))
+        out.append(predictor.infer(x))
     return np.concatenate(out)
 
 

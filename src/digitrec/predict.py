@@ -1,10 +1,13 @@
-"""Predictor: image bytes -> Prediction, on PyTorch or ONNX Runtime.
+"""Predictor: the prediction pipeline of one model, on PyTorch or ONNX Runtime.
 
-The canvas, the upload form, the API and `digitrec predict` all call
-``Predictor.predict_bytes``: decode and prepare the image with ``preprocess`` (the same
-code evaluation uses, with the constants from the model's manifest), run the network,
-and return the top-k digits with their probabilities. Weights are read only from
-safetensors or ONNX files whose hashes match the manifest.
+Four stages, the same for every caller: ``open`` (image bytes -> decoded image, limits
+checked before any pixel is decoded), ``prepare`` (-> the 28x28 model input, with the
+constants from the model's manifest), ``infer`` (a batch of inputs -> raw outputs) and
+``answer`` (-> a ``Prediction``: top-k digits, probabilities, verdict).
+``predict_bytes`` runs them in a row (`digitrec predict`); the server runs the first two
+in its decoding threads or sandbox and ``infer`` on micro-batches (api/service.py);
+evaluation runs ``infer`` and ``answer``'s scoring on whole sets (evaluate.py). Weights
+are read only from safetensors or ONNX files whose hashes match the manifest.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import numpy as np
 
 from digitrec.config import Settings
 from digitrec.errors import DependencyMissing, InvalidRequest, ModelInvalid
-from digitrec.preprocess import Limits, Preprocessed, preprocess_bytes
-from digitrec.registry import ONNX, WEIGHTS, ModelEntry, Registry
+from digitrec.preprocess import Limits, Preprocessed, decode, prepare
+from digitrec.registry import ONNX, WEIGHTS, ModelEntry
 from digitrec.rejection import DIGIT_CLASSES, Rejection, digit_probabilities
 
 if TYPE_CHECKING:
+    from PIL import Image
     from torch import nn
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,9 @@ class Prediction:
     processing_ms: float
     verdict: str = "digit"  # a key of rejection.VERDICTS
     digit_score: float | None = None  # the rejection score; None: the model cannot reject
+    probabilities: tuple[float, ...] = ()  # of each digit, calibrated (all ten)
+    prediction_id: str | None = None  # set by the server, which keeps it for corrections
+    arm: str | None = None  # the A/B test arm that served it, if any
 
     @property
     def is_digit(self) -> bool:
@@ -54,6 +61,8 @@ class Prediction:
             "top": [{"digit": d, "probability": p} for d, p in self.top],
             "model": {"name": self.model_name, "version": self.model_version},
             "processing_ms": self.processing_ms,
+            "prediction_id": self.prediction_id,
+            "arm": self.arm,
         }
 
 
@@ -167,12 +176,18 @@ class Predictor:
         self.limits = limits or Limits()
         self.rejection = Rejection.from_manifest(entry.manifest)
         self.backend = choose_backend(entry, backend, threads)
-        self.predict_batch(np.zeros((1, 1, self.spec.size, self.spec.size), np.float32))  # warm up
+        self.infer(np.zeros((1, 1, self.spec.size, self.spec.size), np.float32))  # warm up
         log.info("loaded model %s on %s", entry.ref, self.backend.name)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Predictor:
-        entry = Registry.from_settings(settings).resolve(settings.model)
+        from digitrec.lifecycle import served_entry
+
+        return cls.for_entry(served_entry(settings), settings)
+
+    @classmethod
+    def for_entry(cls, entry: ModelEntry, settings: Settings) -> Predictor:
+        """Load ``entry`` with the settings' backend, threads and upload limits."""
         limits = Limits.from_settings(settings)
         # One thread: batch-1 latency is best there (PyTorch is 3x slower with two), and
         # concurrent requests are batched rather than split across threads.
@@ -186,17 +201,26 @@ class Predictor:
     def version(self) -> str:
         return self.entry.version
 
-    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+    @property
+    def ref(self) -> str:
+        return self.entry.ref
+
+    # -- the four stages --
+    def open(self, raw: bytes) -> Image.Image:
+        """Image file bytes -> decoded image, the upload limits checked first."""
+        return decode(raw, self.limits)
+
+    def prepare(self, image: Image.Image) -> Preprocessed:
+        """Decoded image -> model input, with this model's spec."""
+        return prepare(image, self.spec)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
         """(N, 1, 28, 28) normalised float32 -> (N, classes) raw outputs (logits)."""
         return self.backend(np.ascontiguousarray(batch, dtype=np.float32))
 
     def digit_probabilities(self, logits: np.ndarray) -> np.ndarray:
         """(N, classes) outputs -> (N, 10) calibrated probabilities of each digit."""
         return digit_probabilities(logits, self.rejection.temperature)
-
-    def preprocess(self, raw: bytes) -> Preprocessed:
-        """Image file bytes -> model input, with this model's spec and the upload limits."""
-        return preprocess_bytes(raw, self.spec, self.limits)
 
     def answer(
         self, pre: Preprocessed, logits: np.ndarray, top_k: int, started: float
@@ -222,10 +246,12 @@ class Predictor:
             processing_ms=round((time.perf_counter() - started) * 1000, 3),
             verdict=verdict,
             digit_score=round(float(score[0]), 6) if self.rejection.method else None,
+            probabilities=tuple(round(float(p), 6) for p in probs),
         )
 
     def predict_bytes(self, raw: bytes, top_k: int = 3) -> Prediction:
+        """All four stages for one image, in this thread."""
         started = time.perf_counter()
-        pre = self.preprocess(raw)
-        logits = self.predict_batch(pre.tensor[None])[0]
+        pre = self.prepare(self.open(raw))
+        logits = self.infer(pre.tensor[None])[0]
         return self.answer(pre, logits, top_k, started)

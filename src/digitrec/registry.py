@@ -155,6 +155,23 @@ class Registry:
                     entries.append(entry)
         return sorted(entries, key=lambda e: (e.created_at, e.version))
 
+    def shipped(self) -> ModelEntry:
+        """The newest model that ships inside the package: what production is until a
+        version is promoted (``digitrec models promote``)."""
+        shipped = [
+            e
+            for root in self.extra_roots
+            for e in Registry(root, extra_roots=()).list()
+            if not e.dry_run
+        ]
+        if not shipped:
+            raise ModelNotFound(
+                "digitrec ships no model here: reinstall it, or promote a trained version "
+                "with `digitrec models promote VERSION`"
+            )
+        newest = max(shipped, key=lambda e: (e.created_at, e.version))
+        return self.resolve(newest.ref)  # a copy in the user's registry takes precedence
+
     def resolve(self, ref: str | None = None) -> ModelEntry:
         """Find a model by ``VERSION``, ``NAME:VERSION`` or ``NAME``; None means newest."""
         if ref is None or ref in ("", "latest", "default"):

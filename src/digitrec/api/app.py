@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digitrec import __version__
+from digitrec.api.access import Access
 from digitrec.api.routes import api, health
 from digitrec.api.security import (
     INTERNAL_ERROR_MESSAGE,
@@ -107,6 +108,7 @@ def create_app(
         debug=False,
     )
     app.state.service = service
+    app.state.access = Access(settings)
     app.include_router(api)
     app.include_router(health)
     app.include_router(web)

@@ -111,4 +111,4 @@ def _prepare_if_light(predictor: Predictor, raw: bytes) -> Preprocessed | None:
     refused here either way, so a hostile file never costs a trip to the sandbox."""
     if not check_structure(raw, predictor.limits).is_light(LIGHT_MAX_PIXELS):
         return None
-    return predictor.preprocess(raw)
+    return predictor.prepare(predictor.open(raw))

@@ -1,4 +1,4 @@
-"""The REST API: /api/v1/predict, /api/v1/model, /healthz, /readyz."""
+"""The REST API: /api/v1/predict, /api/v1/feedback, /api/v1/model, /healthz, /readyz."""
 
 from __future__ import annotations
 
@@ -8,28 +8,38 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from digitrec.api.deps import get_service, guard
+from digitrec.api.access import client_id, guard
+from digitrec.api.deps import CallerDep, ServiceDep
 from digitrec.api.inputs import read_image
-from digitrec.api.schemas import ErrorOut, Health, ModelCard, ModelRef, PredictionOut, Ready
-from digitrec.api.service import Service
+from digitrec.api.schemas import (
+    ErrorOut,
+    FeedbackIn,
+    FeedbackOut,
+    Health,
+    ModelCard,
+    ModelRef,
+    PredictionOut,
+    Ready,
+)
 from digitrec.card import summary
 from digitrec.config import TOP_K_MAX
 from digitrec.preprocess import FORMAT_LIST, to_png
 
-ServiceDep = Annotated[Service, Depends(get_service)]
-
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
-        400: "malformed request: empty body, bad JSON or base64, missing field 'image'",
+        400: "malformed request: empty body, bad JSON or base64, missing field 'image' "
+        "(feedback: a body that is not JSON)",
         401: "an API key is required (keys are on) or the key is not valid",
         403: "the API key was revoked",
+        404: "no such answer: the prediction id is unknown, or its correction window is over",
         413: "the body or the image (pixels) is over the limit, or decoding it would cost "
         "more than one request may (image_too_costly: CPU time, memory, crafted structure)",
         415: f"not an image format we read (send {FORMAT_LIST})",
         422: "the image is damaged, blank, or a parameter is out of range",
         429: "rate limit reached; see Retry-After",
-        503: "no model is loaded, or the server is at capacity (busy; try again shortly)",
+        503: "no model is loaded, the server is at capacity (busy; try again shortly), or "
+        "corrections cannot be stored (no database)",
     }
     return {c: {"model": ErrorOut, "description": described[c]} for c in codes}
 
@@ -74,6 +84,7 @@ _IMAGE_BODY = {
 async def predict(
     request: Request,
     service: ServiceDep,
+    caller: CallerDep,
     top_k: Annotated[
         int | None, Query(ge=1, le=TOP_K_MAX, description="answers (default 3)")
     ] = None,
@@ -81,10 +92,11 @@ async def predict(
         bool, Query(description="also return the 28x28 image the model saw, as a PNG data URL")
     ] = False,
 ) -> dict[str, Any]:
-    service.require_predictor()
+    client = client_id(request, caller)
+    service.routing()  # 503 before reading a body that no model would answer
     raw, body_top_k = await read_image(request, service.settings.max_upload_bytes)
     k = top_k or body_top_k or service.settings.top_k
-    prediction = await service.predict(raw, k)
+    prediction = await service.predict(raw, k, client)
     out = prediction.to_dict()
     if include_input:
         png = base64.b64encode(to_png(prediction.image)).decode()
@@ -92,11 +104,34 @@ async def predict(
     return out
 
 
+@api.post(
+    "/feedback",
+    response_model=FeedbackOut,
+    summary="Correct an answer (or confirm it)",
+    responses=_errors(400, 404, 422, 503),
+)
+async def send_feedback(body: FeedbackIn, service: ServiceDep) -> dict[str, Any]:
+    """Store a correction with the answer it corrects: the 28x28 image the model saw, the
+    answer and its probabilities, the model version, the A/B arm, the time and a hash of
+    the client id (the original upload only where the operator turned that on). A second
+    correction of the same answer replaces the first."""
+    label = body.label if body.correct is None else None
+    stored = await service.correct(body.prediction_id, label, body.correct)
+    name, _, version = stored.model.partition(":")
+    return {
+        "prediction_id": stored.prediction_id,
+        "label": stored.label,
+        "right": stored.right,
+        "model": {"name": name, "version": version},
+        "stored": stored.stored_items(),
+    }
+
+
 @api.get(
     "/model", response_model=ModelCard, summary="The served model's card", responses=_errors(503)
 )
 async def model_card(service: ServiceDep) -> dict[str, Any]:
-    predictor, _ = service.require_predictor()
+    predictor = service.predictor
     return {**summary(predictor.entry), "backend": predictor.backend.name}
 
 
@@ -115,7 +150,7 @@ async def healthz() -> Health:
     responses={503: {"model": Ready, "description": "no model is loaded, with why"}},
 )
 async def readyz(service: ServiceDep) -> Any:
-    if service.ready and service.predictor is not None:
+    if service.ready:
         p = service.predictor
         return Ready(ready=True, model=ModelRef(name=p.name, version=p.version))
     reason = service.load_error or "the model is still loading"

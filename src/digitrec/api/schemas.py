@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from digitrec.config import TOP_K_MAX
 from digitrec.rejection import VERDICTS
@@ -20,6 +20,7 @@ class ModelRef(BaseModel):
     version: str = Field(examples=["20261125-120301"])
 
 
+PREDICTION_ID_PATTERN = r"^[0-9a-f]{32}$"
 VERDICT_HELP = "; ".join(f"`{name}`: {meaning}" for name, meaning in VERDICTS.items())
 
 
@@ -40,13 +41,48 @@ class PredictionOut(BaseModel):
     top: list[TopItem] = Field(
         description="the top_k digits, most likely first (given that the image is a digit)"
     )
-    model: ModelRef
+    model: ModelRef = Field(description="the model version that produced this answer")
     processing_ms: float = Field(ge=0, description="server time from request to answer")
+    prediction_id: str | None = Field(
+        None,
+        pattern=PREDICTION_ID_PATTERN,
+        description="send it to POST /api/v1/feedback to correct this answer (absent when "
+        "the server keeps no answers: log_predictions off or no database)",
+    )
+    arm: Literal["production", "candidate"] | None = Field(
+        None, description="the A/B test arm that served this client, during an experiment"
+    )
     input_image: str | None = Field(
         None,
         description="the 28x28 image the model saw, as a PNG data URL "
         "(only with include_input=true)",
     )
+
+
+class FeedbackIn(BaseModel):
+    """A user's correction of one answer: the right digit, null for "not a digit", or
+    ``correct: true`` when the answer was right."""
+
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: str = Field(pattern=PREDICTION_ID_PATTERN, description="from the answer")
+    label: int | None = Field(
+        None, ge=0, le=9, description="the right digit; null: it is not a digit"
+    )
+    correct: Literal[True] | None = Field(None, description="true: the answer was right")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FeedbackIn:
+        if ("label" in self.model_fields_set) == (self.correct is not None):
+            raise ValueError("send either 'label' (a digit, or null) or 'correct': true")
+        return self
+
+
+class FeedbackOut(BaseModel):
+    prediction_id: str
+    label: int | None = Field(description="the right digit as stored; null: not a digit")
+    right: bool = Field(description="whether the answer served was right")
+    model: ModelRef
+    stored: list[str] = Field(description="what was stored with the correction")
 
 
 class PredictJSON(BaseModel):
@@ -82,6 +118,11 @@ class ModelCard(BaseModel):
     )
     calibration: dict[str, Any] | None = Field(
         description="temperature and MNIST test calibration error before and after"
+    )
+    feedback: dict[str, Any] | None = Field(
+        None,
+        description="for a model fine-tuned on users' corrections: the model it started "
+        "from, corrections used and held out, accuracy before and after",
     )
     backend: str = Field(description="inference engine: onnx or torch")
 

@@ -202,7 +202,7 @@ class WebTokens:
     """Short-lived signed tokens that let the web page predict without an API key.
 
     A token carries its expiry and is signed together with the client it was issued to,
-    so it only works from there. Where it is accepted is decided in ``deps.guard``.
+    so it only works from there. Where it is accepted is decided in ``access.guard``.
     """
 
     def __init__(self, secret: bytes | None = None, ttl: int = 600) -> None:

@@ -34,7 +34,7 @@ import uvicorn
 from digitrec.api.protocol import HttpLimits, LimitedProtocol, report_refusals
 from digitrec.config import Settings
 from digitrec.errors import AddressUnavailable, ServerFailed
-from digitrec.registry import Registry
+from digitrec.lifecycle import served_entry
 
 log = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN_S = 15
@@ -58,16 +58,16 @@ def export_settings(settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     from uvicorn.supervisors import Multiprocess
 
-    entry = Registry.from_settings(settings).resolve(settings.model)
+    entry = served_entry(settings)
     entry.verify()  # fail now, with the reason, rather than serve a broken model
     balanced = settings.workers > 1 and sys.platform.startswith("linux")
     # Bound before anything starts: a taken port is a one-line error, and port 0 becomes
     # the real port that every worker then uses.
     sock = listening_socket(settings.host, settings.port, reuse_port=balanced)
     port = sock.getsockname()[1]
-    log.info("serving %s on http://%s:%d", entry.ref, settings.host, port)
-    export_settings(settings)
-    os.environ["DIGITREC_MODEL"] = entry.ref
+    what = "pinned" if settings.model else "production, now"
+    log.info("serving %s %s on http://%s:%d", what, entry.ref, settings.host, port)
+    export_settings(settings)  # a pinned model stays pinned; else workers follow production
     limits = HttpLimits.from_settings(
         settings, max_connections=connections_that_fit(settings.max_connections)
     )
@@ -86,7 +86,7 @@ def serve(settings: Settings) -> None:
         timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type] # float s work
         server_header=False,
         date_header=True,
-        proxy_headers=False,  # X-Forwarded-For is read by api.deps.client_address alone
+        proxy_headers=False,  # X-Forwarded-For is read by api.access.client_address alone
         access_log=False,
         # A partial of a module-level class pickles, so it reaches every worker as it is.
         http=cast(Any, functools.partial(LimitedProtocol, limits=limits)),

@@ -1,25 +1,33 @@
-"""The recognition service behind the routes: the loaded model, decoder, batcher, guards.
+"""The recognition service behind the routes: models, decoder, answer log, guards.
 
-One ``Service`` lives on ``app.state.service``. It loads the model at start-up (in the
-lifespan, never at import) and keeps the reason when it cannot, so ``/readyz`` can say
-why and predictions answer 503 instead of a guess. Everything that holds threads or
-processes is created in ``start`` and released in ``stop``, so an app can be started
-again (a second lifespan, as tests do).
+One ``Service`` lives on ``app.state.service``. At start-up (in the lifespan, never at
+import) it opens the lifecycle database, loads the models it asks for (``ModelSet``:
+production, and a candidate during an A/B test) and keeps the reason when it cannot, so
+``/readyz`` can say why and predictions answer 503 instead of a guess. Each answer gets a
+``prediction_id`` and is written to the database in batches, off the request path
+(``PredictionLog``), so a user can correct it. Everything that holds threads, processes
+or connections is created in ``start`` and released in ``stop``, so an app can be
+started again (a second lifespan, as tests do).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import functools
 import logging
 import time
+from datetime import UTC, datetime
 
 from starlette.concurrency import run_in_threadpool
 
-from digitrec.api.batching import MicroBatcher
+from digitrec import feedback
 from digitrec.api.decoding import Decoder
-from digitrec.api.security import RateLimiter, WebTokens
+from digitrec.api.models import ModelSet, Routing
 from digitrec.config import Settings
-from digitrec.errors import DigitrecError, ModelNotReady
-from digitrec.keys import KeyStore
+from digitrec.db import Database
+from digitrec.errors import DigitrecError, ModelNotReady, NotFound, ServiceBusy
+from digitrec.feedback import Correction, PredictionLog, PredictionRecord
 from digitrec.predict import Prediction, Predictor
 
 log = logging.getLogger(__name__)
@@ -30,57 +38,135 @@ class Service:
         self, settings: Settings, predictor: Predictor | None = None, *, warm: bool = False
     ) -> None:
         self.settings = settings
-        self.predictor = predictor
+        self.given = predictor  # tests pass a loaded model; the server loads its own
         self.warm = warm  # start the sandbox processes at start-up (the real server does)
         self.load_error: str | None = None
-        self.batcher: MicroBatcher | None = None
+        self.db_error: str | None = None
         self.decoder = Decoder(settings)
-        self.keys = KeyStore(settings.keys_path)
-        self.api_limiter = RateLimiter(settings.api_rate_limit)
-        self.web_limiter = RateLimiter(settings.web_rate_limit)
-        secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else None
-        self.web_tokens = WebTokens(secret, ttl=settings.web_token_ttl_s)
+        self.db: Database | None = None
+        self.models: ModelSet | None = None
+        self.log: PredictionLog | None = None
 
     async def start(self) -> None:
         self.decoder.start()
         if self.warm:
             await run_in_threadpool(self.decoder.warm)
-        if self.predictor is None:
-            try:
-                self.predictor = await run_in_threadpool(Predictor.from_settings, self.settings)
-            except DigitrecError as exc:
-                self.load_error = exc.message
-                log.error("not serving predictions: %s", exc.message)
-                return
-        self.batcher = MicroBatcher(
-            self.predictor.predict_batch,
-            self.settings.batch_max_size,
-            self.settings.batch_max_wait_ms,
-        )
-        await self.batcher.start()
+        self.db = await run_in_threadpool(self._open_database)
+        if self.db is not None and self.settings.log_predictions:
+            self.log = PredictionLog.from_settings(self.db, self.settings)
+            self.log.start()
+        self.models = ModelSet(self.settings, self.db)
+        try:
+            await self.models.start(self.given)
+        except DigitrecError as exc:
+            self.load_error = exc.message
+            self.models = None
+            log.error("not serving predictions: %s", exc.message)
+
+    def _open_database(self) -> Database | None:
+        """The lifecycle database, migrated; None (and why) when it cannot be used:
+        predictions go on from the shipped or pinned model, corrections answer 503."""
+        db = Database.from_settings(self.settings)
+        try:
+            db.migrate()
+        except DigitrecError as exc:
+            self.db_error = exc.message
+            log.error("no corrections, aliases or A/B tests: %s", exc.message)
+            db.dispose()
+            return None
+        return db
 
     async def stop(self) -> None:
-        if self.batcher is not None:
-            await self.batcher.stop()
-            self.batcher = None
+        if self.models is not None:
+            await self.models.stop()
+            self.models = None
+        if self.log is not None:
+            await run_in_threadpool(self.log.stop)
+            self.log = None
+        if self.db is not None:
+            self.db.dispose()
+            self.db = None
         await run_in_threadpool(self.decoder.stop)
 
     @property
     def ready(self) -> bool:
-        return self.predictor is not None and self.batcher is not None
+        return self.models is not None and self.models.routing is not None
 
-    def require_predictor(self) -> tuple[Predictor, MicroBatcher]:
-        if self.predictor is None or self.batcher is None:
+    def routing(self) -> Routing:
+        if self.models is None or self.models.routing is None:
             reason = self.load_error or "the model is still loading"
             raise ModelNotReady(f"no model is being served: {reason}")
-        return self.predictor, self.batcher
+        return self.models.routing
 
-    async def predict(self, raw: bytes, top_k: int) -> Prediction:
+    @property
+    def predictor(self) -> Predictor:
+        """The production model (the model card, readiness)."""
+        return self.routing().production.predictor
+
+    async def predict(self, raw: bytes, top_k: int, client_id: str | None = None) -> Prediction:
         """Prepare the image off the event loop (a thread, or the sandbox for big or
-        unusual files), then share a forward pass with other requests."""
-        predictor, batcher = self.require_predictor()
+        unusual files), share a forward pass with other requests, log the answer."""
+        routing = self.routing()  # one snapshot: a switch mid-request changes nothing here
+        served, arm = routing.route(client_id)
         started = time.perf_counter()
-        with batcher.arriving():
-            prepared = await self.decoder.prepare(predictor, raw)
-        logits = await batcher.submit(prepared.tensor)
-        return predictor.answer(prepared, logits, top_k, started)
+        with served.using() as predictor:
+            with served.batcher.arriving():
+                prepared = await self.decoder.prepare(predictor, raw)
+            logits = await served.batcher.submit(prepared.tensor)
+            answer = predictor.answer(prepared, logits, top_k, started)
+        answer = dataclasses.replace(answer, arm=arm)
+        if self.log is None:
+            return answer  # no id: nothing is kept that a correction could refer to
+        answer = dataclasses.replace(answer, prediction_id=feedback.new_prediction_id())
+        experiment = routing.experiment.id if arm and routing.experiment else None
+        keep = self.settings.store_uploads and len(raw) <= self.settings.store_upload_max_bytes
+        self.log.add(_record(answer, experiment, client_id, raw if keep else None))
+        return answer
+
+    async def correct(
+        self, prediction_id: str, label: int | None, correct: bool | None
+    ) -> Correction:
+        """Store a user's correction of an answer (see ``feedback.record_feedback``)."""
+        if self.db is None:
+            raise ServiceBusy(
+                f"corrections cannot be stored now: {self.db_error or 'no database'}",
+                code="feedback_unavailable",
+            )
+        record = functools.partial(
+            feedback.record_feedback,
+            self.db,
+            prediction_id,
+            label,
+            correct,
+            window_s=self.settings.correction_window_s,
+        )
+        try:
+            return await run_in_threadpool(record)
+        except NotFound:
+            # The answer may still wait in a log's queue: this process's, or (with several
+            # workers) another's, which writes it within ``log_flush_s``.
+            if self.log is not None:
+                await run_in_threadpool(self.log.flush, self.settings.log_flush_s * 2)
+            await asyncio.sleep(self.settings.log_flush_s)
+            return await run_in_threadpool(record)
+
+
+def _record(
+    answer: Prediction, experiment_id: int | None, client_id: str | None, upload: bytes | None
+) -> PredictionRecord:
+    assert answer.prediction_id is not None
+    return PredictionRecord(
+        id=answer.prediction_id,
+        created_at=datetime.now(UTC),
+        model=f"{answer.model_name}:{answer.model_version}",
+        arm=answer.arm,
+        experiment_id=experiment_id,
+        client_hash=feedback.client_hash(client_id),
+        digit=answer.digit,
+        confidence=answer.confidence,
+        verdict=answer.verdict,
+        probabilities=list(answer.probabilities),
+        input=answer.image,
+        latency_ms=answer.processing_ms,
+        upload=upload,
+    )

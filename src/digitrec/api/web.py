@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -9,30 +10,42 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from digitrec.api.deps import web_token_for
+from digitrec.api.access import CLIENT_COOKIE, Access, is_cookie_id, web_token_for
 from digitrec.api.schemas import WebToken
-from digitrec.api.service import Service
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 STATIC_DIR = WEB_DIR / "static"
+CLIENT_COOKIE_MAX_AGE_S = 365 * 24 * 3600
 
 web = APIRouter(include_in_schema=False)
 
 
 @web.get("/")
-async def index() -> FileResponse:
-    return FileResponse(
+async def index(request: Request) -> FileResponse:
+    """The page; a first-time visitor gets an anonymous id in a first-party cookie, the
+    client id of A/B tests (``access.client_id``): the same browser, the same model."""
+    page = FileResponse(
         WEB_DIR / "index.html", media_type="text/html", headers={"cache-control": "no-cache"}
     )
+    if not is_cookie_id(request.cookies.get(CLIENT_COOKIE, "")):
+        page.set_cookie(
+            CLIENT_COOKIE,
+            secrets.token_hex(16),
+            max_age=CLIENT_COOKIE_MAX_AGE_S,
+            httponly=True,
+            samesite="lax",
+            secure=request.url.scheme == "https",
+        )
+    return page
 
 
 @web.get("/web/token", response_model=WebToken, include_in_schema=False)
 async def web_token(request: Request) -> dict[str, Any]:
     """A signed token the page sends as X-Web-Token, so visitors need no API key (see
     ``deps``: short-lived, for this client and the routes the page calls only)."""
-    service: Service = request.app.state.service
+    access: Access = request.app.state.access
     token = web_token_for(request)
-    return {"token": token, "expires_in": service.web_tokens.ttl}
+    return {"token": token, "expires_in": access.web_tokens.ttl}
 
 
 @web.get("/docs")

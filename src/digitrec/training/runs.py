@@ -2,6 +2,9 @@
 report and register. ``run_training`` is the entry point; it imports the rest of
 ``training/`` and nothing there imports it back.
 
+With ``with_feedback`` the run fine-tunes a registered model on users' corrections mixed
+into MNIST (``finetune.py``) and its manifest gains a ``feedback`` section.
+
 A run lives in its own folder (``<runs_dir>/<run id>/``): its resolved settings
 (``settings.json``), a checkpoint after every epoch, ``metrics.csv``, the report
 (confusion matrix, per-class metrics, plots) and finally a model version in the registry.
@@ -26,6 +29,7 @@ from digitrec.errors import DigitrecError
 from digitrec.registry import ModelEntry
 from digitrec.storage import atomic_write_json, remove_stale_temporaries
 from digitrec.training.calibrate import calibrate
+from digitrec.training.finetune import FeedbackRun
 from digitrec.training.loop import EpochHook, Evaluation, Trainer
 from digitrec.training.publish import register, write_report
 
@@ -63,14 +67,31 @@ def run_training(
         while run_dir.exists():
             time.sleep(1)
             run_dir = settings.runs_path / new_run_id()
+    feedback = None
+    if settings.with_feedback:  # before anything is written: a refusal leaves no run folder
+        feedback = FeedbackRun.prepare(settings, run_dir if resume else None)
+        settings = feedback.settings
+    if not resume:
         atomic_write_json(run_dir / SETTINGS_FILE, settings.training_dict())
-    trainer = Trainer(settings, run_dir, data=data, progress=progress, epoch_hook=epoch_hook)
+        if feedback is not None:
+            feedback.save(run_dir)
+    trainer = Trainer(
+        settings,
+        run_dir,
+        data=data,
+        progress=progress,
+        epoch_hook=epoch_hook,
+        finetune=feedback.finetune if feedback is not None else None,
+    )
     history = trainer.fit()
     selected_epoch = trainer.load_selected()
     test = trainer.evaluate_split(trainer.x_test, trainer.y_test)
     metrics = write_report(run_dir, test, trainer.data.test_images, history)
     trainer.sections = calibrate(trainer, run_dir, test.logits)
     atomic_write_json(run_dir / "rejection.json", trainer.sections)
+    if feedback is not None:
+        trainer.sections["feedback"] = feedback.section(trainer, test)
+        feedback.save(run_dir, trainer.sections["feedback"])
     chosen = history[selected_epoch - 1]
     metrics.update(
         selected_epoch=selected_epoch,

@@ -1,7 +1,8 @@
 // Neural Digit Recognizer, the page: a drawing pad, uploads, and the network's answer.
 //
 // The page holds no figures of its own: the answer comes from POST /api/v1/predict and
-// the model's name, version and test accuracy from GET /api/v1/model. Every API call
+// the model's name, version and test accuracy from GET /api/v1/model. A correction of an
+// answer goes to POST /api/v1/feedback with the answer's prediction_id. Every API call
 // carries the short-lived token from GET /web/token (header X-Web-Token), so the page
 // keeps working when the server requires API keys.
 
@@ -9,6 +10,7 @@ const ENDPOINTS = {
   token: "/web/token",
   model: "/api/v1/model",
   predict: "/api/v1/predict?include_input=true&top_k=3",
+  feedback: "/api/v1/feedback",
 };
 const DEBOUNCE_MS = 200; // live answer: this long after the pen last moved
 const PEN_WIDTH = 1 / 11; // stroke width as a share of the pad's side (MNIST-like strokes)
@@ -52,11 +54,16 @@ const ui = {
   modelName: $("model-name"),
   modelAccuracy: $("model-accuracy"),
   modelBackend: $("model-backend"),
+  feedback: $("feedback"),
+  feedbackYes: $("feedback-yes"),
+  feedbackStatus: $("feedback-status"),
+  feedbackButtons: document.querySelectorAll("#feedback button"),
 };
 
 const NBSP = "\u00a0";
 const PAD_EMPTY_TEXT = ui.padEmpty.textContent;
 const percent = (fraction, digits = 1) => `${(fraction * 100).toFixed(digits)}${NBSP}%`;
+const aDigit = (digit) => `${String(digit).startsWith("8") ? "an" : "a"} ${digit}`; // "an 8"
 
 // A probability as people read it: a model's answer is never certain, so it never reads
 // as certain, even when its probability rounds to 1 or to 0 in the server's floats.
@@ -170,6 +177,7 @@ function resetAnswer(text) {
   ui.seenImg.removeAttribute("src");
   ui.processing.textContent = "\u2014";
   say(text);
+  offerFeedback(null);
 }
 
 function showBlank() {
@@ -206,7 +214,8 @@ function showDigit(answer) {
   ui.digit.classList.remove("is-guess");
   ui.digit.classList.add("is-known");
   const sure = answer.confidence >= UNSURE_BELOW;
-  say(sure ? `It looks like a ${answer.digit}.` : `Hard to tell. Maybe a ${answer.digit}?`);
+  const guess = aDigit(answer.digit);
+  say(sure ? `It looks like ${guess}.` : `Hard to tell. Maybe ${guess}?`);
   ui.confidence.textContent = `Confidence ${chance(answer.confidence)}`;
   ui.confidence.hidden = false;
 }
@@ -236,6 +245,7 @@ function showAnswer(answer) {
     ui.seenImg.hidden = false;
   }
   ui.processing.textContent = `${answer.processing_ms.toFixed(1)} ms`;
+  offerFeedback(answer.prediction_id ?? null); // servers before corrections send none
   const known = ui.modelName.dataset.version;
   if (known && answer.model && answer.model.version !== known) loadModelCard(); // model swapped
   if (pen.id === null) {
@@ -280,6 +290,90 @@ async function ask(number, body, contentType) {
   } finally {
     if (number === sent) setBusy(false);
   }
+}
+
+// --- corrections: "Right? Yes" or "Wrong: tap the right digit" -------------------------
+
+let feedbackFor = null; // prediction_id of the answer on screen, while it can be corrected
+let feedbackSent = 0; // number of the newest correction sent; older replies are dropped
+
+function setFeedbackStatus(text, kind = "info") {
+  ui.feedbackStatus.textContent = text;
+  ui.feedbackStatus.dataset.kind = kind;
+}
+
+function markPressed(button) {
+  for (const other of ui.feedbackButtons) {
+    other.setAttribute("aria-pressed", String(other === button));
+  }
+}
+
+// Shows the control, fresh, for a new answer; hides it when there is none to correct.
+function offerFeedback(predictionId) {
+  feedbackFor = predictionId;
+  feedbackSent += 1;
+  markPressed(null);
+  setFeedbackStatus("");
+  ui.feedback.removeAttribute("aria-busy");
+  if (predictionId === null && ui.feedback.contains(document.activeElement)) {
+    ui.pad.focus(); // its button is about to disappear: keep the keyboard on the page
+  }
+  ui.feedback.hidden = predictionId === null;
+}
+
+function feedbackTrouble(error) {
+  if (error instanceof ApiError && error.code === "prediction_not_found") {
+    return "That answer has expired, so the correction was not saved. "
+      + "Draw or upload the digit again to correct it.";
+  }
+  return `The correction was not saved. ${friendly(error)}`;
+}
+
+// Sends the correction that ``button`` stands for; a second one replaces the first.
+async function sendFeedback(button) {
+  if (feedbackFor === null) return;
+  const predictionId = feedbackFor;
+  feedbackSent += 1;
+  const number = feedbackSent;
+  const label = button.dataset.label;
+  const body = { prediction_id: predictionId };
+  if (button === ui.feedbackYes) body.correct = true;
+  else body.label = label === "none" ? null : Number(label);
+  ui.feedback.setAttribute("aria-busy", "true");
+  try {
+    const reply = await callApi(ENDPOINTS.feedback, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    if (number !== feedbackSent) return; // a newer answer or correction took its place
+    markPressed(button);
+    const saved = "label" in reply ? reply.label : body.label; // "Yes" saves the answer's digit
+    const as = saved === null || saved === undefined ? "not a digit" : aDigit(saved);
+    setFeedbackStatus(`Thanks \u2014 saved as ${as}.`);
+  } catch (error) {
+    if (number !== feedbackSent) return;
+    setFeedbackStatus(feedbackTrouble(error), "error");
+  } finally {
+    if (number === feedbackSent) ui.feedback.removeAttribute("aria-busy");
+  }
+}
+
+// With the keyboard in the control, typing a digit sends it.
+function onFeedbackKey(event) {
+  if (event.ctrlKey || event.metaKey || event.altKey || !/^[0-9]$/.test(event.key)) return;
+  const button = ui.feedback.querySelector(`button[data-label="${event.key}"]`);
+  if (!button) return;
+  event.preventDefault();
+  button.focus();
+  sendFeedback(button);
+}
+
+function wireFeedback() {
+  for (const button of ui.feedbackButtons) {
+    button.addEventListener("click", () => sendFeedback(button));
+  }
+  ui.feedback.addEventListener("keydown", onFeedbackKey);
 }
 
 // --- the drawing pad -------------------------------------------------------------------
@@ -607,6 +701,7 @@ function start() {
   ui.clear.addEventListener("click", clearPad);
   document.addEventListener("keydown", onKey);
   wireUploads();
+  wireFeedback();
   const observer = new ResizeObserver(fitCanvas);
   try {
     observer.observe(ui.canvas, { box: "device-pixel-content-box" });
