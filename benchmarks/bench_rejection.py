@@ -25,7 +25,7 @@ import numpy as np
 from common import INPUTS, canvas_png, machine_info, save_results, summarize
 from digitrec import negatives
 from digitrec.config import Settings
-from digitrec.evaluate import Evaluator, model_outputs, redrawn_sets
+from digitrec.evaluate import Evaluator, model_outputs, redrawn_sets, served_input
 from digitrec.predict import Predictor
 from digitrec.preprocess import preprocess_bytes
 from digitrec.registry import BUNDLED_ROOT, Registry
@@ -45,7 +45,14 @@ def validation_rule(evaluator: Evaluator, method: str, n_redrawn: int) -> Reject
     _, val_idx = split_indices(len(mnist.train_images), s.val_size, s.split_seed)
     images, labels = mnist.train_images[val_idx], mnist.train_labels[val_idx]
     val = model_outputs(predictor, images)
-    sets = redrawn_sets(images, labels, n_redrawn, predictor.spec, negatives.SEEDS["validation"])
+    sets = redrawn_sets(
+        images,
+        labels,
+        n_redrawn,
+        predictor.spec,
+        negatives.SEEDS["validation"],
+        lambda raw: served_input(predictor, raw),
+    )
     real = model_outputs(predictor, np.concatenate([kept for kept, _, _ in sets.values()]))
     score = SCORES[method]
     return choose_thresholds(method, score(val), score(real), predictor.rejection.temperature)

@@ -18,6 +18,7 @@ Three suites, each a function of an ``Evaluator`` (a loaded model and MNIST):
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,13 @@ from digitrec.config import Settings
 from digitrec.data import Mnist, load_fashion_mnist_test, load_mnist
 from digitrec.errors import DigitrecError
 from digitrec.predict import Predictor
-from digitrec.preprocess import PreprocessSpec, normalize, preprocess_bytes, to_png
+from digitrec.preprocess import (
+    Preprocessed,
+    PreprocessSpec,
+    normalize,
+    preprocess_bytes,
+    to_png,
+)
 from digitrec.realistic import realistic_set
 from digitrec.rejection import (
     DIGIT_CLASSES,
@@ -55,16 +62,27 @@ def model_outputs(predictor: Predictor, images: np.ndarray, batch: int = 1000) -
     return np.concatenate(out)
 
 
+Prepare = Callable[[bytes], Preprocessed]  # image file bytes -> model input
+
+
 def redrawn_sets(
-    images: np.ndarray, labels: np.ndarray, n: int, spec: PreprocessSpec, seed: int = 0
+    images: np.ndarray,
+    labels: np.ndarray,
+    n: int,
+    spec: PreprocessSpec,
+    seed: int = 0,
+    prepare: Prepare | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
     """The first ``n`` digits redrawn in every realistic variant and prepared by the
-    serving path: per variant, the 28x28 images, their labels, and how many were refused."""
+    serving path (``prepare``: a served model's ``open`` and ``prepare`` stages; by
+    default the same functions with ``spec``): per variant, the 28x28 images, their
+    labels, and how many were refused."""
+    prepare = prepare or (lambda raw: preprocess_bytes(raw, spec))
     out: dict[str, tuple[list[np.ndarray], list[int], int]] = {}
     for variant, label, raw in realistic_set(images, labels, n, seed):
         kept, kept_labels, refused = out.setdefault(variant, ([], [], 0))
         try:
-            kept.append(preprocess_bytes(raw, spec).image)
+            kept.append(prepare(raw).image)
             kept_labels.append(label)
         except DigitrecError:
             out[variant] = (kept, kept_labels, refused + 1)
@@ -75,16 +93,22 @@ def redrawn_sets(
     }
 
 
-def uploaded(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+def uploaded(images: np.ndarray, predictor: Predictor) -> np.ndarray:
     """28x28 images as the serving path prepares them when uploaded as PNG files (the
     ones it refuses as blank are left out: they get a 422, not a verdict)."""
     kept = []
     for image in images:
         try:
-            kept.append(preprocess_bytes(to_png(image), spec).image)
+            kept.append(served_input(predictor, to_png(image)).image)
         except DigitrecError:
             continue
-    return np.stack(kept) if kept else np.zeros((0, spec.size, spec.size), np.uint8)
+    size = predictor.spec.size
+    return np.stack(kept) if kept else np.zeros((0, size, size), np.uint8)
+
+
+def served_input(predictor: Predictor, raw: bytes) -> Preprocessed:
+    """A file as the server prepares it for this model: its ``open`` and ``prepare``."""
+    return predictor.prepare(predictor.open(raw))
 
 
 class Evaluator:
@@ -145,7 +169,12 @@ class Evaluator:
         """Per variant: outputs of the images served, their labels, and how many were
         refused (blank) and so never answered."""
         sets = redrawn_sets(
-            self.mnist.test_images, self.mnist.test_labels, limit, self.predictor.spec, seed
+            self.mnist.test_images,
+            self.mnist.test_labels,
+            limit,
+            self.predictor.spec,
+            seed,
+            lambda raw: served_input(self.predictor, raw),
         )
         return {
             name: (model_outputs(self.predictor, images), labels, refused)
@@ -179,7 +208,7 @@ class Evaluator:
         fashion = load_fashion_mnist_test(self.settings)
         return {
             "fashion_mnist": fashion,
-            "fashion_mnist_uploaded": uploaded(fashion[:n], spec),
+            "fashion_mnist_uploaded": uploaded(fashion[:n], self.predictor),
             "unseen_fonts": negatives.glyphs(n, fonts, seed, spec),
             "unseen_scribbles": negatives.scribbles(n, seed, spec),
             "several_digits": negatives.several(n, self.mnist.test_images, seed, spec),

@@ -35,7 +35,7 @@ from torch import nn
 from digitrec.config import Settings
 from digitrec.errors import InvalidRequest
 from digitrec.predict import load_torch_model
-from digitrec.registry import ModelEntry, Registry
+from digitrec.registry import ModelEntry
 from digitrec.rejection import DIGIT_CLASSES, NOT_A_DIGIT, Rejection
 from digitrec.storage import atomic_write_json
 from digitrec.training.loop import Evaluation, FineTune, Trainer, evaluate
@@ -65,20 +65,9 @@ def held_out(ids: Sequence[str], share: float) -> np.ndarray:
 
 def start_entry(settings: Settings) -> ModelEntry:
     """The model to fine-tune: ``from_version``, else the production one."""
-    from digitrec.db import Database
-    from digitrec.lifecycle import database_exists, production_entry
+    from digitrec.lifecycle import served_entry
 
-    registry = Registry.from_settings(settings)
-    if settings.from_version:
-        return registry.resolve(settings.from_version)
-    if not database_exists(settings):  # nothing was ever promoted
-        return production_entry(registry, None)
-    db = Database.from_settings(settings)
-    try:
-        db.migrate()
-        return production_entry(registry, db)
-    finally:
-        db.dispose()
+    return served_entry(settings.model_copy(update={"model": settings.from_version}))
 
 
 def stored_corrections(settings: Settings) -> tuple[np.ndarray, np.ndarray, list[str]]:
