@@ -776,3 +776,152 @@ def test_feedback_on_a_phone(
     assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), (
         "the correction keys make a 320 px phone scroll sideways"
     )
+
+
+# --- i. the dashboard: the figures /api/v1/stats reports, at desktop and phone sizes ----
+
+STATS_URL = "/api/v1/stats"
+
+
+def _http(url: str, data: bytes | None = None, content_type: str = "") -> Any:
+    import urllib.request
+
+    headers = {"content-type": content_type} if content_type else {}
+    request = urllib.request.Request(url, data=data, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _send_traffic(server: LiveServer) -> list[dict[str, Any]]:
+    """Real answers and corrections through the real server; returns the answers."""
+    answers = []
+    for name in ("canvas_dark_2.png", "canvas_transparent_7.png", "photo_paper_3.jpg"):
+        raw = (GOLDEN / name).read_bytes()
+        kind = "image/jpeg" if name.endswith(".jpg") else "image/png"
+        answers.append(_http(f"{server.url}/api/v1/predict", raw, kind))
+    wrong = {"prediction_id": answers[0]["prediction_id"], "label": 5}
+    right = {"prediction_id": answers[1]["prediction_id"], "correct": True}
+    for body in (wrong, right):
+        _http(f"{server.url}/api/v1/feedback", json.dumps(body).encode(), "application/json")
+    return answers
+
+
+def _open_dashboard(browser: Any, server: LiveServer, **context: Any) -> Tab:
+    page = browser.new_context(**{**DESKTOP, **context}).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.add_init_script(REPORT_CSP)
+    tab = Tab(page)
+    page.goto(f"{server.url}/dashboard")
+    page.locator("#main[aria-busy=false]").wait_for()
+    return tab
+
+
+def _stats_settled(server: LiveServer, at_least: int) -> dict[str, Any]:
+    """The stats once the server's log has written ``at_least`` answers (and the cache
+    has caught up with them)."""
+    deadline = time.monotonic() + 20
+    while True:
+        stats = _http(f"{server.url}{STATS_URL}")
+        if stats["traffic"]["predictions"] >= at_least and stats["corrections"]:
+            return stats
+        assert time.monotonic() < deadline, stats["traffic"]
+        time.sleep(0.5)
+
+
+def _expect_figures(tab: Tab, stats: dict[str, Any]) -> None:
+    from playwright.sync_api import expect
+
+    page = tab.page
+    page.locator(f"#main[data-generated-at='{stats['generated_at']}']").wait_for()
+    expect(page.locator("#traffic-count")).to_have_text(f"{stats['traffic']['predictions']:,}")
+    expect(page.locator("#draws-count")).to_have_text(f"{stats['draws']['predictions']:,}")
+    shown = page.locator("#digit-counts li .v").all_inner_texts()
+    assert shown == [f"{n:,}" for n in stats["draws"]["by_digit"]]
+    expect(page.locator("#corrections li")).to_have_count(len(stats["corrections"]))
+    first = stats["corrections"][0]
+    shot = page.locator(f"#corrections li[data-id='{first['prediction_id']}']")
+    expect(shot.locator("img")).to_have_attribute("src", first["image"])
+    for row in stats["models"]["online"]:
+        item = page.locator(f"#online li[data-model='{row['model']}']")
+        expect(item).to_have_attribute("data-corrections", str(row["corrections"]))
+    production = stats["models"]["production"]
+    expect(page.locator("#arms")).to_contain_text(production)
+    versions = page.locator("#training article.version")
+    expect(versions).to_have_count(len(stats["training"]))
+    newest = stats["training"][-1]
+    accuracy = f"{newest['test_accuracy'] * 100:.2f}\u00a0%"
+    expect(versions.first.locator(".test-accuracy")).to_have_text(accuracy)
+    expect(versions.first.locator(".hm-cell")).to_have_count(100)
+    for chart in ("#chart-traffic", "#chart-digits", "#chart-confidence"):
+        expect(page.locator(f"{chart} canvas")).to_have_count(1)
+    expect(page.locator("#empty")).to_be_hidden()
+
+
+def test_dashboard_shows_what_the_stats_report(
+    browser: Any, live_server: LiveServer, artifacts: Path
+) -> None:
+    require_chromium()
+    _send_traffic(live_server)
+    before = _http(f"{live_server.url}{STATS_URL}")  # may be a few seconds old
+    stats = _stats_settled(live_server, at_least=3)
+    assert stats["traffic"]["predictions"] >= before["traffic"]["predictions"]
+    tabs = []
+    for name, context in (
+        ("dashboard", DESKTOP),
+        ("dashboard-phone", PHONE),
+        ("dashboard-dark", {**DESKTOP, "color_scheme": "dark"}),
+    ):
+        tab = _open_dashboard(browser, live_server, **context)
+        tabs.append(tab)
+        stats = _http(f"{live_server.url}{STATS_URL}")  # nothing else is sending now
+        tab.page.reload()
+        _expect_figures(tab, stats)
+        width = tab.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= context["viewport"]["width"], f"{name}: {width} px wide"
+        tab.page.screenshot(path=artifacts / f"{name}.png", full_page=True)
+    problems = [p for tab in tabs for p in tab.problems]
+    for tab in tabs:
+        tab.page.context.close()
+    assert not problems, problems
+
+
+def test_dashboard_pauses_while_hidden(browser: Any, live_server: LiveServer) -> None:
+    require_chromium()
+    tab = _open_dashboard(browser, live_server)
+    page = tab.page
+    asked: list[float] = []
+    page.on("request", lambda r: asked.append(time.monotonic()) if STATS_URL in r.url else None)
+    page.evaluate(
+        "Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => "
+        "'hidden'}); document.dispatchEvent(new Event('visibilitychange'));"
+    )
+    page.wait_for_timeout(6500)  # longer than one refresh period
+    assert asked == []
+    page.evaluate(
+        "Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => "
+        "'visible'}); document.dispatchEvent(new Event('visibilitychange'));"
+    )
+    tab.wait_until(lambda: len(asked) == 1)  # at once, not after a period
+    page.context.close()
+    assert not tab.problems, tab.problems
+
+
+def test_dashboard_of_an_empty_installation(browser: Any, tmp_path: Path, artifacts: Path) -> None:
+    from playwright.sync_api import expect
+
+    require_chromium()
+    server = LiveServer(tmp_path / "empty")
+    try:
+        server.wait_ready()
+        tab = _open_dashboard(browser, server, **PHONE)
+        page = tab.page
+        expect(page.locator("#empty")).to_be_visible()
+        expect(page.locator("#traffic-count")).to_have_text("0")
+        expect(page.locator("#corrections-empty")).to_be_visible()
+        expect(page.locator("#online-empty")).to_be_visible()
+        expect(page.locator("#status")).to_contain_text("Updated")
+        page.screenshot(path=artifacts / "dashboard-empty-phone.png", full_page=True)
+        page.context.close()
+        assert not tab.problems, tab.problems
+    finally:
+        server.stop()

@@ -100,7 +100,8 @@ def test_web_token_is_bound_to_the_page_the_route_and_the_client(
     token = client.get("/web/token", headers=BROWSER).json()["token"]
     web = {"X-Web-Token": token, **BROWSER}
     assert client.get("/api/v1/model", headers=web).status_code == 200  # the page's card
-    assert {"/api/v1/predict", "/api/v1/model", "/api/v1/feedback"} == WEB_TOKEN_PATHS
+    pages = {"/api/v1/predict", "/api/v1/model", "/api/v1/feedback", "/api/v1/stats"}
+    assert pages == WEB_TOKEN_PATHS
     assert client.get("/openapi.json", headers=web).status_code == 200  # public anyway
     assert post(client, {"X-Web-Token": token}).status_code == 401  # not from a plain script
     cross = {"X-Web-Token": token, "Sec-Fetch-Site": "cross-site"}

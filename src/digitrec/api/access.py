@@ -26,9 +26,11 @@ from digitrec.errors import Forbidden, Unauthorized, ValidationFailed
 from digitrec.keys import KeyStore
 
 WEB_TOKEN_HEADER = "x-web-token"  # noqa: S105 - a header name, not a secret
-# What a web-page token may call: what the page itself calls (reading a digit, and the
-# model card it shows); nothing else of the API.
-WEB_TOKEN_PATHS = frozenset({"/api/v1/predict", "/api/v1/model", "/api/v1/feedback"})
+# What a web-page token may call: what the pages themselves call (reading a digit, the
+# model card, corrections, the dashboard's figures); nothing else of the API.
+WEB_TOKEN_PATHS = frozenset(
+    {"/api/v1/predict", "/api/v1/model", "/api/v1/feedback", "/api/v1/stats"}
+)
 IPV6_CLIENT_PREFIX = 64  # an IPv6 client is its /64: hosts get whole /64s
 CLIENT_ID_HEADER = "x-client-id"
 CLIENT_COOKIE = "digitrec_client"  # first-party, anonymous: a web visitor's A/B client id

@@ -19,8 +19,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digitrec import __version__
+from digitrec.api import metrics
 from digitrec.api.access import Access
-from digitrec.api.routes import api, health
+from digitrec.api.routes import api, health, monitoring
 from digitrec.api.security import (
     INTERNAL_ERROR_MESSAGE,
     BodyLimitMiddleware,
@@ -28,6 +29,7 @@ from digitrec.api.security import (
     UnexpectedErrorMiddleware,
 )
 from digitrec.api.service import Service
+from digitrec.api.stats import stats
 from digitrec.api.web import mount_static, web
 from digitrec.config import Settings
 from digitrec.errors import DigitrecError, RateLimited
@@ -97,6 +99,7 @@ def create_app(
         await service.start()
         yield
         await service.stop()
+        metrics.process_stopped()
 
     app = FastAPI(
         title="Neural Digit Recognizer",
@@ -110,7 +113,9 @@ def create_app(
     app.state.service = service
     app.state.access = Access(settings)
     app.include_router(api)
+    app.include_router(stats)
     app.include_router(health)
+    app.include_router(monitoring)
     app.include_router(web)
     mount_static(app)
     app.add_exception_handler(DigitrecError, _digitrec_error)
@@ -130,6 +135,8 @@ def create_app(
     # Room for base64 (4/3) and multipart headers; the image itself is checked exactly later.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes * 4 // 3 + 65536)
     app.add_middleware(SecurityHeadersMiddleware)
+    # Outermost: counts and times every answer, those the middlewares above give too.
+    app.add_middleware(metrics.MetricsMiddleware)
     return app
 
 

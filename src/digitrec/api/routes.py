@@ -1,13 +1,17 @@
-"""The REST API: /api/v1/predict, /api/v1/feedback, /api/v1/model, /healthz, /readyz."""
+"""The REST API: /api/v1/predict, /api/v1/feedback, /api/v1/model, /healthz, /readyz,
+and /metrics for Prometheus."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
+from digitrec.api import metrics
 from digitrec.api.access import client_id, guard
 from digitrec.api.deps import CallerDep, ServiceDep
 from digitrec.api.inputs import read_image
@@ -23,6 +27,7 @@ from digitrec.api.schemas import (
 )
 from digitrec.card import summary
 from digitrec.config import TOP_K_MAX
+from digitrec.errors import ModelNotReady
 from digitrec.preprocess import FORMAT_LIST, to_png
 
 
@@ -97,6 +102,7 @@ async def predict(
     raw, body_top_k = await read_image(request, service.settings.max_upload_bytes)
     k = top_k or body_top_k or service.settings.top_k
     prediction = await service.predict(raw, k, client)
+    metrics.answered_by(request, prediction.model_version)
     out = prediction.to_dict()
     if include_input:
         png = base64.b64encode(to_png(prediction.image)).decode()
@@ -110,7 +116,7 @@ async def predict(
     summary="Correct an answer (or confirm it)",
     responses=_errors(400, 404, 422, 503),
 )
-async def send_feedback(body: FeedbackIn, service: ServiceDep) -> dict[str, Any]:
+async def send_feedback(request: Request, body: FeedbackIn, service: ServiceDep) -> dict[str, Any]:
     """Store a correction with the answer it corrects: the 28x28 image the model saw, the
     answer and its probabilities, the model version, the A/B arm, the time and a hash of
     the client id (the original upload only where the operator turned that on). A second
@@ -118,6 +124,7 @@ async def send_feedback(body: FeedbackIn, service: ServiceDep) -> dict[str, Any]
     label = body.label if body.correct is None else None
     stored = await service.correct(body.prediction_id, label, body.correct)
     name, _, version = stored.model.partition(":")
+    metrics.answered_by(request, version)
     return {
         "prediction_id": stored.prediction_id,
         "label": stored.label,
@@ -133,6 +140,21 @@ async def send_feedback(body: FeedbackIn, service: ServiceDep) -> dict[str, Any]
 async def model_card(service: ServiceDep) -> dict[str, Any]:
     predictor = service.predictor
     return {**summary(predictor.entry), "backend": predictor.backend.name}
+
+
+# Not in the OpenAPI document (plain text for Prometheus, not the JSON API); protected and
+# rate-limited like the API: give the scraper a key of its own when keys are on.
+monitoring = APIRouter(include_in_schema=False, dependencies=[Depends(guard)])
+
+
+@monitoring.get("/metrics")
+async def prometheus_metrics(service: ServiceDep) -> Response:
+    """Every worker's metrics in the Prometheus text format (see ``api.metrics``)."""
+    with contextlib.suppress(ModelNotReady):
+        service.routing()  # publishes the models now served, should they have just changed
+    metrics.refresh_memory(force=True)
+    body = await run_in_threadpool(metrics.exposition)  # reads every worker's files
+    return Response(body, media_type=metrics.CONTENT_TYPE)
 
 
 health = APIRouter(tags=["health"])

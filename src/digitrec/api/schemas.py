@@ -149,3 +149,121 @@ class Ready(BaseModel):
 class WebToken(BaseModel):
     token: str
     expires_in: int = Field(description="seconds")
+
+
+# --- GET /api/v1/stats: what the dashboard shows ---------------------------------------
+
+
+class TrafficMinute(BaseModel):
+    minute: str = Field(description="start of the minute, UTC, ISO 8601")
+    predictions: int = Field(ge=0, description="answers logged in this minute")
+    latency_p50_ms: float | None = Field(description="median server time; null: no answers")
+    latency_p95_ms: float | None
+
+
+class Traffic(BaseModel):
+    window_s: int = Field(description="the window: the last hour")
+    predictions: int = Field(ge=0, description="answers logged in the window")
+    per_second: float = Field(ge=0, description="answers per second over the window")
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_sample: int = Field(
+        ge=0, description="newest answers the latency percentiles were computed from (capped)"
+    )
+    minutes: list[TrafficMinute] = Field(
+        description="one bucket per minute, oldest first, empty minutes included. Refused "
+        "requests are not logged: their rate is in /metrics"
+    )
+
+
+class Draws(BaseModel):
+    window_s: int = Field(description="the window: the last 24 hours")
+    predictions: int = Field(ge=0)
+    by_digit: list[int] = Field(description="answers per best-guess digit, 0 to 9")
+    by_verdict: dict[str, int] = Field(description="answers per verdict (digit, not_a_digit, ...)")
+    flagged_share: float | None = Field(
+        description="share of answers whose verdict is not `digit`; null: no answers"
+    )
+    confidence_edges: list[float] = Field(description="11 bin edges from 0 to 1")
+    confidence_counts: list[int] = Field(description="answers per confidence bin (10 bins)")
+
+
+class OnlineAccuracy(BaseModel):
+    model: str = Field(description="NAME:VERSION")
+    arm: str | None = Field(None, description="the A/B arm, in an experiment's figures")
+    requests: int | None = Field(None, description="answers served (experiment arms only)")
+    corrections: int = Field(ge=0, description="answers people corrected or confirmed")
+    right: int = Field(ge=0, description="of them, answers that were right")
+    accuracy: float | None = Field(description="right / corrections; null: no corrections")
+    accuracy_low: float | None = Field(description="Wilson 95 % interval")
+    accuracy_high: float | None
+
+
+class ExperimentStats(BaseModel):
+    id: int
+    running: bool
+    production: str
+    candidate: str
+    share: float = Field(description="share of clients on the candidate arm")
+    started_at: str
+    verdict: str = Field(description="better | worse | not_enough_data (digitrec.abstats)")
+    message: str
+    needed_corrections: int | None
+    arms: list[OnlineAccuracy]
+
+
+class ModelsStats(BaseModel):
+    production: str | None = Field(description="the model serving production, NAME:VERSION")
+    candidate: str | None = Field(description="the model on the candidate arm, if any")
+    online: list[OnlineAccuracy] = Field(description="per model, accuracy from corrections")
+    experiment: ExperimentStats | None = Field(description="the running or latest A/B test")
+
+
+class CorrectionItem(BaseModel):
+    prediction_id: str
+    corrected_at: str
+    model: str
+    digit: int = Field(description="what the model said")
+    verdict: str
+    confidence: float
+    label: int | None = Field(description="what the person said; null: not a digit")
+    right: bool = Field(description="the model's answer was right")
+    image: str = Field(description="the 28x28 input the model saw, a PNG data URL")
+
+
+class ClassMetrics(BaseModel):
+    digit: int
+    precision: float
+    recall: float
+
+
+class Curves(BaseModel):
+    epoch: list[int]
+    train_loss: list[float | None]
+    val_loss: list[float | None]
+    train_accuracy: list[float | None]
+    val_accuracy: list[float | None]
+
+
+class TrainingStats(BaseModel):
+    ref: str = Field(description="NAME:VERSION")
+    created_at: str
+    dry_run: bool
+    bundled: bool = Field(description="ships with digitrec")
+    test_accuracy: float | None
+    test_size: int | None
+    ece: float | None = Field(description="expected calibration error on the test set")
+    confusion_matrix: list[list[int]] | None = Field(description="rows: true digit; columns: said")
+    per_class: list[ClassMetrics]
+    curves: Curves | None = Field(description="from the run folder's metrics.csv, if it exists")
+
+
+class Stats(BaseModel):
+    generated_at: str = Field(description="when these figures were computed, UTC")
+    cache_s: float = Field(description="figures are reused for this long")
+    database: bool = Field(description="false: no lifecycle database, so no live figures")
+    traffic: Traffic
+    draws: Draws
+    models: ModelsStats
+    corrections: list[CorrectionItem] = Field(description="the newest corrections, newest first")
+    training: list[TrainingStats] = Field(description="every registered version, oldest first")

@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import uvicorn
 
+from digitrec.api.metrics import multiprocess_folder
 from digitrec.api.protocol import HttpLimits, LimitedProtocol, report_refusals
 from digitrec.config import Settings
 from digitrec.errors import AddressUnavailable, ServerFailed
@@ -93,7 +94,8 @@ def serve(settings: Settings) -> None:
         ws="none",  # no WebSocket routes: an Upgrade request is served as plain HTTP
         log_level="info",
     )
-    with sock:
+    # With several workers, their metrics go to a private folder made before they start.
+    with sock, multiprocess_folder(settings.workers):
         if settings.workers == 1:
             server = _Server(config)
             server.run(sockets=[sock])

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from starlette.concurrency import run_in_threadpool
 
 from digitrec import feedback
+from digitrec.api import metrics
 from digitrec.api.decoding import Decoder
 from digitrec.api.models import ModelSet, Routing
 from digitrec.config import Settings
@@ -46,6 +47,7 @@ class Service:
         self.db: Database | None = None
         self.models: ModelSet | None = None
         self.log: PredictionLog | None = None
+        self.published: Routing | None = None  # the routing the metrics last reported
 
     async def start(self) -> None:
         self.decoder.start()
@@ -96,7 +98,15 @@ class Service:
         if self.models is None or self.models.routing is None:
             reason = self.load_error or "the model is still loading"
             raise ModelNotReady(f"no model is being served: {reason}")
-        return self.models.routing
+        routing = self.models.routing
+        if routing is not self.published:  # it changed: a promotion, an A/B test
+            self.published = routing
+            candidate = routing.candidate.predictor if routing.candidate else None
+            metrics.serving(
+                (routing.production.predictor.name, routing.production.predictor.version),
+                (candidate.name, candidate.version) if candidate else None,
+            )
+        return routing
 
     @property
     def predictor(self) -> Predictor:
@@ -112,8 +122,11 @@ class Service:
         with served.using() as predictor:
             with served.batcher.arriving():
                 prepared = await self.decoder.prepare(predictor, raw)
+            prepared_at = time.perf_counter()
             logits = await served.batcher.submit(prepared.tensor)
+            inferred_at = time.perf_counter()
             answer = predictor.answer(prepared, logits, top_k, started)
+        metrics.record_prediction(answer, prepared_at - started, inferred_at - prepared_at)
         answer = dataclasses.replace(answer, arm=arm)
         if self.log is None:
             return answer  # no id: nothing is kept that a correction could refer to
@@ -141,14 +154,16 @@ class Service:
             window_s=self.settings.correction_window_s,
         )
         try:
-            return await run_in_threadpool(record)
+            stored = await run_in_threadpool(record)
         except NotFound:
             # The answer may still wait in a log's queue: this process's, or (with several
             # workers) another's, which writes it within ``log_flush_s``.
             if self.log is not None:
                 await run_in_threadpool(self.log.flush, self.settings.log_flush_s * 2)
             await asyncio.sleep(self.settings.log_flush_s)
-            return await run_in_threadpool(record)
+            stored = await run_in_threadpool(record)
+        metrics.record_correction(stored.model.partition(":")[2], stored.right)
+        return stored
 
 
 def _record(

@@ -1,4 +1,4 @@
-"""The web page, its static files, its API token, and offline API docs at /docs."""
+"""The web page and the dashboard, their static files, the page token, and API docs at /docs."""
 
 from __future__ import annotations
 
@@ -37,6 +37,14 @@ async def index(request: Request) -> FileResponse:
             secure=request.url.scheme == "https",
         )
     return page
+
+
+@web.get("/dashboard")
+async def dashboard() -> FileResponse:
+    """The dashboard: its figures come from GET /api/v1/stats (see ``api.stats``)."""
+    return FileResponse(
+        WEB_DIR / "dashboard.html", media_type="text/html", headers={"cache-control": "no-cache"}
+    )
 
 
 @web.get("/web/token", response_model=WebToken, include_in_schema=False)
