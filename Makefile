@@ -40,7 +40,7 @@ train: $(VENV)/.dev  ## train the default recipe (about 9 minutes on 2 cores)
 evaluate: $(VENV)/.dev  ## measure the newest model: MNIST test, redrawn digits, non-digits
 	$(BIN)/digitrec evaluate
 
-bench: $(VENV)/.dev  ## inference, preprocessing, HTTP and not-a-digit benchmarks -> benchmarks/results/
+bench: $(VENV)/.dev  ## inference, HTTP, not-a-digit and prediction-log benchmarks -> benchmarks/results/
 	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_http.py
 	$(BIN)/python benchmarks/bench_rejection.py
