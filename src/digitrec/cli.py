@@ -626,15 +626,17 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ab(args: argparse.Namespace, settings: Settings) -> int:
-    from digitrec.cli_lifecycle import cmd_ab
+    from digitrec.cli_lifecycle import ab
 
-    return cmd_ab(args, settings)
+    print(ab(args, settings))
+    return 0
 
 
 def cmd_feedback(args: argparse.Namespace, settings: Settings) -> int:
-    from digitrec.cli_lifecycle import cmd_feedback
+    from digitrec.cli_lifecycle import feedback_text
 
-    return cmd_feedback(args, settings)
+    print(feedback_text(args, settings))
+    return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {

@@ -1,5 +1,6 @@
-"""Commands of the model lifecycle: `models promote | rollback`, `ab start | status |
-stop` and `feedback list | export` (the parsers are built in cli.py).
+"""The model-lifecycle commands: `models promote | rollback`, `ab start | status | stop`
+and `feedback list | export`. Each returns the text to show; cli.py builds the parsers
+and prints it.
 
 They change or read the lifecycle database (``Settings.database``); a running server
 follows what they change within ``model_poll_s`` seconds (api/models.py).
@@ -61,7 +62,8 @@ def rollback(settings: Settings) -> str:
     return f"production -> {now} (was {change.previous})"
 
 
-def cmd_ab(args: argparse.Namespace, settings: Settings) -> int:
+def ab(args: argparse.Namespace, settings: Settings) -> str:
+    """`digitrec ab start | stop | status`: what to print."""
     registry = Registry.from_settings(settings)
     with database(settings) as db:
         if args.ab_command == "start":
@@ -70,24 +72,20 @@ def cmd_ab(args: argparse.Namespace, settings: Settings) -> int:
             if candidate.ref == production.ref:
                 raise InvalidRequest(f"{candidate.ref} is already production: nothing to compare")
             exp = experiments.start(db, candidate.ref, production.ref, args.share)
-            print(
+            return (
                 f"A/B test {exp.id}: {exp.candidate} for {exp.share:.0%} of clients, "
                 f"{exp.production} for the rest"
             )
-            return 0
         if args.ab_command == "stop":
             exp = experiments.stop(db, promote=args.promote)
             if args.promote:
                 aliases.promote(db, exp.candidate, action="ab_promote")
-            print(
-                f"A/B test {exp.id} stopped"
-                + (f"; production -> {exp.candidate}" if args.promote else "")
-            )
-            return 0
+            promoted = f"; production -> {exp.candidate}" if args.promote else ""
+            return f"A/B test {exp.id} stopped{promoted}"
         return _ab_status(db, args.json)
 
 
-def _ab_status(db: Database, as_json: bool) -> int:
+def _ab_status(db: Database, as_json: bool) -> str:
     from digitrec import abstats  # statsmodels takes a second to import: only here
 
     exp = experiments.current(db) or experiments.latest(db)
@@ -108,38 +106,36 @@ def _ab_status(db: Database, as_json: bool) -> int:
         "started_at": exp.started_at.isoformat(),
     }
     if as_json:
-        print(json.dumps({**head, **report.to_dict()}, default=str))
-        return 0
+        return json.dumps({**head, **report.to_dict()}, default=str)
     state = "running" if exp.stopped_at is None else f"stopped ({exp.outcome})"
-    print(
+    return (
         f"A/B test {exp.id} ({state} since {exp.started_at:%Y-%m-%d %H:%M}): "
         f"candidate {exp.candidate} for {exp.share:.0%} of clients, production {exp.production}\n"
+        f"\n{abstats.render(report)}"
     )
-    print(abstats.render(report))
-    return 0
 
 
-def cmd_feedback(args: argparse.Namespace, settings: Settings) -> int:
+def feedback_text(args: argparse.Namespace, settings: Settings) -> str:
+    """`digitrec feedback list | export`: what to print."""
     with database(settings) as db:
         if args.feedback_command == "export":
-            written = feedback.export_feedback(db, args.output, args.format)
-            print(f"wrote {written}")
-            return 0
+            return f"wrote {feedback.export_feedback(db, args.output, args.format)}"
         rows = feedback.list_feedback(db, limit=args.limit)
     if args.json:
-        print(json.dumps([_row(c) for c in rows], default=str))
-        return 0
+        return json.dumps([_row(c) for c in rows], default=str)
     if not rows:
-        print("no corrections yet")
-    for c in rows:
-        said = "not a digit" if c.label is None else str(c.label)
-        answer = c.digit if c.verdict == "digit" else c.verdict.replace("_", " ")
-        mark = "right" if c.right else "wrong"
-        print(
-            f"{c.corrected_at:%Y-%m-%d %H:%M}  {c.prediction_id}  {c.model:34s} "
-            f"answered {answer}, user says {said} ({mark})"
-        )
-    return 0
+        return "no corrections yet"
+    return "\n".join(_line(c) for c in rows)
+
+
+def _line(c: Any) -> str:
+    said = "not a digit" if c.label is None else str(c.label)
+    answer = c.digit if c.verdict == "digit" else c.verdict.replace("_", " ")
+    mark = "right" if c.right else "wrong"
+    return (
+        f"{c.corrected_at:%Y-%m-%d %H:%M}  {c.prediction_id}  {c.model:34s} "
+        f"answered {answer}, user says {said} ({mark})"
+    )
 
 
 def _row(c: Any) -> dict[str, Any]:

@@ -6,8 +6,9 @@
 // carries the short-lived token from GET /web/token (header X-Web-Token), so the page
 // keeps working when the server requires API keys.
 
+import { ApiError, callApi } from "./api.js";
+
 const ENDPOINTS = {
-  token: "/web/token",
   model: "/api/v1/model",
   predict: "/api/v1/predict?include_input=true&top_k=3",
   feedback: "/api/v1/feedback",
@@ -75,55 +76,6 @@ function chance(p) {
 }
 
 // --- talking to the API ----------------------------------------------------------------
-
-class ApiError extends Error {
-  constructor(status, code, message, retryAfter = null) {
-    super(message);
-    this.status = status;
-    this.code = code;
-    this.retryAfter = retryAfter;
-  }
-
-  static async from(response) {
-    let code = `http_${response.status}`;
-    let message = response.statusText;
-    try {
-      const body = await response.json();
-      if (body && body.error) ({ code, message } = body.error);
-    } catch {
-      // not JSON (a proxy's error page, say): keep the status line
-    }
-    const retry = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
-    return new ApiError(response.status, code, message, retry > 0 ? retry : null);
-  }
-}
-
-let tokenRequest = null;
-
-function webToken(renew = false) {
-  if (renew || tokenRequest === null) {
-    tokenRequest = fetch(ENDPOINTS.token, { cache: "no-store", headers: { Accept: "application/json" } })
-      .then(async (response) => {
-        if (!response.ok) throw await ApiError.from(response);
-        return (await response.json()).token;
-      });
-    tokenRequest.catch(() => { tokenRequest = null; }); // ask again next time
-  }
-  return tokenRequest;
-}
-
-// fetch() with the page's token; a refused token (401) is renewed once and the call retried.
-async function callApi(url, init = {}) {
-  for (let attempt = 0; ; attempt += 1) {
-    const headers = new Headers(init.headers);
-    headers.set("Accept", "application/json");
-    headers.set("X-Web-Token", await webToken(attempt > 0));
-    const response = await fetch(url, { ...init, headers });
-    if (response.status === 401 && attempt === 0) continue;
-    if (!response.ok) throw await ApiError.from(response);
-    return response.json();
-  }
-}
 
 function friendly(error) {
   if (!(error instanceof ApiError)) {

@@ -1,64 +1,17 @@
 // Neural Digit Recognizer, the dashboard: draws GET /api/v1/stats every few seconds.
 //
 // The page holds no figures of its own. It asks with the same short-lived page token as
-// the main page (GET /web/token, sent as X-Web-Token; see app.js), refreshes every
+// the main page (GET /web/token, sent as X-Web-Token; see api.js), refreshes every
 // REFRESH_MS while the tab is visible and stops while it is hidden. Charts are uPlot
 // (vendored in /static/vendor/uplot, loaded before this module); colours come from the
 // page's CSS variables, so light and dark follow prefers-color-scheme.
 
-const ENDPOINTS = { token: "/web/token", stats: "/api/v1/stats" };
+import { ApiError, callApi } from "./api.js";
+
+const ENDPOINTS = { stats: "/api/v1/stats" };
 const REFRESH_MS = 5000;
 const CHART_HEIGHT = 180;
 const DIGITS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
-
-// --- the API, with the page's token (as app.js does) ------------------------------------
-
-class ApiError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-
-  static async from(response) {
-    let code = "http_error";
-    let message = `the server answered ${response.status}`;
-    try {
-      const body = await response.json();
-      code = body.error?.code ?? code;
-      message = body.error?.message ?? message;
-    } catch {
-      // not JSON: keep the generic message
-    }
-    return new ApiError(response.status, code, message);
-  }
-}
-
-let tokenRequest = null;
-
-function webToken(renew = false) {
-  if (renew || tokenRequest === null) {
-    tokenRequest = fetch(ENDPOINTS.token, { cache: "no-store", headers: { Accept: "application/json" } })
-      .then(async (response) => {
-        if (!response.ok) throw await ApiError.from(response);
-        return (await response.json()).token;
-      });
-    tokenRequest.catch(() => { tokenRequest = null; }); // ask again next time
-  }
-  return tokenRequest;
-}
-
-// fetch() with the page's token; a refused token (401) is renewed once and the call retried.
-async function callApi(url) {
-  for (let attempt = 0; ; attempt += 1) {
-    const headers = new Headers({ Accept: "application/json" });
-    headers.set("X-Web-Token", await webToken(attempt > 0));
-    const response = await fetch(url, { cache: "no-store", headers });
-    if (response.status === 401 && attempt === 0) continue;
-    if (!response.ok) throw await ApiError.from(response);
-    return response.json();
-  }
-}
 
 // --- small helpers ------------------------------------------------------------------------
 
@@ -327,7 +280,7 @@ async function refresh() {
   if (inFlight) return;
   inFlight = true;
   try {
-    const stats = await callApi(ENDPOINTS.stats);
+    const stats = await callApi(ENDPOINTS.stats, { cache: "no-store" });
     showEmpty(stats);
     showTraffic(stats.traffic);
     showDraws(stats.draws);
