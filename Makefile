@@ -29,8 +29,8 @@ test: $(VENV)/.dev lint  ## lint, then every test (unit, API, server, browser)
 	$(BIN)/pytest
 
 lint: $(VENV)/.dev  ## ruff, mypy and hadolint
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 

@@ -379,3 +379,30 @@ def store_answers(db: Database, records: list[PredictionRecord]) -> None:
     for record in records:
         log.add(record)
     log.stop()  # never started: writes the queue here
+
+
+# --- Prometheus scrapes ---------------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """Every sample of a Prometheus scrape, read with the client's own parser, keyed by
+    (sample name, labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, metric: str, /, **labels: str) -> float:
+    return samples.get((metric, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Samples, metric: str, /, **labels: str) -> float:
+    """The sum over the series of ``metric`` that carry ``labels`` (and any others)."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == metric and wanted <= ls)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from digitrec.registry import BUNDLED_ROOT, MANIFEST, Registry
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, parse_metrics, total
 from tests.handwriting import DIGITS, SEVEN_IN_TWO, Point, placed, traced
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -822,7 +822,8 @@ def _stats_settled(server: LiveServer, at_least: int) -> dict[str, Any]:
     deadline = time.monotonic() + 20
     while True:
         stats = _http(f"{server.url}{STATS_URL}")
-        if stats["traffic"]["predictions"] >= at_least and stats["corrections"]:
+        figures = stats["traffic"]
+        if figures["predictions"] >= at_least and figures["requests"] and stats["corrections"]:
             return stats
         assert time.monotonic() < deadline, stats["traffic"]
         time.sleep(0.5)
@@ -833,7 +834,7 @@ def _expect_figures(tab: Tab, stats: dict[str, Any]) -> None:
 
     page = tab.page
     page.locator(f"#main[data-generated-at='{stats['generated_at']}']").wait_for()
-    expect(page.locator("#traffic-count")).to_have_text(f"{stats['traffic']['predictions']:,}")
+    expect(page.locator("#traffic-count")).to_have_text(f"{stats['traffic']['requests']:,}")
     expect(page.locator("#draws-count")).to_have_text(f"{stats['draws']['predictions']:,}")
     shown = page.locator("#digit-counts li .v").all_inner_texts()
     assert shown == [f"{n:,}" for n in stats["draws"]["by_digit"]]
@@ -852,8 +853,12 @@ def _expect_figures(tab: Tab, stats: dict[str, Any]) -> None:
     accuracy = f"{newest['test_accuracy'] * 100:.2f}\u00a0%"
     expect(versions.first.locator(".test-accuracy")).to_have_text(accuracy)
     expect(versions.first.locator(".hm-cell")).to_have_count(100)
-    for chart in ("#chart-traffic", "#chart-digits", "#chart-confidence"):
+    for chart in ("#chart-traffic", "#chart-latency", "#chart-digits", "#chart-confidence"):
         expect(page.locator(f"{chart} canvas")).to_have_count(1)
+    for index, version in enumerate(reversed(stats["training"])):  # newest first on the page
+        card = versions.nth(index)
+        expect(card.locator(".mistakes li")).to_have_count(len(version["mistakes"]))
+        expect(card.locator(".curves canvas")).to_have_count(2 if version["curves"] else 0)
     expect(page.locator("#empty")).to_be_hidden()
 
 
@@ -883,6 +888,91 @@ def test_dashboard_shows_what_the_stats_report(
     for tab in tabs:
         tab.page.context.close()
     assert not problems, problems
+
+
+def _metrics_figures(server: LiveServer) -> dict[str, Any]:
+    """What the Prometheus endpoint reports, read with the client's own parser, reduced to
+    the dashboard's figures."""
+    import urllib.request
+
+    from digitrec.traffic import counted
+
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as response:
+        samples = parse_metrics(response.read().decode())
+    api = {
+        (dict(labels)["route"], int(dict(labels)["status"])): n
+        for (name, labels), n in samples.items()
+        if name == "digitrec_requests_total" and counted(dict(labels)["route"])
+    }
+    refused = sum(
+        n
+        for (name, labels), n in samples.items()
+        if name == "digitrec_refused_total" and dict(labels)["reason"] != "idle_closed_for_room"
+    )
+    return {
+        "requests": int(sum(api.values()) + refused),
+        "errors": int(sum(n for (_, status), n in api.items() if status >= 400) + refused),
+        "refused": int(refused),
+        "by_digit": [
+            int(total(samples, "digitrec_predictions_total", digit=str(d))) for d in range(10)
+        ],
+        "corrections": int(total(samples, "digitrec_corrections_total")),
+    }
+
+
+def test_dashboard_agrees_with_the_metrics_endpoint(
+    browser: Any, tmp_path: Path, artifacts: Path
+) -> None:
+    """Real traffic, good and bad, through a fresh server; the dashboard's traffic, digit
+    and correction figures, and what its charts draw, equal the /metrics counters."""
+    import urllib.error
+    import urllib.request
+
+    from playwright.sync_api import expect
+
+    require_chromium()
+    server = LiveServer(tmp_path / "home")
+    try:
+        server.wait_ready()
+        _send_traffic(server)
+        bad = [
+            (f"{server.url}/api/v1/predict", b"not an image", "image/png"),  # 415
+            (f"{server.url}/api/v1/feedback", b'{"label": 1}', "application/json"),  # 422
+            (f"{server.url}/api/v1/predict?{'x' * 70_000}", None, ""),  # 414, before the app
+        ]
+        for url, data, kind in bad:
+            with pytest.raises(urllib.error.HTTPError):
+                _http(url, data, kind)
+        want = _metrics_figures(server)
+        assert want["refused"] == 1 and want["errors"] == 3 and want["requests"] == 3 + 2 + 3
+        deadline = time.monotonic() + 20  # the workers write their counts every few seconds
+        while _http(f"{server.url}{STATS_URL}")["traffic"]["requests"] < want["requests"]:
+            assert time.monotonic() < deadline, "the traffic counts never reached the stats"
+            time.sleep(0.5)
+        assert _metrics_figures(server) == want  # the dashboard's polling is not traffic
+
+        tab = _open_dashboard(browser, server)
+        page = tab.page
+        expect(page.locator("#traffic-count")).to_have_text(f"{want['requests']:,}")
+        expect(page.locator("#traffic-errors")).to_have_text(f"{want['errors']:,}")
+        expect(page.locator("#error-rate")).to_have_text(
+            f"{want['errors'] / want['requests'] * 100:.1f}\u00a0%"
+        )
+        shown = page.locator("#digit-counts li .v").all_inner_texts()
+        assert shown == [f"{n:,}" for n in want["by_digit"]]
+        expect(page.locator("#draws-count")).to_have_text(f"{sum(want['by_digit']):,}")
+        online = page.locator("#online li").first
+        expect(online).to_have_attribute("data-corrections", str(want["corrections"]))
+        drawn = json.loads(page.locator("#chart-traffic").get_attribute("data-totals") or "[]")
+        per_minute = 60  # the chart draws requests and errors per second of each minute
+        assert [round(x * per_minute) for x in drawn] == [want["requests"], want["errors"]]
+        digits = json.loads(page.locator("#chart-digits").get_attribute("data-totals") or "[]")
+        assert digits == [sum(want["by_digit"])]
+        page.screenshot(path=artifacts / "dashboard-traffic.png", full_page=True)
+        page.context.close()
+        assert not tab.problems, tab.problems
+    finally:
+        server.stop()
 
 
 def test_dashboard_pauses_while_hidden(browser: Any, live_server: LiveServer) -> None:

@@ -17,8 +17,9 @@ from digitrec.config import Settings
 from digitrec.db import Database
 from digitrec.db.tables import AliasEventRow, Base
 from digitrec.errors import DigitrecError, InvalidRequest, StorageError
+from tests.conftest import prediction_record, store_answers
 
-TABLES = {"alias_events", "experiments", "predictions", "corrections"}
+TABLES = {"alias_events", "experiments", "predictions", "corrections", "traffic"}
 
 
 def test_migrate_creates_the_tables_and_twice_is_harmless(database_url: str) -> None:
@@ -31,9 +32,33 @@ def test_migrate_creates_the_tables_and_twice_is_harmless(database_url: str) -> 
     with again.engine.connect() as connection:
         assert set(inspect(connection).get_table_names()) >= TABLES
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0001",)
+            ("0002",)
         ]
     again.dispose()
+
+
+def test_an_older_database_is_upgraded_in_place(database_url: str) -> None:
+    """A database made by the previous release (0001) gains the traffic table and keeps
+    its rows."""
+    from alembic import command
+    from alembic.config import Config
+
+    from digitrec.db import MIGRATIONS
+
+    db = Database(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    store_answers(db, [prediction_record()])
+    with db.engine.connect() as connection:
+        assert "traffic" not in inspect(connection).get_table_names()
+    db.migrate()
+    with db.engine.connect() as connection:
+        assert "traffic" in inspect(connection).get_table_names()
+        assert connection.execute(text("SELECT count(*) FROM predictions")).scalar() == 1
+    db.dispose()
 
 
 @pytest.mark.filterwarnings("ignore:.*expression-based index")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -12,45 +13,24 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from digitrec.api import create_app, metrics
 from digitrec.config import Settings
 from digitrec.data import Mnist
 from digitrec.keys import KeyStore
 from digitrec.predict import Predictor
-from tests.conftest import LiveServer, mnist_png
+from tests.conftest import LiveServer, Samples, mnist_png, parse_metrics, total, value
 
 PREDICT = "/api/v1/predict"
 FEEDBACK = "/api/v1/feedback"
 PNG = {"content-type": "image/png"}
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    """Every sample of a scrape, keyed by (sample name, labels)."""
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, metric: str, /, **labels: str) -> float:
-    return samples.get((metric, frozenset(labels.items())), 0.0)
-
-
-def total(samples: Samples, metric: str, /, **labels: str) -> float:
-    """The sum over the series of ``metric`` that carry ``labels`` (and any others)."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == metric and wanted <= ls)
 
 
 def scrape(client: TestClient, **headers: str) -> Samples:
     response = client.get("/metrics", headers=headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=")
-    return parse(response.text)
+    return parse_metrics(response.text)
 
 
 def label_values(samples: Samples) -> set[str]:
@@ -209,7 +189,7 @@ def test_workers_add_up(tmp_path: Path, mnist: Mnist) -> None:
             assert fetch(f"{server.url}{PREDICT}", mnist_png(mnist, i), PNG)[0] == 200
         scrapes: list[dict[str, Any]] = []
         for _ in range(6):  # whichever worker answers, it reports both workers' counts
-            samples = parse(fetch(f"{server.url}/metrics")[1].decode())
+            samples = parse_metrics(fetch(f"{server.url}/metrics")[1].decode())
             memory = [s for s in samples if s[0] == "digitrec_process_resident_memory_bytes"]
             scrapes.append(
                 {
@@ -223,3 +203,43 @@ def test_workers_add_up(tmp_path: Path, mnist: Mnist) -> None:
     finally:
         assert server.stop() == 0, server.log.read_text()[-2000:]
     assert not folder.exists()  # removed with the server
+
+
+def test_model_versions_are_published_at_the_switch(settings: Settings) -> None:
+    """digitrec_model_info changes when a worker switches models, before any request."""
+    import asyncio
+
+    from digitrec.api.models import ModelSet, Wanted
+    from digitrec.registry import BUNDLED_ROOT, Registry
+
+    old, new = Registry(BUNDLED_ROOT, extra_roots=()).list()[:2]
+
+    def info(entry: Any, role: str) -> float:
+        labels = {"role": role, "name": entry.name, "version": entry.version}
+        return value(parse_metrics(metrics.exposition().decode()), "digitrec_model_info", **labels)
+
+    async def switch() -> list[float]:
+        models = ModelSet(settings, None)
+        await models.start(Predictor(old, backend="onnx", threads=1))
+        seen = [info(old, "production"), info(new, "production")]
+        await models._apply(Wanted(new, old, None))  # a promotion, with an A/B candidate
+        seen += [info(old, "production"), info(new, "production"), info(old, "candidate")]
+        await models.stop()
+        return seen
+
+    assert asyncio.run(switch()) == [1, 0, 0, 1, 1]
+
+
+@pytest.mark.server
+def test_refusals_before_the_app_are_counted(tmp_path: Path) -> None:
+    server = LiveServer(tmp_path / "home")
+    try:
+        server.wait_ready()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            fetch(f"{server.url}{PREDICT}?{'x' * 70_000}")
+        assert refused.value.code == 414
+        samples = parse_metrics(fetch(f"{server.url}/metrics")[1].decode())
+        assert value(samples, "digitrec_refused_total", reason="uri_too_long") == 1
+        assert total(samples, "digitrec_requests_total", route=PREDICT) == 0  # never reached
+    finally:
+        assert server.stop() == 0

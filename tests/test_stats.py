@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from digitrec import experiments, feedback
+from digitrec import experiments, feedback, traffic
 from digitrec.api import create_app, stats
 from digitrec.config import Settings
 from digitrec.data import Mnist
@@ -40,6 +40,7 @@ def test_empty_installation_gives_empty_figures(client: TestClient) -> None:
     traffic, draws, models = body["traffic"], body["draws"], body["models"]
     assert body["database"] is True
     assert traffic["predictions"] == 0 and traffic["latency_p50_ms"] is None
+    assert traffic["requests"] == 0 and traffic["error_rate"] is None
     assert len(traffic["minutes"]) == 60
     assert all(m["predictions"] == 0 for m in traffic["minutes"])
     assert draws["predictions"] == 0 and draws["by_digit"] == [0] * 10
@@ -72,8 +73,20 @@ def test_counts_equal_what_was_sent(client: TestClient, mnist: Mnist) -> None:
     confirmed = {"prediction_id": sent[2]["prediction_id"], "correct": True}
     assert client.post("/api/v1/feedback", json=confirmed).status_code == 200
 
+    assert client.post("/api/v1/predict", content=b"not an image").status_code == 415
+    unknown = {"prediction_id": "0" * 32, "label": 1}
+    assert client.post("/api/v1/feedback", json=unknown).status_code == 404
+    assert client.get("/healthz").status_code == 200  # not API traffic
+    assert client.get(STATS).status_code == 200  # the dashboard's own polling: left out
+    service.traffic.flush()
+    client.app.state.stats_cache.at -= stats.CACHE_S  # type: ignore[attr-defined]
+
     body = _get(client)
     traffic, draws = body["traffic"], body["draws"]
+    assert traffic["requests"] == 12 + 3 + 2  # predictions, feedback, the two errors
+    assert traffic["client_errors"] == 2 and traffic["server_errors"] == 0
+    assert traffic["error_rate"] == round(2 / 17, 4)
+    assert traffic["requests"] == sum(m["requests"] for m in traffic["minutes"])
     assert traffic["predictions"] == 12 == sum(m["predictions"] for m in traffic["minutes"])
     assert traffic["latency_sample"] == 12 and traffic["latency_p50_ms"] is not None
     assert traffic["latency_p50_ms"] <= traffic["latency_p95_ms"]
@@ -159,6 +172,58 @@ def test_minutes_histogram_and_verdicts_in_sql(db: Database) -> None:
     assert draws["confidence_counts"] == [1, 0, 0, 0, 0, 1, 0, 0, 0, 3]
 
 
+def test_traffic_of_several_processes_adds_up_per_minute(db: Database) -> None:
+    now = datetime.now(UTC)
+    minute = int(now.timestamp()) // 60
+    traffic.write(db, {minute - 2: (10, 2, 1), minute: (5, 0, 0)})  # one worker
+    traffic.write(db, {minute: (7, 1, 0)})  # another
+    traffic.write(db, {minute - 90: (100, 100, 0)})  # before the window
+    figures = stats.traffic(db, now)
+    assert figures["requests"] == 22 and figures["client_errors"] == 3
+    assert figures["server_errors"] == 1 and figures["error_rate"] == round(4 / 22, 4)
+    assert figures["per_second"] == round(22 / 3600, 4)
+    busy = {m["minute"]: m for m in figures["minutes"] if m["requests"]}
+    assert [m["requests"] for m in busy.values()] == [10, 12]
+    assert figures["minutes"][-1]["client_errors"] == 1
+    assert traffic.purge(db, now) == 0  # every row is younger than the retention
+    assert traffic.purge(db, now + traffic.RETENTION - timedelta(minutes=30)) == 1  # the old
+    assert traffic.purge(db, now + traffic.RETENTION + timedelta(minutes=1)) == 3
+
+
+def test_traffic_counts_are_taken_once_and_kept_when_the_database_fails() -> None:
+    counts = traffic.TrafficCounts()
+    counts.note(200)
+    assert counts.take() == {}  # no recorder: nothing is kept
+    counts.recorders = 1
+    for status in (200, 200, 404, 503):
+        counts.note(status, at=120.0)
+    counts.note(200, at=180.0)
+    taken = counts.take()
+    assert taken == {2: (4, 1, 1), 3: (1, 0, 0)} and counts.take() == {}
+    counts.put_back(taken)
+    counts.put_back({m: (1, 0, 0) for m in range(10, 10 + traffic.KEEP_MINUTES)})
+    kept = counts.take()
+    assert len(kept) == traffic.KEEP_MINUTES and 2 not in kept  # the oldest go first
+
+
+def test_recorder_keeps_counts_while_the_database_is_down(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'missing' / 'no.db'}")  # a folder that is not there
+    counts = traffic.TrafficCounts()
+    counts.recorders = 1
+    recorder = traffic.TrafficRecorder(db, counts)
+    counts.note(500, at=60.0)
+    recorder.flush()  # fails: one warning, the counts stay
+    assert counts.take() == {1: (1, 0, 1)}
+
+
+@pytest.mark.parametrize(
+    ("route", "counted"),
+    [("/api/v1/predict", True), ("/api/v1/feedback", True), (STATS, False), ("/metrics", False)],
+)
+def test_which_requests_are_traffic(route: str, counted: bool) -> None:
+    assert traffic.counted(route) is counted
+
+
 def test_ab_verdict_comes_from_abstats(db: Database) -> None:
     exp = experiments.start(db, "digitnet:cand", "digitnet:prod", 0.5)
     records = [
@@ -214,6 +279,36 @@ def test_training_reads_the_manifest_and_the_run_folder(tmp_path: Path) -> None:
     }
     assert second["curves"] is None  # a run that is not a folder name is not followed
     json.dumps(first)
+
+
+def test_training_prefers_the_manifests_history_and_keeps_sound_mistakes(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "models", extra_roots=())
+    image = "data:image/png;base64,iVBORw0KGgo="
+    mistake = {"index": 7, "label": 4, "predicted": 9, "confidence": 0.9, "image": image}
+    manifest = {
+        "architecture": {"name": "tiny"},
+        "run": "gone",
+        "created_at": "2026-11-30T10:00:00+00:00",
+        "history": [
+            {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "val_loss": 0.4},
+            {"epoch": 2, "train_loss": 0.3, "train_accuracy": 0.9, "val_loss": 0.2},
+        ],
+        "metrics": {
+            "test_accuracy": 0.99,
+            "worst_mistakes": [
+                mistake,
+                {**mistake, "image": "javascript:alert(1)"},  # never shown
+                {"index": 1},  # incomplete
+                "nonsense",
+            ],
+        },
+    }
+    registry.save("tiny", "v1", manifest, {})
+    (version,) = stats.training(registry, tmp_path / "runs")
+    assert version["curves"]["epoch"] == [1, 2]
+    assert version["curves"]["val_loss"] == [0.4, 0.2]
+    assert version["curves"]["val_accuracy"] == [None, None]
+    assert version["mistakes"] == [mistake]
 
 
 def test_no_database_gives_empty_sections(settings: Settings) -> None:

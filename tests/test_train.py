@@ -20,6 +20,7 @@ from digitrec.config import Settings
 from digitrec.data import Mnist
 from digitrec.errors import ModelNotFound, StorageError
 from digitrec.model import architectures, count_parameters, create_model, model_args
+from digitrec.preprocess import png_data_url
 from digitrec.registry import Registry
 from digitrec.rejection import LABELS
 from digitrec.training import run_training
@@ -161,6 +162,18 @@ def test_short_real_training_beats_chance_widely(tmp_path: Path, mnist: Mnist) -
     assert {"rejection", "calibration"} <= set(manifest)
     assert manifest["rejection"]["method"] in manifest["rejection"]["validation"]
     assert manifest["preprocessing"]["stroke_band"] is not None
+    # What the dashboard draws without the run folder: curves and the worst mistakes.
+    epochs = manifest["settings"]["epochs"]
+    assert [h["epoch"] for h in manifest["history"]] == list(range(1, epochs + 1))
+    assert all(0 < h["val_accuracy"] <= 1 for h in manifest["history"])
+    worst = manifest["metrics"]["worst_mistakes"]
+    errors = manifest["metrics"]["test_errors"]
+    assert len(worst) == min(12, errors)
+    confidences = [m["confidence"] for m in worst]
+    assert confidences == sorted(confidences, reverse=True)
+    test_labels = mnist.test_labels
+    assert all(m["label"] == test_labels[m["index"]] != m["predicted"] for m in worst)
+    assert worst[0]["image"] == png_data_url(mnist.test_images[worst[0]["index"]])
 
 
 def cli(*args: str, home: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -620,3 +620,13 @@ def to_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+PNG_DATA_URL = "data:image/png;base64,"
+
+
+def png_data_url(image: np.ndarray) -> str:
+    """A uint8 grey image as a PNG data URL, for a page to show."""
+    import base64
+
+    return PNG_DATA_URL + base64.b64encode(to_png(image)).decode("ascii")

@@ -175,6 +175,31 @@ def worst_mistakes(probs: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     return wrong[np.argsort(-probs[wrong, predicted[wrong]])][:n]
 
 
+WORST_MISTAKES = 12  # kept in a model's manifest, for the dashboard
+
+
+def mistake_items(
+    images: np.ndarray, labels: np.ndarray, probs: np.ndarray, n: int = WORST_MISTAKES
+) -> list[dict[str, Any]]:
+    """The ``n`` most confident mistakes as JSON: test index, true digit, what the model
+    said with its probability, and the 28x28 image as a PNG data URL (~0.4 KB each)."""
+    from digitrec.preprocess import png_data_url
+
+    items = []
+    for i in worst_mistakes(probs, labels, n):
+        said = int(probs[i].argmax())
+        items.append(
+            {
+                "index": int(i),
+                "label": int(labels[i]),
+                "predicted": said,
+                "confidence": round(float(probs[i, said]), 4),
+                "image": png_data_url(np.ascontiguousarray(images[i], dtype=np.uint8)),
+            }
+        )
+    return items
+
+
 def plot_mistakes(
     path: Path, images: np.ndarray, labels: np.ndarray, probs: np.ndarray, n: int = 36
 ) -> None:

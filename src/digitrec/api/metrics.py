@@ -40,6 +40,7 @@ from prometheus_client import (
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from digitrec import traffic
 from digitrec.predict import Prediction
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST  # what /metrics answers with
@@ -93,6 +94,14 @@ CORRECTIONS = Counter(
     "Corrections received, by the model version that answered and whether it was right",
     ["model_version", "right"],
 )
+REFUSED = Counter(
+    "digitrec_refused",
+    "Requests refused by the HTTP layer before the app saw them, by reason: a deadline "
+    "passed (request_timeout), a request target or headers too large (uri_too_long, "
+    "headers_too_large), not HTTP (invalid_request), too many connections (busy), and "
+    "idle connections closed to make room (idle_closed_for_room)",
+    ["reason"],
+)
 MODELS = Gauge(
     "digitrec_model_info",
     "The models being served: 1 for the current production model and A/B candidate, "
@@ -128,6 +137,11 @@ def record_prediction(answer: Prediction, prepare_s: float, infer_s: float) -> N
 
 def record_correction(model_version: str, right: bool) -> None:
     CORRECTIONS.labels(model_version, "true" if right else "false").inc()
+
+
+def record_refusal(reason: str) -> None:
+    """The HTTP layer refused a request or closed a connection (reason: an error code)."""
+    REFUSED.labels(reason if _CODE.fullmatch(reason) else "other").inc()
 
 
 def serving(production: tuple[str, str], candidate: tuple[str, str] | None) -> None:
@@ -200,6 +214,8 @@ class MetricsMiddleware:
             route = route_label(scope, status)
             version = scope.get("state", {}).get(_MODEL_STATE) or NO_MODEL
             REQUESTS.labels(route, str(status), version).inc()
+            if traffic.counted(route):
+                traffic.COUNTS.note(status)
             REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
             if status >= 400:
                 ERRORS.labels(route, error_code(bytes(error_body))).inc()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from starlette.concurrency import run_in_threadpool
 
 from digitrec import experiments
+from digitrec.api import metrics
 from digitrec.api.batching import MicroBatcher
 from digitrec.config import Settings
 from digitrec.db import Database
@@ -121,7 +122,7 @@ class ModelSet:
     async def start(self, predictor: Predictor | None = None) -> None:
         """Load what the database asks for (or serve ``predictor``, as tests pass one)."""
         if predictor is not None:
-            self.routing = Routing(await Served.start(predictor, self.settings))
+            self._swap(Routing(await Served.start(predictor, self.settings)))
             self._wanted = Wanted(predictor.entry)
         else:
             wanted = await run_in_threadpool(self._read_wanted)
@@ -167,6 +168,16 @@ class ModelSet:
             except DigitrecError as exc:  # the database or a model is unavailable: keep on
                 log.warning("keeping the models being served: %s", exc.message)
 
+    def _swap(self, routing: Routing) -> None:
+        """Serve ``routing`` from now on, and say so in the metrics at once."""
+        self.routing = routing
+        candidate = routing.candidate.predictor if routing.candidate else None
+        production = routing.production.predictor
+        metrics.serving(
+            (production.name, production.version),
+            (candidate.name, candidate.version) if candidate else None,
+        )
+
     async def _apply(self, wanted: Wanted) -> None:
         """Load what is missing, swap the routing, retire what is no longer needed."""
         current = self.routing.models if self.routing else {}
@@ -180,7 +191,7 @@ class ModelSet:
             predictor = await run_in_threadpool(Predictor.for_entry, entry, self.settings)
             loaded[entry.ref] = await Served.start(predictor, self.settings)
         candidate = loaded[wanted.candidate.ref] if wanted.candidate else None
-        self.routing = Routing(loaded[wanted.production.ref], candidate, wanted.experiment)
+        self._swap(Routing(loaded[wanted.production.ref], candidate, wanted.experiment))
         self._wanted = wanted
         log.info(
             "serving %s%s",

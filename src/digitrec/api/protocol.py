@@ -36,6 +36,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from digitrec import traffic
+from digitrec.api import metrics
 from digitrec.api.security import SECURITY_HEADERS
 from digitrec.config import Settings
 from digitrec.errors import (
@@ -180,6 +182,7 @@ class LimitedProtocol(HttpToolsProtocol):
         if len(self.connections) >= self.limits.max_connections and not self._make_room():
             self.transport = transport  # what connection_lost closes
             self._note("busy")
+            traffic.COUNTS.note(ServiceBusy.status)
             transport.write(self._response(ServiceBusy("too many open connections; try again")))
             transport.close()  # at once: a refused connection holds no descriptor
             return
@@ -360,6 +363,7 @@ class LimitedProtocol(HttpToolsProtocol):
             cycle.keep_alive = False  # the connection closes after that answer
 
     def _answer(self, error: DigitrecError) -> None:
+        traffic.COUNTS.note(error.status)  # a request answered here, never by the app
         self.transport.write(self._response(error))
         self.transport.close()
 
@@ -368,6 +372,7 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def _note(self, what: str) -> None:
         self.shared.note(what, self.loop)
+        metrics.record_refusal(what)
 
     def shutdown(self) -> None:
         """Graceful stop: an idle connection gets STOP_WINDOW_S for a request already on

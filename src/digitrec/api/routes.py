@@ -3,7 +3,6 @@ and /metrics for Prometheus."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 from typing import Annotated, Any
 
@@ -28,7 +27,7 @@ from digitrec.api.schemas import (
 from digitrec.card import summary
 from digitrec.config import TOP_K_MAX
 from digitrec.errors import ModelNotReady
-from digitrec.preprocess import FORMAT_LIST, to_png
+from digitrec.preprocess import FORMAT_LIST, png_data_url
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -105,8 +104,7 @@ async def predict(
     metrics.answered_by(request, prediction.model_version)
     out = prediction.to_dict()
     if include_input:
-        png = base64.b64encode(to_png(prediction.image)).decode()
-        out["input_image"] = f"data:image/png;base64,{png}"
+        out["input_image"] = png_data_url(prediction.image)
     return out
 
 

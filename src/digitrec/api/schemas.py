@@ -156,6 +156,9 @@ class WebToken(BaseModel):
 
 class TrafficMinute(BaseModel):
     minute: str = Field(description="start of the minute, UTC, ISO 8601")
+    requests: int = Field(ge=0, description="API requests answered or refused in this minute")
+    client_errors: int = Field(ge=0, description="of which 4xx: the input or the caller refused")
+    server_errors: int = Field(ge=0, description="of which 5xx: busy, not ready or failed")
     predictions: int = Field(ge=0, description="answers logged in this minute")
     latency_p50_ms: float | None = Field(description="median server time; null: no answers")
     latency_p95_ms: float | None
@@ -163,16 +166,23 @@ class TrafficMinute(BaseModel):
 
 class Traffic(BaseModel):
     window_s: int = Field(description="the window: the last hour")
+    requests: int = Field(
+        ge=0,
+        description="API requests (every /api/ route but this one) answered or refused by "
+        "every worker and replica sharing the database, refusals of the HTTP layer included",
+    )
+    per_second: float = Field(ge=0, description="requests per second over the window")
+    client_errors: int = Field(ge=0)
+    server_errors: int = Field(ge=0)
+    error_rate: float | None = Field(description="errors (4xx and 5xx) per request; null: none")
     predictions: int = Field(ge=0, description="answers logged in the window")
-    per_second: float = Field(ge=0, description="answers per second over the window")
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     latency_sample: int = Field(
         ge=0, description="newest answers the latency percentiles were computed from (capped)"
     )
     minutes: list[TrafficMinute] = Field(
-        description="one bucket per minute, oldest first, empty minutes included. Refused "
-        "requests are not logged: their rate is in /metrics"
+        description="one bucket per minute, oldest first, empty minutes included"
     )
 
 
@@ -245,6 +255,14 @@ class Curves(BaseModel):
     val_accuracy: list[float | None]
 
 
+class Mistake(BaseModel):
+    index: int = Field(ge=0, description="position in the MNIST test set")
+    label: int = Field(description="the true digit")
+    predicted: int = Field(description="the digit the model said")
+    confidence: float
+    image: str = Field(description="the 28x28 test image, a PNG data URL")
+
+
 class TrainingStats(BaseModel):
     ref: str = Field(description="NAME:VERSION")
     created_at: str
@@ -255,7 +273,12 @@ class TrainingStats(BaseModel):
     ece: float | None = Field(description="expected calibration error on the test set")
     confusion_matrix: list[list[int]] | None = Field(description="rows: true digit; columns: said")
     per_class: list[ClassMetrics]
-    curves: Curves | None = Field(description="from the run folder's metrics.csv, if it exists")
+    curves: Curves | None = Field(
+        description="per epoch, from the manifest (or the run folder's metrics.csv)"
+    )
+    mistakes: list[Mistake] = Field(
+        description="the test images it got wrong with the most confidence, worst first"
+    )
 
 
 class Stats(BaseModel):

@@ -30,6 +30,7 @@ from digitrec.db import Database
 from digitrec.errors import DigitrecError, ModelNotReady, NotFound, ServiceBusy
 from digitrec.feedback import Correction, PredictionLog, PredictionRecord
 from digitrec.predict import Prediction, Predictor
+from digitrec.traffic import TrafficRecorder
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Service:
         self.db: Database | None = None
         self.models: ModelSet | None = None
         self.log: PredictionLog | None = None
-        self.published: Routing | None = None  # the routing the metrics last reported
+        self.traffic: TrafficRecorder | None = None
 
     async def start(self) -> None:
         self.decoder.start()
@@ -57,6 +58,9 @@ class Service:
         if self.db is not None and self.settings.log_predictions:
             self.log = PredictionLog.from_settings(self.db, self.settings)
             self.log.start()
+        if self.db is not None:
+            self.traffic = TrafficRecorder(self.db)
+            await self.traffic.start()
         self.models = ModelSet(self.settings, self.db)
         try:
             await self.models.start(self.given)
@@ -85,6 +89,9 @@ class Service:
         if self.log is not None:
             await run_in_threadpool(self.log.stop)
             self.log = None
+        if self.traffic is not None:
+            await self.traffic.stop()
+            self.traffic = None
         if self.db is not None:
             self.db.dispose()
             self.db = None
@@ -99,13 +106,6 @@ class Service:
             reason = self.load_error or "the model is still loading"
             raise ModelNotReady(f"no model is being served: {reason}")
         routing = self.models.routing
-        if routing is not self.published:  # it changed: a promotion, an A/B test
-            self.published = routing
-            candidate = routing.candidate.predictor if routing.candidate else None
-            metrics.serving(
-                (routing.production.predictor.name, routing.production.predictor.version),
-                (candidate.name, candidate.version) if candidate else None,
-            )
         return routing
 
     @property

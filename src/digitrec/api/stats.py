@@ -10,7 +10,6 @@ Without a database (or with no rows) every section is present and empty.
 from __future__ import annotations
 
 import asyncio
-import base64
 import csv
 import time
 from datetime import UTC, datetime, timedelta
@@ -29,8 +28,9 @@ from digitrec.api.service import Service
 from digitrec.config import Settings
 from digitrec.db import Database
 from digitrec.db.tables import CorrectionRow, PredictionRow, utcnow
-from digitrec.preprocess import to_png
+from digitrec.preprocess import PNG_DATA_URL, png_data_url
 from digitrec.registry import ModelEntry, Registry
+from digitrec.traffic import per_minute
 
 CACHE_S = 3.0  # figures are reused this long (the page asks every 5 s)
 TRAFFIC_WINDOW = timedelta(hours=1)  # traffic: the last hour, per minute
@@ -39,6 +39,7 @@ LATENCY_SAMPLE = 20_000  # newest answers read for the latency percentiles
 RECENT_CORRECTIONS = 24  # corrections shown with their input
 CONFIDENCE_BINS = 10  # equal bins over [0, 1]
 DIGITS = 10
+MISTAKES = 12  # worst test mistakes shown per version
 CURVE_COLUMNS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy")
 
 stats = APIRouter(
@@ -123,14 +124,17 @@ def _percentiles(values: list[float] | np.ndarray) -> tuple[float | None, float 
 
 
 def traffic(db: Database | None, now: datetime) -> dict[str, Any]:
-    """Answers per minute over the last hour, with latency percentiles per minute."""
+    """Requests and errors per minute over the last hour (every process's counts), and
+    answers with their latency percentiles per minute (from the prediction log)."""
     end = int(now.timestamp()) // 60 + 1  # the current minute is the last bucket
     first = end - int(TRAFFIC_WINDOW.total_seconds()) // 60
     counts: dict[int, int] = {}
+    requests: dict[int, tuple[int, int, int]] = {}
     latencies: dict[int, list[float]] = {}
     sample: list[float] = []
     if db is not None:
         since = datetime.fromtimestamp(first * 60, UTC)
+        requests = per_minute(db, since)
         recent = PredictionRow.created_at >= since
         minute = _minute_of(db)
         with db.session() as session:
@@ -147,24 +151,33 @@ def traffic(db: Database | None, now: datetime) -> dict[str, Any]:
             for created_at, latency in rows:
                 latencies.setdefault(int(created_at.timestamp()) // 60, []).append(latency)
                 sample.append(latency)
-    minutes = []
+    minutes: list[dict[str, Any]] = []
     for bucket in range(first, end):
         p50, p95 = _percentiles(latencies.get(bucket, []))
+        n, client, server = requests.get(bucket, (0, 0, 0))
         start = datetime.fromtimestamp(bucket * 60, UTC).isoformat(timespec="minutes")
         minutes.append(
             {
                 "minute": start,
+                "requests": n,
+                "client_errors": client,
+                "server_errors": server,
                 "predictions": counts.get(bucket, 0),
                 "latency_p50_ms": p50,
                 "latency_p95_ms": p95,
             }
         )
-    total = sum(counts.get(b, 0) for b in range(first, end))
+    window = [requests.get(b, (0, 0, 0)) for b in range(first, end)]
+    total, client, server = (sum(column) for column in zip(*window, strict=True))
     p50, p95 = _percentiles(sample)
     return {
         "window_s": int(TRAFFIC_WINDOW.total_seconds()),
-        "predictions": total,
+        "requests": total,
         "per_second": round(total / TRAFFIC_WINDOW.total_seconds(), 4),
+        "client_errors": client,
+        "server_errors": server,
+        "error_rate": round((client + server) / total, 4) if total else None,
+        "predictions": sum(counts.get(b, 0) for b in range(first, end)),
         "latency_p50_ms": p50,
         "latency_p95_ms": p95,
         "latency_sample": len(sample),
@@ -290,10 +303,6 @@ def _experiment(db: Database, exp: experiments.Experiment) -> dict[str, Any]:
 # --- recent corrections -------------------------------------------------------------------
 
 
-def _data_url(image: np.ndarray) -> str:
-    return "data:image/png;base64," + base64.b64encode(to_png(image)).decode("ascii")
-
-
 def recent_corrections(db: Database | None) -> list[dict[str, Any]]:
     if db is None:
         return []
@@ -307,7 +316,7 @@ def recent_corrections(db: Database | None) -> list[dict[str, Any]]:
             "confidence": round(c.confidence, 4),
             "label": c.label,
             "right": c.right,
-            "image": _data_url(c.input),
+            "image": png_data_url(c.input),
         }
         for c in feedback.list_feedback(db, limit=RECENT_CORRECTIONS)
     ]
@@ -316,28 +325,52 @@ def recent_corrections(db: Database | None) -> list[dict[str, Any]]:
 # --- training, per registered version -------------------------------------------------------
 
 
-def _number(text: str | None) -> float | None:
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
     try:
-        return float(text) if text not in (None, "") else None
-    except ValueError:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
         return None
 
 
-def curves(run_dir: Path) -> dict[str, Any] | None:
-    """The learning curves in a run folder's metrics.csv; None without one."""
-    path = run_dir / "metrics.csv"
-    try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError:
+def curves(manifest: dict[str, Any], runs: Path) -> dict[str, Any] | None:
+    """The learning curves: the manifest's history, else the run folder's metrics.csv."""
+    rows = manifest.get("history")
+    if not isinstance(rows, list) or not rows:
+        run = manifest.get("run")
+        rows = _metrics_csv(runs / run) if isinstance(run, str) and _plain_name(run) else None
+    if not rows or not all(isinstance(r, dict) for r in rows):
         return None
     epochs = [_number(row.get("epoch")) for row in rows]
-    if not rows or any(e is None for e in epochs):
+    if any(e is None for e in epochs):
         return None
     return {
         "epoch": [int(e or 0) for e in epochs],
         **{col: [_number(row.get(col)) for row in rows] for col in CURVE_COLUMNS},
     }
+
+
+def _metrics_csv(run_dir: Path) -> list[dict[str, Any]] | None:
+    try:
+        with (run_dir / "metrics.csv").open(encoding="utf-8", newline="") as handle:
+            return list(csv.DictReader(handle))
+    except OSError:
+        return None
+
+
+def mistakes(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's worst test mistakes; anything malformed is left out."""
+    items = metrics.get("worst_mistakes")
+    keys = {"index", "label", "predicted", "confidence", "image"}
+    return [
+        {k: item[k] for k in keys}
+        for item in (items if isinstance(items, list) else [])
+        if isinstance(item, dict)
+        and keys <= item.keys()
+        and isinstance(item["image"], str)
+        and item["image"].startswith(PNG_DATA_URL)
+    ][:MISTAKES]
 
 
 def _ece(manifest: dict[str, Any]) -> float | None:
@@ -350,7 +383,6 @@ def _ece(manifest: dict[str, Any]) -> float | None:
 
 def _version(entry: ModelEntry, runs: Path) -> dict[str, Any]:
     metrics = entry.metrics
-    run = entry.manifest.get("run")
     matrix = metrics.get("confusion_matrix")
     return {
         "ref": entry.ref,
@@ -366,7 +398,8 @@ def _version(entry: ModelEntry, runs: Path) -> dict[str, Any]:
             for c in metrics.get("per_class", [])
             if isinstance(c, dict) and {"digit", "precision", "recall"} <= c.keys()
         ],
-        "curves": curves(runs / run) if isinstance(run, str) and _plain_name(run) else None,
+        "curves": curves(entry.manifest, runs),
+        "mistakes": mistakes(metrics),
     }
 
 

@@ -151,3 +151,16 @@ class CorrectionRow(Base):
     label: Mapped[int | None] = mapped_column(Integer)  # None: "not a digit"
     right: Mapped[bool] = mapped_column(Boolean)  # the served answer was right
     upload: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class TrafficRow(Base):
+    """Requests one server process counted in one minute (several rows per minute: one per
+    process and flush; the dashboard adds them up). Kept ``TRAFFIC_RETENTION``."""
+
+    __tablename__ = "traffic"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    minute: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)  # the minute's start
+    requests: Mapped[int] = mapped_column(Integer)
+    client_errors: Mapped[int] = mapped_column(Integer)  # 4xx: the input or caller refused
+    server_errors: Mapped[int] = mapped_column(Integer)  # 5xx: busy, not ready, failed

@@ -22,6 +22,7 @@ from digitrec.rejection import LABELS
 from digitrec.report import (
     accuracy,
     confusion_matrix,
+    mistake_items,
     per_class_metrics,
     plot_confusion,
     plot_curves,
@@ -56,7 +57,16 @@ def write_report(
         "test_size": int(cm.sum()),
         "per_class": classes,
         "confusion_matrix": cm.tolist(),
+        "worst_mistakes": mistake_items(images[: len(test.labels)], test.labels, test.probs),
     }
+
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
+def history_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The learning curves kept in the manifest (the run folder may be gone later)."""
+    return [{c: h.get(c) for c in HISTORY_COLUMNS} for h in history]
 
 
 def build_manifest(trainer: Trainer, run_id: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +101,7 @@ def build_manifest(trainer: Trainer, run_id: str, metrics: dict[str, Any]) -> di
             "python": platform.python_version(),
         },
         "device": describe_device(trainer.device, trainer.dtype),
+        "history": history_rows(history),
         "timings": {
             "train_seconds": round(trainer.state["seconds"], 2),
             "seconds_per_epoch": [h["seconds"] for h in history],

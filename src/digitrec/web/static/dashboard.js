@@ -63,6 +63,8 @@ function widthOf(node) {
 // Draw or update one chart: recreated when its shape (series, x labels) changes.
 function chart(id, shape, makeOptions, data) {
   const node = $(id);
+  // What is drawn, added up per series: lets a test check a chart against /metrics.
+  node.dataset.totals = JSON.stringify(data.slice(1).map((series) => series.reduce((a, v) => a + (v ?? 0), 0)));
   const known = charts.get(id);
   if (known && known.shape === shape) {
     known.plot.setData(data);
@@ -91,28 +93,39 @@ window.addEventListener("resize", () => {
 
 // --- sections -----------------------------------------------------------------------------
 
+function rate(x) {
+  return x.toFixed(x < 1 ? 3 : 1);
+}
+
 function showTraffic(traffic) {
-  $("traffic-count").textContent = count(traffic.predictions);
-  $("traffic-rate").textContent = traffic.per_second.toFixed(traffic.per_second < 1 ? 3 : 1);
+  $("traffic-count").textContent = count(traffic.requests);
+  $("traffic-rate").textContent = rate(traffic.per_second);
+  $("traffic-errors").textContent = count(traffic.client_errors + traffic.server_errors);
+  $("error-rate").textContent = pct(traffic.error_rate);
   $("latency-p50").textContent = ms(traffic.latency_p50_ms);
   $("latency-p95").textContent = ms(traffic.latency_p95_ms);
   const minutes = traffic.minutes;
-  const data = [
-    minutes.map((m) => Date.parse(m.minute) / 1000),
-    minutes.map((m) => m.predictions),
-    minutes.map((m) => m.latency_p50_ms),
-    minutes.map((m) => m.latency_p95_ms),
-  ];
+  const times = minutes.map((m) => Date.parse(m.minute) / 1000);
   chart("chart-traffic", "traffic", (c) => ({
-    scales: { y: { range: (u, min, max) => [0, Math.max(1, max)] }, ms: { range: (u, min, max) => [0, Math.max(1, max ?? 1)] } },
-    axes: [...axes(c, null, "answers / min"), { stroke: c.text, side: 1, scale: "ms", label: "ms", size: 50, grid: { show: false } }],
+    scales: { y: { range: (u, min, max) => [0, Math.max(0.1, max)] } },
+    axes: axes(c, null, "per second"),
     series: [
       {},
-      { label: "answers", ...bars(c, c.rest) },
-      { label: "p50 ms", scale: "ms", stroke: c.accent, width: 2, spanGaps: false },
-      { label: "p95 ms", scale: "ms", stroke: c.focus, width: 2, dash: [6, 4], spanGaps: false },
+      { label: "requests/s", stroke: c.accent, width: 2 },
+      { label: "errors/s", stroke: c.error, width: 2 },
     ],
-  }), data);
+    legend: { show: true },
+  }), [times, minutes.map((m) => m.requests / 60), minutes.map((m) => (m.client_errors + m.server_errors) / 60)]);
+  chart("chart-latency", "latency", (c) => ({
+    scales: { y: { range: (u, min, max) => [0, Math.max(1, max ?? 1)] } },
+    axes: axes(c, null, "ms"),
+    series: [
+      {},
+      { label: "p50 ms", stroke: c.accent, width: 2, spanGaps: false, points: { show: true, size: 5 } },
+      { label: "p95 ms", stroke: c.focus, width: 2, dash: [6, 4], spanGaps: false, points: { show: true, size: 5 } },
+    ],
+    legend: { show: true },
+  }), [times, minutes.map((m) => m.latency_p50_ms), minutes.map((m) => m.latency_p95_ms)]);
 }
 
 function showDraws(draws) {
@@ -246,9 +259,17 @@ function showTraining(versions) {
         el("div", {}, el("dt", {}, "Test images"), el("dd", {}, v.test_size ? count(v.test_size) : "–"))),
     );
     const body = el("div", { className: "version-body" });
-    if (v.curves) body.append(el("div", { className: "chart curves", id: `curves-${index}`, role: "img", ariaLabel: "Learning curves" }));
+    if (v.curves) {
+      body.append(
+        el("div", { className: "chart curves", id: `curves-loss-${index}`, role: "img", ariaLabel: "Loss per epoch, training and validation" }),
+        el("div", { className: "chart curves", id: `curves-accuracy-${index}`, role: "img", ariaLabel: "Accuracy per epoch, training and validation" }),
+      );
+    } else {
+      body.append(el("p", { className: "hint" }, "No learning curves were recorded for this version."));
+    }
     if (v.confusion_matrix) body.append(heatmap(v.confusion_matrix));
     if (v.per_class.length) body.append(perClass(v.per_class));
+    if (v.mistakes.length) body.append(mistakes(v.mistakes));
     card.append(body);
     return [card, v, index];
   });
@@ -256,13 +277,32 @@ function showTraining(versions) {
   for (const [, v, index] of cards) {
     if (!v.curves) continue;
     const c = v.curves;
-    chart(`curves-${index}`, "curves", (t) => ({
+    chart(`curves-loss-${index}`, "curves-loss", (t) => ({
       scales: { x: { time: false } },
       axes: axes(t, null, "loss"),
       series: [{ label: "epoch" }, { label: "train loss", stroke: t.rest, width: 2 }, { label: "val loss", stroke: t.accent, width: 2 }],
       legend: { show: true },
     }), [c.epoch, c.train_loss, c.val_loss]);
+    const percent = (xs) => xs.map((x) => (x === null ? null : x * 100));
+    chart(`curves-accuracy-${index}`, "curves-accuracy", (t) => ({
+      scales: { x: { time: false } },
+      axes: axes(t, null, "accuracy %"),
+      series: [{ label: "epoch" }, { label: "train %", stroke: t.rest, width: 2 }, { label: "val %", stroke: t.accent, width: 2 }],
+      legend: { show: true },
+    }), [c.epoch, percent(c.train_accuracy), percent(c.val_accuracy)]);
   }
+}
+
+function mistakes(items) {
+  const list = el("ul", { className: "shots mistakes", ariaLabel: "Worst test mistakes" });
+  list.append(...items.map((m) => el(
+    "li",
+    { className: "shot wrong", dataset: { index: String(m.index) } },
+    el("img", { src: m.image, width: 56, height: 56, alt: `MNIST test image ${m.index}, a ${m.label}, read as ${m.predicted}` }),
+    el("span", { className: "shot-said" }, "said ", el("strong", {}, String(m.predicted)), ` ${pct(m.confidence, 0)}`),
+    el("span", { className: "shot-truth" }, "true ", el("strong", {}, String(m.label))),
+  )));
+  return el("div", { className: "mistakes-box" }, el("h4", { className: "subhead" }, "Worst test mistakes"), list);
 }
 
 // --- refresh ------------------------------------------------------------------------------
@@ -271,7 +311,7 @@ let timer = null;
 let inFlight = false;
 
 function showEmpty(stats) {
-  const empty = stats.traffic.predictions === 0 && stats.corrections.length === 0;
+  const empty = stats.traffic.requests === 0 && stats.traffic.predictions === 0 && stats.corrections.length === 0;
   $("empty").hidden = !empty;
   document.body.classList.toggle("no-traffic", empty);
 }
