@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from digitrec import experiments
+from digitrec import aliases, experiments
 from digitrec.db import Database
 from digitrec.errors import DigitrecError, InvalidRequest
 from digitrec.experiments import Experiment
@@ -97,6 +97,7 @@ def test_stop_records_the_outcome(db: Database, promote: bool) -> None:
     assert stopped.stopped_at is not None and stopped.stopped_at >= started.started_at
     assert experiments.current(db) is None
     assert experiments.latest(db) == stopped
+    assert aliases.production(db) == (CAND if promote else None)  # same transaction
 
 
 def test_stop_without_a_running_experiment_is_refused(db: Database) -> None:

@@ -78,8 +78,6 @@ def ab(args: argparse.Namespace, settings: Settings) -> str:
             )
         if args.ab_command == "stop":
             exp = experiments.stop(db, promote=args.promote)
-            if args.promote:
-                aliases.promote(db, exp.candidate, action="ab_promote")
             promoted = f"; production -> {exp.candidate}" if args.promote else ""
             return f"A/B test {exp.id} stopped{promoted}"
         return _ab_status(db, args.json)

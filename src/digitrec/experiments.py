@@ -21,6 +21,7 @@ from sqlalchemy import Select, case, distinct, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from digitrec import aliases
 from digitrec.db import Database
 from digitrec.db.tables import REF_LENGTH, CorrectionRow, ExperimentRow, PredictionRow, utcnow
 from digitrec.errors import InvalidRequest, ValidationFailed
@@ -138,17 +139,16 @@ def start(db: Database, candidate: str, production: str, share: float) -> Experi
 
 
 def stop(db: Database, promote: bool) -> Experiment:
-    """Stop the running experiment, recording its outcome: ``promoted`` or ``stopped``.
-
-    Moving the alias is the caller's step: ``aliases.promote(db, experiment.candidate,
-    action="ab_promote")``.
-    """
+    """Stop the running experiment, recording its outcome: ``promoted`` (production then
+    points at the candidate, in the same transaction) or ``stopped``."""
     with db.session() as session:
         row = _running_row(session)
         if row is None:
             raise InvalidRequest("no A/B test is running", code="no_experiment")
         row.stopped_at = utcnow()
         row.outcome = "promoted" if promote else "stopped"
+        if promote:
+            aliases.promote_in(session, row.candidate, action="ab_promote")
         return _experiment(row)
 
 

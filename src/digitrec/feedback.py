@@ -434,6 +434,78 @@ def record_feedback(
     return _correction(values)
 
 
+OFFLINE_ARM = "offline"  # the arm of an answer the page's offline engine gave
+
+
+@dataclass(frozen=True)
+class OfflineAnswer:
+    """An answer the page's offline engine gave while the server could not be reached,
+    as the page sends it back with its correction once the network returns."""
+
+    id: str  # made by the page: uuid4 as 32 hex digits
+    answered_at: datetime
+    model: str  # NAME:VERSION of the model the page downloaded
+    digit: int
+    confidence: float
+    verdict: str
+    probabilities: Sequence[float]
+    input: bytes  # the 28x28 uint8 image the model saw, row-major
+
+
+OfflineItem = tuple[OfflineAnswer, "int | _Unset | None", "bool | None"]  # answer, label, correct
+
+
+def record_offline_feedback(
+    db: Database, items: Sequence[OfflineItem], *, client_id: str | None = None
+) -> list[Correction]:
+    """Store corrections of answers given offline (arm ``offline``, outside any A/B
+    test), all in one transaction or none. The caller has checked each answer against
+    its model (``Service``). Sending one again replaces it; an id the server gave to one
+    of its own answers is refused."""
+    rows = [
+        _offline_values(answer, _label(label, correct), client_id)
+        for answer, label, correct in items
+    ]
+    with db.session() as session:
+        for values in rows:
+            served = session.get(PredictionRow, values["prediction_id"]) is not None
+            existing = session.get(CorrectionRow, values["prediction_id"])
+            if served or (existing is not None and existing.arm != OFFLINE_ARM):
+                raise InvalidRequest(
+                    f"prediction {values['prediction_id']!r} was answered by the server: "
+                    "correct it with POST /api/v1/feedback",
+                    code="not_an_offline_answer",
+                )
+            _upsert(session, values)
+    return [_correction(values) for values in rows]
+
+
+def _offline_values(
+    answer: OfflineAnswer, label: int | _Unset | None, client_id: str | None
+) -> dict[str, Any]:
+    if len(answer.input) != INPUT_SHAPE[0] * INPUT_SHAPE[1]:
+        raise ValidationFailed(f"input must be {INPUT_SHAPE[0]}x{INPUT_SHAPE[1]} bytes")
+    if label is UNSET:  # "correct": the answer given is the label
+        label = answer.digit if answer.verdict == "digit" else None
+    return {
+        "prediction_id": answer.id,
+        "created_at": answer.answered_at,
+        "corrected_at": utcnow(),
+        "model": answer.model,
+        "arm": OFFLINE_ARM,
+        "experiment_id": None,
+        "client_hash": client_hash(client_id),
+        "digit": answer.digit,
+        "confidence": answer.confidence,
+        "verdict": answer.verdict,
+        "probabilities": [float(p) for p in answer.probabilities],
+        "input": bytes(answer.input),
+        "label": label,
+        "right": _right(answer.verdict, answer.digit, label),
+        "upload": None,
+    }
+
+
 def list_feedback(
     db: Database, limit: int | None = 100, since: datetime | None = None
 ) -> list[Correction]:

@@ -21,7 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from digitrec import __version__
 from digitrec.api import metrics
 from digitrec.api.access import Access
+from digitrec.api.pwa import pwa
 from digitrec.api.routes import api, health, monitoring
+from digitrec.api.schemas import OFFLINE_BATCH_MAX
 from digitrec.api.security import (
     INTERNAL_ERROR_MESSAGE,
     BodyLimitMiddleware,
@@ -86,6 +88,14 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", INTERNAL_ERROR_MESSAGE)
 
 
+# Routes whose bodies are small JSON: a correction is under 200 bytes; a batch of offline
+# corrections carries up to OFFLINE_BATCH_MAX inputs of 784 bytes in base64 (~1.5 KB each).
+SMALL_BODIES = {
+    "/api/v1/feedback": 4096,
+    "/api/v1/feedback/offline": OFFLINE_BATCH_MAX * 2048 + 4096,
+}
+
+
 def create_app(
     settings: Settings | None = None, predictor: Predictor | None = None, *, warm: bool = False
 ) -> FastAPI:
@@ -117,6 +127,7 @@ def create_app(
     app.include_router(health)
     app.include_router(monitoring)
     app.include_router(web)
+    app.include_router(pwa)
     mount_static(app)
     app.add_exception_handler(DigitrecError, _digitrec_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -133,7 +144,11 @@ def create_app(
     # so it still carries the security headers.
     app.add_middleware(UnexpectedErrorMiddleware)
     # Room for base64 (4/3) and multipart headers; the image itself is checked exactly later.
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes * 4 // 3 + 65536)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_upload_bytes * 4 // 3 + 65536,
+        paths=SMALL_BODIES,
+    )
     app.add_middleware(SecurityHeadersMiddleware)
     # Outermost: counts and times every answer, those the middlewares above give too.
     app.add_middleware(metrics.MetricsMiddleware)

@@ -3,6 +3,8 @@ and /metrics for Prometheus."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 from typing import Annotated, Any
 
@@ -21,12 +23,15 @@ from digitrec.api.schemas import (
     Health,
     ModelCard,
     ModelRef,
+    OfflineFeedbackIn,
+    OfflineFeedbackOut,
     PredictionOut,
     Ready,
 )
 from digitrec.card import summary
 from digitrec.config import TOP_K_MAX
-from digitrec.errors import ModelNotReady
+from digitrec.errors import ModelNotReady, ValidationFailed
+from digitrec.feedback import OfflineAnswer
 from digitrec.preprocess import FORMAT_LIST, png_data_url
 
 
@@ -130,6 +135,45 @@ async def send_feedback(request: Request, body: FeedbackIn, service: ServiceDep)
         "model": {"name": name, "version": version},
         "stored": stored.stored_items(),
     }
+
+
+@api.post(
+    "/feedback/offline",
+    response_model=OfflineFeedbackOut,
+    summary="Send corrections of answers given offline",
+    responses=_errors(400, 404, 413, 422, 503),
+)
+async def send_offline_feedback(
+    request: Request, body: OfflineFeedbackIn, service: ServiceDep, caller: CallerDep
+) -> dict[str, Any]:
+    """The page can read drawings without the server (its offline mode). Corrections of
+    those answers wait on the device and come here when the network returns, each with
+    the answer and the 28x28 image the model saw. Each is checked against its model
+    version (registered, probabilities adding up to one, the digit the most probable);
+    then all are stored, or none. Sending one again replaces it."""
+    items: list[tuple[OfflineAnswer, int | None, bool | None]] = []
+    for c in body.corrections:
+        label = c.label if c.correct is None else None
+        answer = OfflineAnswer(
+            id=c.prediction_id,
+            answered_at=c.answered_at,
+            model=f"{c.model.name}:{c.model.version}",
+            digit=c.digit,
+            confidence=c.confidence,
+            verdict=c.verdict,
+            probabilities=c.probabilities,
+            input=_base64(c.input),
+        )
+        items.append((answer, label, c.correct))
+    stored = await service.correct_offline(items, client_id(request, caller))
+    return {"stored": [s.prediction_id for s in stored]}
+
+
+def _base64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise ValidationFailed("input is not base64") from exc
 
 
 @api.get(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -59,22 +60,25 @@ class PredictionOut(BaseModel):
     )
 
 
-class FeedbackIn(BaseModel):
-    """A user's correction of one answer: the right digit, null for "not a digit", or
-    ``correct: true`` when the answer was right."""
-
-    model_config = ConfigDict(extra="forbid")
-    prediction_id: str = Field(pattern=PREDICTION_ID_PATTERN, description="from the answer")
+class _OneOf(BaseModel):
     label: int | None = Field(
         None, ge=0, le=9, description="the right digit; null: it is not a digit"
     )
     correct: Literal[True] | None = Field(None, description="true: the answer was right")
 
     @model_validator(mode="after")
-    def _one_of(self) -> FeedbackIn:
+    def _one_of(self) -> _OneOf:
         if ("label" in self.model_fields_set) == (self.correct is not None):
             raise ValueError("send either 'label' (a digit, or null) or 'correct': true")
         return self
+
+
+class FeedbackIn(_OneOf):
+    """A user's correction of one answer: the right digit, null for "not a digit", or
+    ``correct: true`` when the answer was right."""
+
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: str = Field(pattern=PREDICTION_ID_PATTERN, description="from the answer")
 
 
 class FeedbackOut(BaseModel):
@@ -83,6 +87,36 @@ class FeedbackOut(BaseModel):
     right: bool = Field(description="whether the answer served was right")
     model: ModelRef
     stored: list[str] = Field(description="what was stored with the correction")
+
+
+OFFLINE_BATCH_MAX = 50  # corrections in one POST /api/v1/feedback/offline
+INPUT_BASE64_MAX = 1100  # base64 of the 784-byte 28x28 input, with room for padding
+
+
+class OfflineCorrectionIn(_OneOf):
+    """An answer the page's offline engine gave, with the person's correction."""
+
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: str = Field(pattern=PREDICTION_ID_PATTERN, description="made by the page")
+    answered_at: datetime = Field(description="when the page answered, with a time zone")
+    model: ModelRef = Field(description="the model the page downloaded")
+    digit: int = Field(ge=0, le=9)
+    confidence: float = Field(ge=0, le=1)
+    verdict: Literal["digit", "not_a_digit", "several_digits", "unsure"]
+    probabilities: list[float] = Field(min_length=10, max_length=10, description="of each digit")
+    input: str = Field(
+        max_length=INPUT_BASE64_MAX,
+        description="the 28x28 image the model saw: base64 of 784 bytes",
+    )
+
+
+class OfflineFeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    corrections: list[OfflineCorrectionIn] = Field(min_length=1, max_length=OFFLINE_BATCH_MAX)
+
+
+class OfflineFeedbackOut(BaseModel):
+    stored: list[str] = Field(description="the prediction ids stored (all of them)")
 
 
 class PredictJSON(BaseModel):

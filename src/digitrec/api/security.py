@@ -123,31 +123,34 @@ class UnexpectedErrorMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over ``limit`` bytes with 413, without reading them whole.
+    """Refuse request bodies over ``limit`` bytes with 413, without reading them whole
+    (``paths``: smaller limits for routes whose bodies are small JSON, e.g. corrections).
 
     A declared Content-Length over the limit is refused before any byte is read; a
     chunked body is counted as it arrives and cut off as soon as it passes the limit.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, paths: dict[str, int] | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.default = limit
+        self.paths = paths or {}
 
-    def _error(self) -> dict[str, Any]:
-        return PayloadTooLarge(f"the request body is over the {self.limit}-byte limit").to_dict()
+    def _error(self, limit: int) -> dict[str, Any]:
+        return PayloadTooLarge(f"the request body is over the {limit}-byte limit").to_dict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.paths.get(scope.get("path", ""), self.default)
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None:
             try:
-                too_big = int(declared) > self.limit
+                too_big = int(declared) > limit
             except ValueError:
                 too_big = False
             if too_big:
-                await send_json_error(send, 413, self._error())
+                await send_json_error(send, 413, self._error(limit))
                 return
         received = 0
 
@@ -156,7 +159,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     raise _BodyTooLarge
             return message
 
@@ -165,7 +168,7 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, tracked)
         except _BodyTooLarge:
             if not tracked.started:
-                await send_json_error(send, 413, self._error())
+                await send_json_error(send, 413, self._error(limit))
 
 
 class RateLimiter:

@@ -17,8 +17,9 @@ import dataclasses
 import functools
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from digitrec import feedback
@@ -27,12 +28,22 @@ from digitrec.api.decoding import Decoder
 from digitrec.api.models import ModelSet, Routing
 from digitrec.config import Settings
 from digitrec.db import Database
-from digitrec.errors import DigitrecError, ModelNotReady, NotFound, ServiceBusy
-from digitrec.feedback import Correction, PredictionLog, PredictionRecord
+from digitrec.errors import (
+    DigitrecError,
+    ModelNotReady,
+    NotFound,
+    ServiceBusy,
+    ValidationFailed,
+)
+from digitrec.feedback import Correction, OfflineAnswer, PredictionLog, PredictionRecord
 from digitrec.predict import Prediction, Predictor
+from digitrec.registry import Registry
 from digitrec.traffic import TrafficRecorder
 
 log = logging.getLogger(__name__)
+
+OFFLINE_TOLERANCE = 1e-3  # an offline answer's probabilities are rounded to 6 places
+OFFLINE_CLOCK_SKEW = timedelta(minutes=5)  # a phone's clock may run this far ahead
 
 
 class Service:
@@ -164,6 +175,47 @@ class Service:
             stored = await run_in_threadpool(record)
         metrics.record_correction(stored.model.partition(":")[2], stored.right)
         return stored
+
+    async def correct_offline(
+        self, items: list[tuple[OfflineAnswer, int | None, bool | None]], client_id: str | None
+    ) -> list[Correction]:
+        """Store corrections of answers the page gave offline, once each is checked
+        against its model (see ``check_offline_answer``); all or none are stored."""
+        if self.db is None:
+            raise ServiceBusy(
+                f"corrections cannot be stored now: {self.db_error or 'no database'}",
+                code="feedback_unavailable",
+            )
+        db, registry = self.db, Registry.from_settings(self.settings)
+
+        def store() -> list[Correction]:
+            for answer, _, _ in items:
+                check_offline_answer(registry, answer)
+            return feedback.record_offline_feedback(db, items, client_id=client_id)
+
+        stored = await run_in_threadpool(store)
+        for correction in stored:
+            metrics.record_correction(correction.model.partition(":")[2], correction.right)
+        return stored
+
+
+def check_offline_answer(registry: Registry, answer: OfflineAnswer) -> None:
+    """Blocking: an offline answer must be one its model could give: a registered
+    version, ten probabilities adding up to one, the digit their largest, the confidence
+    the digit's probability, and a time that is not in the future."""
+    registry.resolve(answer.model)  # ModelNotFound (404) for an unknown version
+    probs = np.asarray(answer.probabilities, dtype=np.float64)
+    problems = []
+    if not (np.all((probs >= 0) & (probs <= 1)) and abs(probs.sum() - 1) <= OFFLINE_TOLERANCE):
+        problems.append("the probabilities do not add up to 1")
+    elif int(probs.argmax()) != answer.digit and probs.max() - probs[answer.digit] > 1e-6:
+        problems.append("the digit is not the most probable one")
+    elif abs(probs[answer.digit] - answer.confidence) > OFFLINE_TOLERANCE:
+        problems.append("the confidence is not the digit's probability")
+    if answer.answered_at > datetime.now(UTC) + OFFLINE_CLOCK_SKEW:
+        problems.append("answered_at is in the future")
+    if problems:
+        raise ValidationFailed(f"offline answer {answer.id}: {'; '.join(problems)}")
 
 
 def _record(
