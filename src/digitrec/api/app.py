@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from digitrec import __version__
 from digitrec.api import metrics
 from digitrec.api.access import Access
+from digitrec.api.offline import offline
 from digitrec.api.routes import api, health, monitoring
 from digitrec.api.security import (
     INTERNAL_ERROR_MESSAGE,
@@ -113,6 +114,7 @@ def create_app(
     app.state.service = service
     app.state.access = Access(settings)
     app.include_router(api)
+    app.include_router(offline)
     app.include_router(stats)
     app.include_router(health)
     app.include_router(monitoring)
