@@ -2,13 +2,12 @@
 // drawing exported by the page, ported step by step so the model sees the same 28x28.
 //
 // Only the path a canvas export takes is ported: dark strokes on a transparent
-// background, so the ink is the alpha channel (ink_map's transparent branch), an even
-// background (no lighting to flatten), at most `work_side` pixels a side (no reduction).
-// Anything else (an opaque image, ink filling an edge) throws PreprocessError
-// "needs_server": such images go to the server. Every parameter comes from the model's
-// metadata (GET /api/v1/model/offline): `spec` is its `preprocessing`, `steps` its
-// `pipeline`; the few literals below are the ones preprocess.py writes inline, each
-// named after the line it mirrors.
+// background, so the ink is the alpha channel (ink_map's transparent branch), at most
+// `work_side` pixels a side (no reduction). Anything else (an opaque image, a photo)
+// throws PreprocessError "needs_server": such images go to the server. Every parameter
+// comes from the model's metadata (GET /api/v1/model/offline): `spec` is its
+// `preprocessing`, `steps` its `pipeline`; the few literals below are the ones
+// preprocess.py writes inline, each named after the line it mirrors.
 //
 // Arithmetic follows numpy's float32 where the server works in float32 (Math.fround), and
 // Pillow's resampling (Resample.c: separable, horizontal pass first, coefficients in
@@ -22,6 +21,10 @@ const NOISE_SIGMA = 1.4826; // ink_map: MAD to standard deviation
 const NOISE_FLOOR_MAX = 0.25; // ink_map: the floor is min(0.25, 3 * noise)
 const NOISE_FLOOR_SIGMAS = 3;
 const SPECK_SIDE = 96; // _ink_bbox: specks are removed in images bigger than this
+const LIGHTING_SIDE = 64; // _flatten_lighting: the paper is estimated on a copy this big
+const LIGHTING_WINDOW = 15; // _flatten_lighting: min then max filter, wider than a stroke
+const BLUR_PASSES = 3; // Pillow's GaussianBlur: three box blurs
+const PRECISION_BITS = 22; // Pillow's 8-bit resampling: fixed-point weights (Resample.c)
 
 const f32 = Math.fround;
 const F32_UNIT = f32(1 / 255);
@@ -141,15 +144,175 @@ function inkMap(imageData, steps) {
   for (let i = 0; i < alpha8.length; i += 1) ink.data[i] = f32(alpha8[i] * F32_UNIT);
   const strips = borderStrips(ink.data, w, h);
   const levels = strips.map((strip) => median(strip, false));
+  let border;
+  let level;
   if (Math.max(...levels) - Math.min(...levels) > UNEVEN_EDGES) {
-    throw new PreprocessError("needs_server", "ink along an edge: the server flattens it");
+    flattenLighting(ink, alpha8); // ink along an edge looks like a shadow there
+    border = borderStrips(ink.data, w, h).flat();
+    level = median(border, false);
+  } else {
+    border = strips.flat();
+    level = median(border, false);
+    const shift = f32(level);
+    if (level !== 0) {
+      for (let i = 0; i < ink.data.length; i += 1) ink.data[i] = f32(ink.data[i] - shift);
+    }
   }
-  const border = strips.flat();
-  const level = median(border, false);
   const level32 = f32(level);
-  if (level !== 0) for (let i = 0; i < ink.data.length; i += 1) ink.data[i] = f32(ink.data[i] - level32);
   const noise = NOISE_SIGMA * median(border.map((v) => Math.abs(f32(v - level32))), false);
   return stretch(ink, Math.min(NOISE_FLOOR_MAX, NOISE_FLOOR_SIGMAS * noise), steps);
+}
+
+// _flatten_lighting: subtract the paper's level, estimated on a small 8-bit copy by an
+// opening (min then max filter) and Pillow's GaussianBlur, scaled back up. The 8-bit
+// copy of the alpha ink is the alpha itself (rint(alpha / 255 * 255) gives back all 256).
+function flattenLighting(ink, alpha8) {
+  const { w, h } = ink;
+  const scale = LIGHTING_SIDE / Math.max(w, h);
+  const sw = Math.max(1, roundHalfEven(w * scale));
+  const sh = Math.max(1, roundHalfEven(h * scale));
+  const small = resize8(alpha8, w, h, sw, sh, "box");
+  const opened = window8(window8(small, sw, sh, Math.min), sw, sh, Math.max);
+  const blurred = gaussianBlur8(opened, sw, sh, LIGHTING_WINDOW / 2);
+  const paper = resize8(blurred, sw, sh, w, h, "bilinear");
+  for (let i = 0; i < ink.data.length; i += 1) {
+    ink.data[i] = f32(ink.data[i] - f32(paper[i] / 255));
+  }
+}
+
+// _window: min or max over a size x size window (edges repeated), rows then columns.
+function window8(a, w, h, op) {
+  const r = LIGHTING_WINDOW >> 1;
+  const rows = new Uint8Array(w * h);
+  for (let y = 0; y < h; y += 1) {
+    for (let x = 0; x < w; x += 1) {
+      let v = a[y * w + x];
+      for (let d = -r; d <= r; d += 1) v = op(v, a[Math.min(h - 1, Math.max(0, y + d)) * w + x]);
+      rows[y * w + x] = v;
+    }
+  }
+  const out = new Uint8Array(w * h);
+  for (let y = 0; y < h; y += 1) {
+    for (let x = 0; x < w; x += 1) {
+      let v = rows[y * w + x];
+      for (let d = -r; d <= r; d += 1) v = op(v, rows[y * w + Math.min(w - 1, Math.max(0, x + d))]);
+      out[y * w + x] = v;
+    }
+  }
+  return out;
+}
+
+// Pillow's 8-bit resize (an "L" image): weights in fixed point, each pass rounded to 8 bits.
+function resize8(a, w, h, newW, newH, filterName) {
+  if (w === newW && h === newH) return a.slice();
+  const filter = FILTERS[filterName];
+  const one = 2 ** PRECISION_BITS;
+  const fixed = (cs) => cs.map(({ xmin, k }) => ({
+    xmin, k: Array.from(k, (v) => Math.trunc(v < 0 ? v * one - 0.5 : v * one + 0.5)),
+  }));
+  const clip8 = (ss) => Math.min(255, Math.max(0, Math.floor(ss / one)));
+  let src = a;
+  let sw = w;
+  if (newW !== w) {
+    const cs = fixed(coefficients(w, newW, filter));
+    const out = new Uint8Array(newW * h);
+    for (let y = 0; y < h; y += 1) {
+      for (let xx = 0; xx < newW; xx += 1) {
+        const { xmin, k } = cs[xx];
+        let ss = one / 2;
+        for (let x = 0; x < k.length; x += 1) ss += src[y * w + x + xmin] * k[x];
+        out[y * newW + xx] = clip8(ss);
+      }
+    }
+    src = out;
+    sw = newW;
+  }
+  if (newH !== h) {
+    const cs = fixed(coefficients(h, newH, filter));
+    const out = new Uint8Array(sw * newH);
+    for (let yy = 0; yy < newH; yy += 1) {
+      const { xmin: ymin, k } = cs[yy];
+      for (let x = 0; x < sw; x += 1) {
+        let ss = one / 2;
+        for (let y = 0; y < k.length; y += 1) ss += src[(y + ymin) * sw + x] * k[y];
+        out[yy * sw + x] = clip8(ss);
+      }
+    }
+    src = out;
+  }
+  return src;
+}
+
+// ImageFilter.GaussianBlur(radius) on an "L" image: three box blurs of an extended box
+// radius (Pillow's BoxBlur.c, after Gwosdek et al. 2011), in single precision.
+function gaussianBlur8(a, w, h, radius) {
+  const sigma2 = f32(f32(radius * radius) / BLUR_PASSES);
+  const L = f32(Math.sqrt(12 * sigma2 + 1));
+  const l = f32(Math.floor((L - 1) / 2));
+  let ext = f32((2 * l + 1) * f32(l * (l + 1) - 3 * sigma2));
+  ext = f32(ext / f32(6 * f32(sigma2 - (l + 1) * (l + 1))));
+  const boxRadius = f32(l + ext);
+  let out = a.slice();
+  for (let pass = 0; pass < BLUR_PASSES; pass += 1) out = boxBlurRows(out, w, h, boxRadius);
+  let t = transpose8(out, w, h);
+  for (let pass = 0; pass < BLUR_PASSES; pass += 1) t = boxBlurRows(t, h, w, boxRadius);
+  return transpose8(t, h, w);
+}
+
+function transpose8(a, w, h) {
+  const out = new Uint8Array(w * h);
+  for (let y = 0; y < h; y += 1) for (let x = 0; x < w; x += 1) out[x * h + y] = a[y * w + x];
+  return out;
+}
+
+// ImagingLineBoxBlur8 on every row: a running sum, the two far pixels weighted by the
+// radius's fractional part, edges repeated; 24-bit fixed point.
+function boxBlurRows(a, w, h, floatRadius) {
+  const radius = Math.trunc(floatRadius);
+  const ww = Math.trunc(f32(2 ** 24 / f32(f32(floatRadius * 2) + 1)));
+  const fw = Math.floor((2 ** 24 - (radius * 2 + 1) * ww) / 2);
+  const edgeA = Math.min(radius + 1, w);
+  const edgeB = Math.max(w - radius - 1, 0);
+  const lastx = w - 1;
+  const out = new Uint8Array(w * h);
+  for (let y = 0; y < h; y += 1) {
+    const line = a.subarray(y * w, (y + 1) * w);
+    const put = (x, acc, left, right) => {
+      const bulk = acc * ww + (line[left] + line[right]) * fw;
+      out[y * w + x] = Math.floor((bulk + 2 ** 23) / 2 ** 24);
+    };
+    let acc = line[0] * (radius + 1);
+    for (let x = 0; x < edgeA - 1; x += 1) acc += line[x];
+    acc += line[lastx] * (radius - edgeA + 1);
+    if (edgeA <= edgeB) {
+      for (let x = 0; x < edgeA; x += 1) {
+        acc += line[x + radius] - line[0];
+        put(x, acc, 0, x + radius + 1);
+      }
+      for (let x = edgeA; x < edgeB; x += 1) {
+        acc += line[x + radius] - line[x - radius - 1];
+        put(x, acc, x - radius - 1, x + radius + 1);
+      }
+      for (let x = edgeB; x <= lastx; x += 1) {
+        acc += line[lastx] - line[x - radius - 1];
+        put(x, acc, x - radius - 1, lastx);
+      }
+    } else {
+      for (let x = 0; x < edgeB; x += 1) {
+        acc += line[x + radius] - line[0];
+        put(x, acc, 0, x + radius + 1);
+      }
+      for (let x = edgeB; x < edgeA; x += 1) {
+        acc += line[lastx] - line[0];
+        put(x, acc, 0, lastx);
+      }
+      for (let x = edgeA; x <= lastx; x += 1) {
+        acc += line[lastx] - line[x - radius - 1];
+        put(x, acc, x - radius - 1, lastx);
+      }
+    }
+  }
+  return out;
 }
 
 function stretch(ink, floor, steps) {
@@ -239,6 +402,7 @@ function inkBox(ink, steps) {
 
 // Pillow's resampling filters (Resample.c) and their supports.
 const FILTERS = {
+  box: { support: 0.5, at: (x) => (x > -0.5 && x <= 0.5 ? 1 : 0) },
   bilinear: { support: 1, at: (x) => (Math.abs(x) < 1 ? 1 - Math.abs(x) : 0) },
   lanczos: {
     support: 3,
