@@ -30,6 +30,7 @@ from digitrec.api.offline import RUNTIME_DIR
 from digitrec.config import Settings
 from digitrec.keys import KeyStore
 from digitrec.predict import Predictor
+from digitrec.preprocess import _border_strips, _median
 from digitrec.registry import ModelEntry
 from tests.conftest import REPORT_CSP, LiveServer
 from tests.handwriting import DIGITS, Point, placed, trace
@@ -40,6 +41,7 @@ BROWSER = {"Sec-Fetch-Site": "same-origin"}  # what Chromium sends for the page'
 GOLDEN = Path(__file__).parent / "golden"
 APP_JS = Path(__file__).resolve().parent.parent / "src" / "digitrec" / "web" / "static" / "app.js"
 GENERATED = 300  # drawings made up for the comparison, besides the ten digits
+UNEVEN_LIGHTING = 0.08  # preprocess.ink_map: edges' medians further apart are flattened
 PROB_TOLERANCE = 1e-4  # in-browser vs server probabilities (both round to 6 decimals)
 
 
@@ -175,7 +177,10 @@ COMPARE = """async (drawings) => {
     } catch (e) {
       offline = { error: e.code };
     }
-    out.push({ server, offline });
+    const bytes = new Uint8Array(await blob.arrayBuffer());
+    let png = "";
+    for (const byte of bytes) png += String.fromCharCode(byte);
+    out.push({ server, offline, png: btoa(png) });
   }
   return out;
 }"""
@@ -208,6 +213,14 @@ def shaky(strokes: list[list[Point]], seed: int, shake: float) -> list[list[Poin
 def decoded(data_url: str) -> np.ndarray:
     raw = base64.b64decode(data_url.split(",", 1)[1])
     return np.asarray(Image.open(io.BytesIO(raw)).convert("L"), dtype=np.int16)
+
+
+def lit_unevenly(png: str) -> bool:
+    """Does the server take ink_map's uneven-lighting branch for this drawing?"""
+    alpha = Image.open(io.BytesIO(base64.b64decode(png))).getchannel("A")
+    ink = np.asarray(alpha, dtype=np.float32) / 255
+    levels = [_median(strip) for strip in _border_strips(ink)]
+    return max(levels) - min(levels) > UNEVEN_LIGHTING
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +257,7 @@ def test_engine_answers_as_the_server(
     results = page.evaluate(COMPARE, [{k: v for k, v in c.items() if k != "name"} for c in cases])
 
     mads, times, mismatches, to_server = [], [], [], []
+    flattened = 0  # drawings whose ink along an edge the server flattens as lighting
     prob_gap = 0.0
     for case, result in zip(cases, results, strict=True):
         server, offline = result["server"], result["offline"]
@@ -255,6 +269,7 @@ def test_engine_answers_as_the_server(
             if server.get("error") != offline.get("error"):
                 mismatches.append(f"{name}: server {server}, offline {offline}")
             continue
+        flattened += lit_unevenly(result["png"])
         seen = np.asarray(offline["input"], dtype=np.int16).reshape(28, 28)
         mad = float(np.abs(seen - decoded(server["input_image"])).mean()) / 255
         mads.append(mad)
@@ -281,12 +296,14 @@ def test_engine_answers_as_the_server(
         "sent_to_server": len(to_server),
         "max_mad_levels": round(max(mads) * 255, 4),
         "mismatches": len(mismatches),
+        "lighting_flattened": flattened,
         "max_probability_gap": prob_gap,
         "predict_ms_p50": statistics.median(times),
     }
     print("offline engine vs server:", figures, "needs server:", to_server)
     (artifacts / "offline_engine.json").write_text(json.dumps(figures, indent=2))
     assert not mismatches, mismatches[:10]
+    assert flattened > 0  # the port of _flatten_lighting was compared too
     assert to_server == ["canvas_dark_2.png"]  # an opaque image: only the server prepares it
     assert not problems
 
