@@ -238,8 +238,10 @@ def engine_page(browser: Any, live_server: LiveServer) -> Iterator[tuple[Any, An
     assert not [url for url in first if "offline" in url or "onnx" in url], first
     page.evaluate(page_export_code())
     page.evaluate("""async () => {
+      const started = performance.now();
       const { loadEngine } = await import("/static/offline/engine.js");
       window.engine = await loadEngine();
+      window.engineLoadMs = performance.now() - started;
     }""")
     try:
         yield page, context, problems
@@ -352,6 +354,7 @@ def test_bundle_size_is_what_the_metadata_says(engine_page: tuple[Any, Any, list
         urls,
     )
     print("offline bundle bytes:", dict(zip(urls, sizes, strict=True)), "total", sum(sizes))
+    print("engine loaded in", round(page.evaluate("window.engineLoadMs")), "ms (loopback)")
     assert sum(sizes) == meta["bundle_bytes"] == page.evaluate("window.engine.bundleBytes")
     assert page.evaluate("window.engine.verified")  # the model's sha256 was checked
     assert not problems
