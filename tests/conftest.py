@@ -199,6 +199,48 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         server.stop()
 
 
+# --- Chromium, driven by Playwright (the browser tests) -----------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+TIMEOUT_MS = 10_000  # for any one wait: a page answers in well under a second
+# Reports every CSP violation as a console error, which the session then collects.
+REPORT_CSP = """document.addEventListener("securitypolicyviolation", (e) =>
+  console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`));"""
+
+
+def require_chromium() -> None:
+    """Skip without Chromium or Playwright, unless DIGITREC_REQUIRE_BROWSER=1 (CI)."""
+    reason = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        reason = "Python Playwright is not installed"
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing: install Debian's chromium to run the browser tests"
+    if reason is not None:
+        if os.environ.get("DIGITREC_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"DIGITREC_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, shared by a module's tests."""
+    require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+            expect.set_options(timeout=None)  # back to Playwright's default
+
+
 def big_photo() -> bytes:
     """A 12-megapixel JPEG of a digit: slow enough to decode (~30 ms) to still be in flight."""
     golden = Path(__file__).parent / "golden" / "photo_paper_3.jpg"

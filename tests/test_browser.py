@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import shutil
 import time
@@ -21,13 +20,18 @@ from typing import Any
 import pytest
 
 from digitrec.registry import BUNDLED_ROOT, MANIFEST, Registry
-from tests.conftest import LiveServer, parse_metrics, total
+from tests.conftest import (
+    REPORT_CSP,
+    TIMEOUT_MS,
+    LiveServer,
+    parse_metrics,
+    require_chromium,
+    total,
+)
 from tests.handwriting import DIGITS, SEVEN_IN_TWO, Point, placed, traced
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 GOLDEN = Path(__file__).parent / "golden"
 WEB = Path(__file__).resolve().parent.parent / "src" / "digitrec" / "web"
 DESKTOP = {"viewport": {"width": 1280, "height": 800}}
@@ -38,41 +42,7 @@ PHONE = {
     "is_mobile": True,
 }
 PREDICT = "**/api/v1/predict*"
-TIMEOUT_MS = 10_000  # for any one wait: a page answers in well under a second
 BLANK = "Draw a digit from 0 to 9 in the box."
-# Reports every CSP violation as a console error, which the session then collects.
-REPORT_CSP = """document.addEventListener("securitypolicyviolation", (e) =>
-  console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`));"""
-
-
-def require_chromium() -> None:
-    reason = None
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        reason = "Python Playwright is not installed"
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing: install Debian's chromium to run the browser tests"
-    if reason is not None:
-        if os.environ.get("DIGITREC_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"DIGITREC_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    require_chromium()
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=TIMEOUT_MS)
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-            expect.set_options(timeout=None)  # back to Playwright's default
 
 
 class Tab:

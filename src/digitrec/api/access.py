@@ -27,7 +27,8 @@ from digitrec.keys import KeyStore
 
 WEB_TOKEN_HEADER = "x-web-token"  # noqa: S105 - a header name, not a secret
 # What a web-page token may call: what the pages themselves call (reading a digit, the
-# model card, corrections, the dashboard's figures); nothing else of the API.
+# model card, corrections, the dashboard's figures, the offline mode's downloads); nothing
+# else of the API.
 WEB_TOKEN_PATHS = frozenset(
     {
         "/api/v1/predict",
@@ -35,6 +36,8 @@ WEB_TOKEN_PATHS = frozenset(
         "/api/v1/feedback",
         "/api/v1/feedback/offline",
         "/api/v1/stats",
+        "/api/v1/model/offline",  # the offline mode: the model's metadata and ONNX file
+        "/api/v1/model/onnx",
     }
 )
 IPV6_CLIENT_PREFIX = 64  # an IPv6 client is its /64: hosts get whole /64s

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from digitrec import __version__
 from digitrec.api import metrics
 from digitrec.api.access import Access
+from digitrec.api.offline import offline
 from digitrec.api.pwa import pwa
 from digitrec.api.routes import api, health, monitoring
 from digitrec.api.schemas import OFFLINE_BATCH_MAX
@@ -123,6 +124,7 @@ def create_app(
     app.state.service = service
     app.state.access = Access(settings)
     app.include_router(api)
+    app.include_router(offline)
     app.include_router(stats)
     app.include_router(health)
     app.include_router(monitoring)

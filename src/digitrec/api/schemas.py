@@ -324,3 +324,59 @@ class Stats(BaseModel):
     models: ModelsStats
     corrections: list[CorrectionItem] = Field(description="the newest corrections, newest first")
     training: list[TrainingStats] = Field(description="every registered version, oldest first")
+
+
+class ModelVersionRef(ModelRef):
+    ref: str = Field(examples=["digitnet:20261125-120301"])
+
+
+class OfflineRejection(BaseModel):
+    method: Literal["extra_class", "max_softmax", "energy"] = Field(
+        description="the score the verdict is taken from (rejection.py)"
+    )
+    accept: float = Field(description="score at or above: `digit`")
+    reject: float = Field(description="score below: `not_a_digit` or `several_digits`")
+
+
+class OfflineFile(BaseModel):
+    url: str
+    sha256: str
+    bytes: int = Field(ge=0)
+
+
+class RuntimeFile(BaseModel):
+    name: str = Field(examples=["ort-wasm-simd.wasm"])
+    url: str
+    bytes: int = Field(ge=0)
+
+
+class OfflineRuntime(BaseModel):
+    package: str = Field(examples=["onnxruntime-web"])
+    version: str = Field(examples=["1.18.0"])
+    files: list[RuntimeFile] = Field(description="the ES module first, then its WebAssembly")
+
+
+class TopKRange(BaseModel):
+    default: int = Field(ge=1, le=TOP_K_MAX)
+    max: int = Field(ge=1, le=TOP_K_MAX)
+
+
+class OfflineModel(BaseModel):
+    """What the page's offline engine (static/offline/engine.js) needs and downloads."""
+
+    model: ModelVersionRef = Field(description="the model served in production")
+    labels: list[int | str] | None = Field(description="the model's outputs, in order")
+    preprocessing: dict[str, Any] = Field(description="the manifest's preprocessing spec")
+    pipeline: dict[str, float] = Field(
+        description="constants of the server's preprocessing that the browser's port reads"
+    )
+    temperature: float = Field(gt=0, description="divides the digit logits (calibration)")
+    rejection: OfflineRejection | None = Field(
+        description="how outputs become a verdict; null: the model cannot reject"
+    )
+    top_k: TopKRange
+    onnx: OfflineFile = Field(description="the model's ONNX file")
+    runtime: OfflineRuntime = Field(description="the vendored ONNX Runtime Web files")
+    bundle_bytes: int = Field(
+        ge=0, description="what going offline downloads: the runtime's files and the model"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 import secrets
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,9 @@ def _swagger_dir() -> Path | None:
 
 
 def mount_static(app: FastAPI) -> None:
+    # Browsers compile WebAssembly as it streams only when it comes as application/wasm;
+    # some systems' MIME tables lack it.
+    mimetypes.add_type("application/wasm", ".wasm")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     swagger = _swagger_dir()
     if swagger is not None:
