@@ -6,8 +6,8 @@
 // - installs the shell (page, styles, scripts, icons, the offline page) in one cache;
 // - pages: from the network, else the cached page (the recognizer) or the offline page;
 // - shell files: from the cache, checked against the network in the background;
-// - the offline bundle (the model and ONNX Runtime Web, stored by the page only when the
-//   person asks for offline use): from its own cache;
+// - the offline bundle's static files (ONNX Runtime Web and the engine, stored by the page
+//   only when the person asks for offline use): from their own cache;
 // - everything else (the API): the network only.
 
 const VERSION = "__VERSION__";
@@ -61,8 +61,13 @@ self.addEventListener("fetch", (event) => {
     event.respondWith(shellFile(request, event));
     return;
   }
-  event.respondWith((async () => {
-    const offline = await caches.match(request, { cacheName: OFFLINE_CACHE });
-    return offline ?? fetch(request);
-  })());
+  if (url.pathname.startsWith("/static/")) {
+    // ONNX Runtime Web and the engine import and fetch their files by URL: serve the
+    // copies stored for offline use (the page reads the model and its metadata itself).
+    event.respondWith((async () => {
+      const offline = await caches.match(request, { cacheName: OFFLINE_CACHE, ignoreSearch: true });
+      return offline ?? fetch(request);
+    })());
+  }
+  // Anything else (the API): the network, untouched.
 });

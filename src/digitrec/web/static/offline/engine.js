@@ -91,15 +91,21 @@ export function answer(logits, topK, meta) {
 // Load everything the offline mode needs; resolves to the engine:
 //   { meta, bundleBytes, predict(imageData, topK) -> answer with `input` and
 //     `processing_ms`, like POST /api/v1/predict's JSON }
-export async function loadEngine({ metadataUrl = METADATA_URL } = {}) {
-  const meta = await callApi(metadataUrl);
+//
+// ``getJson`` and ``getBytes`` fetch the metadata and the model: by default from the
+// server with the page's token; the page passes readers of its offline cache instead
+// (pwa.js), so an engine can start without the network.
+export async function loadEngine({
+  metadataUrl = METADATA_URL, getJson = callApi, getBytes = fetchBytes,
+} = {}) {
+  const meta = await getJson(metadataUrl);
   const [moduleFile, wasmFile] = meta.runtime.files;
   const ort = await import(moduleFile.url);
   ort.env.wasm.numThreads = 1; // no cross-origin isolation needed
   ort.env.wasm.simd = true;
   ort.env.wasm.proxy = false;
   ort.env.wasm.wasmPaths = wasmFile.url.slice(0, wasmFile.url.lastIndexOf("/") + 1);
-  const model = await fetchBytes(meta.onnx.url);
+  const model = await getBytes(meta.onnx.url);
   const digest = await sha256Hex(model);
   if (model.length !== meta.onnx.bytes || (digest !== null && digest !== meta.onnx.sha256)) {
     throw new ApiError(0, "model_hash_mismatch", "the model downloaded is not the one announced");
