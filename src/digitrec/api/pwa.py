@@ -26,7 +26,7 @@ OFFLINE_PAGE = WEB_DIR / "offline.html"
 WORKER_TEMPLATE = WEB_DIR / "sw.js"
 # The shell: pages by URL and file, then the static files the page loads.
 PAGES = {"/": WEB_DIR / "index.html", "/offline": OFFLINE_PAGE, "/manifest.webmanifest": MANIFEST}
-SHELL_GLOBS = ("*.js", "*.css", "*.svg", "icons/*.png", "examples/*")
+SHELL_GLOBS = ("*.js", "*.css", "*.svg", "icons/*.png")  # example images are uploads: server
 NOT_SHELL = {"dashboard.js", "dashboard.css", "docs.js"}  # pages that need the server anyway
 
 pwa = APIRouter(include_in_schema=False)
