@@ -347,10 +347,10 @@ def test_session_has_no_console_errors_or_csp_violations(open_tab: Callable[...,
     page.reload()
     page.locator("#model-accuracy").filter(has_text=re.compile(r"\d")).wait_for()
     focused = []
-    for _ in range(4):  # the skip link, then the buttons: all reachable by keyboard
+    for _ in range(5):  # the skip link, then the buttons: all reachable by keyboard
         page.keyboard.press("Tab")
         focused.append(page.evaluate("document.activeElement.id"))
-    assert focused == ["skip", "undo", "clear", "upload"], focused
+    assert focused == ["skip", "undo", "redo", "clear", "upload"], focused
     # Enter on Upload opens the file picker. (Recorded as a click on the file input:
     # waiting for Playwright's file-chooser event races with the key press under load.)
     page.evaluate(
@@ -564,10 +564,12 @@ def test_feedback_by_keyboard_only(open_tab: Callable[..., Tab], live_server: Li
 
     page.locator("#skip").focus()  # the pen needs a pointer; from here on, keys only
     order = []
-    for _ in range(5):  # the drawing tools, then the correction, "Yes" first
+    tools = ["undo", "redo", "clear", "upload"]
+    more = ["All ten digits", "example-2", "example-7", "example-3"]
+    for _ in range(len(tools) + len(more) + 2):  # the tools, all ten, examples, then "Yes"
         page.keyboard.press("Tab")
         order.append(focused())
-    assert order == ["undo", "clear", "upload", "feedback-yes", "0"], order
+    assert order == [*tools, *more, "feedback-yes", "0"], order
     for _ in range(3):
         page.keyboard.press("Tab")
     assert focused() == "3"
