@@ -60,3 +60,13 @@ def test_api_answers_are_not_compressed(client: TestClient) -> None:
         response = client.get(path, headers=GZIP)
         assert response.status_code == 200, path
         assert "content-encoding" not in response.headers, path
+
+
+def test_images_are_not_compressed_again(client: TestClient) -> None:
+    example = STATIC_DIR / "examples" / "drawing-2.png"
+    assert example.stat().st_size > GZIP_MIN_BYTES
+    response = client.get("/static/examples/drawing-2.png", headers=GZIP)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert "content-encoding" not in response.headers
+    assert response.headers["cache-control"] == CACHE_CONTROL
