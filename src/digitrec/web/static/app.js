@@ -18,7 +18,7 @@ const TOP_SHOWN = 3; // answers shown as bars; all ten are behind "All ten digit
 // Screen readers hear an answer once it has settled: shown, with the pen up, and still the
 // answer this long later (a second stroke within it means the first answer is never heard).
 const SETTLE_MS = 1000;
-// An unreachable or overloaded server: the last image is sent again after 1 s, 2 s, 4 s...
+// A server that is away: the newest image is sent again after 1 s, 2 s, 4 s ... 10 s.
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 10_000;
 const PEN_WIDTH = 1 / 11; // stroke width as a share of the pad's side (MNIST-like strokes)
@@ -215,8 +215,8 @@ function showAnswer(answer) {
   ui.topTitle.textContent = doubt ? "Best guesses" : "Top answers";
   ui.top.classList.toggle("is-muted", doubt);
   ui.top.replaceChildren(...answer.top.slice(0, TOP_SHOWN).map(topItem));
-  const byDigit = [...answer.top].sort((a, b) => a.digit - b.digit);
-  ui.all.replaceChildren(...byDigit.map((entry) => topItem(entry, entry.digit === answer.digit ? 0 : 1)));
+  const byDigit = [...answer.top].sort((a, b) => a.digit - b.digit); // "All ten digits"
+  ui.all.replaceChildren(...byDigit.map((entry) => topItem(entry, entry === answer.top[0] ? 0 : 1)));
   if (answer.input_image) {
     ui.seenImg.src = answer.input_image;
     ui.seenImg.hidden = false;
