@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +26,7 @@ from digitrec.db import Database
 from digitrec.feedback import PredictionLog, PredictionRecord, new_prediction_id
 from digitrec.predict import Predictor
 from digitrec.registry import BUNDLED_ROOT, ModelEntry, Registry
+from tests.handwriting import Point, traced
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 MNIST_CACHE = Settings().data_dir  # the user's MNIST cache: fetched once, reused
@@ -121,7 +125,6 @@ class LiveServer:
         args: tuple[str, ...] = (),
         preexec_fn: Callable[[], None] | None = None,  # e.g. resource limits for the server
     ) -> None:
-        import subprocess
         import sys
 
         self.port = free_port()
@@ -134,24 +137,37 @@ class LiveServer:
             "DIGITREC_DATA_DIR": str(MNIST_CACHE),
             **(env or {}),
         }
+        self._command = [
+            sys.executable,
+            "-m",
+            "digitrec.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
+        self._env = full_env
+        self._preexec_fn = preexec_fn
         self._log_file = self.log.open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "digitrec.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                *args,
-            ],
-            env=full_env,
+        self.process = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        import subprocess
+
+        return subprocess.Popen(
+            self._command,
+            env=self._env,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=preexec_fn,
+            preexec_fn=self._preexec_fn,
         )
+
+    def start_again(self) -> None:
+        """After ``stop()``: the same server again, on the same port (an outage ends)."""
+        self._log_file = self.log.open("ab")
+        self.process = self._spawn()
 
     def wait_ready(self, timeout: float = 60) -> None:
         import time
@@ -197,48 +213,6 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         yield server
     finally:
         server.stop()
-
-
-# --- Chromium, driven by Playwright (the browser tests) -----------------------------------------
-
-CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-TIMEOUT_MS = 10_000  # for any one wait: a page answers in well under a second
-# Reports every CSP violation as a console error, which the session then collects.
-REPORT_CSP = """document.addEventListener("securitypolicyviolation", (e) =>
-  console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`));"""
-
-
-def require_chromium() -> None:
-    """Skip without Chromium or Playwright, unless DIGITREC_REQUIRE_BROWSER=1 (CI)."""
-    reason = None
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        reason = "Python Playwright is not installed"
-    if not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing: install Debian's chromium to run the browser tests"
-    if reason is not None:
-        if os.environ.get("DIGITREC_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"DIGITREC_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, shared by a module's tests."""
-    require_chromium()
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=TIMEOUT_MS)
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-            expect.set_options(timeout=None)  # back to Playwright's default
 
 
 def big_photo() -> bytes:
@@ -448,3 +422,178 @@ def total(samples: Samples, metric: str, /, **labels: str) -> float:
     """The sum over the series of ``metric`` that carry ``labels`` (and any others)."""
     wanted = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == metric and wanted <= ls)
+
+
+# --- the web page in a real browser (Debian's Chromium driven by Playwright) ----------------------
+# Skipped when /usr/bin/chromium is missing, unless DIGITREC_REQUIRE_BROWSER=1 (CI).
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+DESKTOP = {"viewport": {"width": 1280, "height": 800}}
+PHONE = {
+    "viewport": {"width": 375, "height": 667},
+    "device_scale_factor": 2,
+    "has_touch": True,
+    "is_mobile": True,
+}
+TIMEOUT_MS = 10_000  # for any one wait: a page answers in well under a second
+BLANK = "Draw a digit from 0 to 9 in the box."
+# Reports every CSP violation as a console error, which the session then collects.
+REPORT_CSP = """document.addEventListener("securitypolicyviolation", (e) =>
+  console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`));"""
+
+
+def require_chromium() -> None:
+    reason = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        reason = "Python Playwright is not installed"
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing: install Debian's chromium to run the browser tests"
+    if reason is not None:
+        if os.environ.get("DIGITREC_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"DIGITREC_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    require_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+            expect.set_options(timeout=None)  # back to Playwright's default
+
+
+class Tab:
+    """One page of the app, with what went wrong in its console and its API calls."""
+
+    def __init__(self, page: Any) -> None:
+        self.page = page
+        self.problems: list[str] = []
+        self.predictions: list[str] = []  # URLs of POST /api/v1/predict, in order
+        self.allowed: list[re.Pattern[str]] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
+        page.on("request", self._request)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error" and not any(p.search(message.text) for p in self.allowed):
+            self.problems.append(f"console: {message.text}")
+
+    def _request(self, request: Any) -> None:
+        if request.method == "POST" and "/api/v1/predict" in request.url:
+            self.predictions.append(request.url)
+
+    def allow(self, pattern: str) -> None:
+        """Console errors matching ``pattern`` are expected (the test provokes them)."""
+        self.allowed.append(re.compile(pattern))
+
+    def box(self) -> dict[str, float]:
+        box = self.page.locator("#canvas").bounding_box()
+        assert box is not None, "the canvas is not displayed"
+        return box
+
+    def to_page(self, stroke: list[Point]) -> list[Point]:
+        box = self.box()
+        return [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
+
+    def draw(self, strokes: list[list[Point]], seed: int = 0) -> int:
+        """Write with the mouse, stroke by stroke. Returns how many predictions the page
+        had asked for before the pen was lifted for the last time."""
+        mouse = self.page.mouse
+        asked = len(self.predictions)
+        for stroke in traced(strokes, seed=seed):
+            points = self.to_page(stroke)
+            mouse.move(*points[0])
+            mouse.down()
+            for x, y in points[1:]:
+                mouse.move(x, y)
+            asked = len(self.predictions)
+            mouse.up()
+        return asked
+
+    def read(self, strokes: list[list[Point]], seed: int = 0) -> str:
+        """Draw on a clear pad and wait for the answer to the whole drawing. Returns the
+        digit the page reads, or the verdict (or error) it shows instead."""
+        from playwright.sync_api import expect
+
+        self.page.keyboard.press("Escape")
+        self.expect_blank()
+        asked = self.draw(strokes, seed=seed)
+        self.wait_until(lambda: len(self.predictions) > asked)  # the last lift's request
+        answer = self.page.locator("#answer")
+        expect(answer).to_have_attribute("aria-busy", "false")
+        verdict = answer.get_attribute("data-verdict")
+        if verdict == "digit":
+            return self.page.locator("#digit").inner_text()
+        return verdict or f"error: {self.page.locator('#message').inner_text()}"
+
+    def touch(self, strokes: list[list[Point]], seed: int = 0) -> None:
+        """Write with a finger: real touch input through the browser's input pipeline."""
+        cdp = self.page.context.new_cdp_session(self.page)
+        for stroke in traced(strokes, seed=seed):
+            points = self.to_page(stroke)
+            for i, (x, y) in enumerate(points):
+                kind = "touchStart" if i == 0 else "touchMove"
+                cdp.send(
+                    "Input.dispatchTouchEvent",
+                    {
+                        "type": kind,
+                        "touchPoints": [
+                            {"x": x, "y": y, "id": 1, "radiusX": 6, "radiusY": 6, "force": 1}
+                        ],
+                    },
+                )
+            cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        cdp.detach()
+
+    def expect_digit(self, digit: str) -> None:
+        from playwright.sync_api import expect
+
+        expect(self.page.locator("#digit")).to_have_text(digit)
+        expect(self.page.locator("#top .bar")).to_have_count(3)
+
+    def expect_blank(self) -> None:
+        from playwright.sync_api import expect
+
+        expect(self.page.locator("#message")).to_have_text(BLANK)
+        expect(self.page.locator("#digit")).to_have_text("?")
+        expect(self.page.locator("#top .bar")).to_have_count(0)
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 5) -> None:
+        """Wait, letting Playwright deliver events, until ``condition()`` holds."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            self.page.wait_for_timeout(20)
+
+
+@pytest.fixture
+def open_tab(browser: Any, live_server: LiveServer) -> Iterator[Callable[..., Tab]]:
+    """Opens the app in a fresh browser context; on teardown, no console errors allowed."""
+    tabs: list[Tab] = []
+
+    def open_(url: str = live_server.url, **context: Any) -> Tab:
+        page = browser.new_context(**{**DESKTOP, **context}).new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.add_init_script(REPORT_CSP)
+        tab = Tab(page)
+        tabs.append(tab)
+        page.goto(url)
+        page.locator("#model-accuracy").filter(has_text=re.compile(r"\d")).wait_for()
+        return tab
+
+    yield open_
+    problems = [p for tab in tabs for p in tab.problems]
+    for tab in tabs:
+        tab.page.context.close()
+    assert not problems, problems

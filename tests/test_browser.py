@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,154 +21,23 @@ import pytest
 
 from digitrec.registry import BUNDLED_ROOT, MANIFEST, Registry
 from tests.conftest import (
+    DESKTOP,
+    PHONE,
     REPORT_CSP,
     TIMEOUT_MS,
     LiveServer,
+    Tab,
     parse_metrics,
     require_chromium,
     total,
 )
-from tests.handwriting import DIGITS, SEVEN_IN_TWO, Point, placed, traced
+from tests.handwriting import DIGITS, SEVEN_IN_TWO, placed
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 GOLDEN = Path(__file__).parent / "golden"
 WEB = Path(__file__).resolve().parent.parent / "src" / "digitrec" / "web"
-DESKTOP = {"viewport": {"width": 1280, "height": 800}}
-PHONE = {
-    "viewport": {"width": 375, "height": 667},
-    "device_scale_factor": 2,
-    "has_touch": True,
-    "is_mobile": True,
-}
 PREDICT = "**/api/v1/predict*"
-BLANK = "Draw a digit from 0 to 9 in the box."
-
-
-class Tab:
-    """One page of the app, with what went wrong in its console and its API calls."""
-
-    def __init__(self, page: Any) -> None:
-        self.page = page
-        self.problems: list[str] = []
-        self.predictions: list[str] = []  # URLs of POST /api/v1/predict, in order
-        self.allowed: list[re.Pattern[str]] = []
-        page.on("console", self._console)
-        page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
-        page.on("request", self._request)
-
-    def _console(self, message: Any) -> None:
-        if message.type == "error" and not any(p.search(message.text) for p in self.allowed):
-            self.problems.append(f"console: {message.text}")
-
-    def _request(self, request: Any) -> None:
-        if request.method == "POST" and "/api/v1/predict" in request.url:
-            self.predictions.append(request.url)
-
-    def allow(self, pattern: str) -> None:
-        """Console errors matching ``pattern`` are expected (the test provokes them)."""
-        self.allowed.append(re.compile(pattern))
-
-    def box(self) -> dict[str, float]:
-        box = self.page.locator("#canvas").bounding_box()
-        assert box is not None, "the canvas is not displayed"
-        return box
-
-    def to_page(self, stroke: list[Point]) -> list[Point]:
-        box = self.box()
-        return [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
-
-    def draw(self, strokes: list[list[Point]], seed: int = 0) -> int:
-        """Write with the mouse, stroke by stroke. Returns how many predictions the page
-        had asked for before the pen was lifted for the last time."""
-        mouse = self.page.mouse
-        asked = len(self.predictions)
-        for stroke in traced(strokes, seed=seed):
-            points = self.to_page(stroke)
-            mouse.move(*points[0])
-            mouse.down()
-            for x, y in points[1:]:
-                mouse.move(x, y)
-            asked = len(self.predictions)
-            mouse.up()
-        return asked
-
-    def read(self, strokes: list[list[Point]], seed: int = 0) -> str:
-        """Draw on a clear pad and wait for the answer to the whole drawing. Returns the
-        digit the page reads, or the verdict (or error) it shows instead."""
-        from playwright.sync_api import expect
-
-        self.page.keyboard.press("Escape")
-        self.expect_blank()
-        asked = self.draw(strokes, seed=seed)
-        self.wait_until(lambda: len(self.predictions) > asked)  # the last lift's request
-        answer = self.page.locator("#answer")
-        expect(answer).to_have_attribute("aria-busy", "false")
-        verdict = answer.get_attribute("data-verdict")
-        if verdict == "digit":
-            return self.page.locator("#digit").inner_text()
-        return verdict or f"error: {self.page.locator('#message').inner_text()}"
-
-    def touch(self, strokes: list[list[Point]], seed: int = 0) -> None:
-        """Write with a finger: real touch input through the browser's input pipeline."""
-        cdp = self.page.context.new_cdp_session(self.page)
-        for stroke in traced(strokes, seed=seed):
-            points = self.to_page(stroke)
-            for i, (x, y) in enumerate(points):
-                kind = "touchStart" if i == 0 else "touchMove"
-                cdp.send(
-                    "Input.dispatchTouchEvent",
-                    {
-                        "type": kind,
-                        "touchPoints": [
-                            {"x": x, "y": y, "id": 1, "radiusX": 6, "radiusY": 6, "force": 1}
-                        ],
-                    },
-                )
-            cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
-        cdp.detach()
-
-    def expect_digit(self, digit: str) -> None:
-        from playwright.sync_api import expect
-
-        expect(self.page.locator("#digit")).to_have_text(digit)
-        expect(self.page.locator("#top .bar")).to_have_count(3)
-
-    def expect_blank(self) -> None:
-        from playwright.sync_api import expect
-
-        expect(self.page.locator("#message")).to_have_text(BLANK)
-        expect(self.page.locator("#digit")).to_have_text("?")
-        expect(self.page.locator("#top .bar")).to_have_count(0)
-
-    def wait_until(self, condition: Callable[[], bool], timeout: float = 5) -> None:
-        """Wait, letting Playwright deliver events, until ``condition()`` holds."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert time.monotonic() < deadline, "timed out"
-            self.page.wait_for_timeout(20)
-
-
-@pytest.fixture
-def open_tab(browser: Any, live_server: LiveServer) -> Iterator[Callable[..., Tab]]:
-    """Opens the app in a fresh browser context; on teardown, no console errors allowed."""
-    tabs: list[Tab] = []
-
-    def open_(url: str = live_server.url, **context: Any) -> Tab:
-        page = browser.new_context(**{**DESKTOP, **context}).new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        page.add_init_script(REPORT_CSP)
-        tab = Tab(page)
-        tabs.append(tab)
-        page.goto(url)
-        page.locator("#model-accuracy").filter(has_text=re.compile(r"\d")).wait_for()
-        return tab
-
-    yield open_
-    problems = [p for tab in tabs for p in tab.problems]
-    for tab in tabs:
-        tab.page.context.close()
-    assert not problems, problems
 
 
 def expected_accuracy() -> str:
@@ -478,10 +347,10 @@ def test_session_has_no_console_errors_or_csp_violations(open_tab: Callable[...,
     page.reload()
     page.locator("#model-accuracy").filter(has_text=re.compile(r"\d")).wait_for()
     focused = []
-    for _ in range(4):  # the skip link, then the buttons: all reachable by keyboard
+    for _ in range(5):  # the skip link, then the buttons: all reachable by keyboard
         page.keyboard.press("Tab")
         focused.append(page.evaluate("document.activeElement.id"))
-    assert focused == ["skip", "undo", "clear", "upload"], focused
+    assert focused == ["skip", "undo", "redo", "clear", "upload"], focused
     # Enter on Upload opens the file picker. (Recorded as a click on the file input:
     # waiting for Playwright's file-chooser event races with the key press under load.)
     page.evaluate(
@@ -695,10 +564,12 @@ def test_feedback_by_keyboard_only(open_tab: Callable[..., Tab], live_server: Li
 
     page.locator("#skip").focus()  # the pen needs a pointer; from here on, keys only
     order = []
-    for _ in range(5):  # the drawing tools, then the correction, "Yes" first
+    tools = ["undo", "redo", "clear", "upload"]
+    more = ["All ten digits", "example-2", "example-7", "example-3"]
+    for _ in range(len(tools) + len(more) + 2):  # the tools, all ten, examples, then "Yes"
         page.keyboard.press("Tab")
         order.append(focused())
-    assert order == ["undo", "clear", "upload", "feedback-yes", "0"], order
+    assert order == [*tools, *more, "feedback-yes", "0"], order
     for _ in range(3):
         page.keyboard.press("Tab")
     assert focused() == "3"

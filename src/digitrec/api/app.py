@@ -33,7 +33,7 @@ from digitrec.api.security import (
 )
 from digitrec.api.service import Service
 from digitrec.api.stats import stats
-from digitrec.api.web import mount_static, web
+from digitrec.api.web import CompressPages, mount_static, web
 from digitrec.config import Settings
 from digitrec.errors import DigitrecError, RateLimited
 from digitrec.predict import Predictor
@@ -142,7 +142,9 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "x-api-key", "x-web-token", "content-type"],
         )
-    # Innermost: an unexpected exception becomes a JSON 500 inside the other middlewares,
+    # Gzip for the pages and static files only (see ``CompressPages``).
+    app.add_middleware(CompressPages)
+    # Next: an unexpected exception becomes a JSON 500 inside the other middlewares,
     # so it still carries the security headers.
     app.add_middleware(UnexpectedErrorMiddleware)
     # Room for base64 (4/3) and multipart headers; the image itself is checked exactly later.

@@ -10,6 +10,9 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from digitrec.api.access import CLIENT_COOKIE, Access, is_cookie_id, web_token_for
 from digitrec.api.schemas import WebToken
@@ -17,6 +20,10 @@ from digitrec.api.schemas import WebToken
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 STATIC_DIR = WEB_DIR / "static"
 CLIENT_COOKIE_MAX_AGE_S = 365 * 24 * 3600
+# The pages and their static files are revalidated on every use (see ``CachedStatic``).
+CACHE_CONTROL = "no-cache"
+PAGES = frozenset({"/", "/dashboard", "/docs"})  # the HTML pages, compressed like /static
+GZIP_MIN_BYTES = 1024  # smaller files gain too little to be worth compressing
 
 web = APIRouter(include_in_schema=False)
 
@@ -76,11 +83,42 @@ def _swagger_dir() -> Path | None:
     return Path(str(swagger_ui_path))
 
 
+class CachedStatic(StaticFiles):
+    """Static files with ``Cache-Control: no-cache``: a browser keeps its copy but asks
+    each time whether it changed, with the ETag and Last-Modified that StaticFiles sends,
+    and gets a bodiless 304 when not. The URLs carry no version (index.html loads
+    /static/app.js, which imports ./api.js), so a long max-age would keep serving an old
+    script after an upgrade, mixed with a new page; revalidation costs one small round
+    trip and updates are seen at once."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["cache-control"] = CACHE_CONTROL
+        return response
+
+
+class CompressPages:
+    """Gzip for the pages and /static only, when the client accepts it. The API's JSON
+    answers are small and are left alone, so compression never touches the API's
+    streaming, body-limit or error paths."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.gzip = GZipMiddleware(app, minimum_size=GZIP_MIN_BYTES)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path in PAGES or path.startswith("/static/"):
+            await self.gzip(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def mount_static(app: FastAPI) -> None:
     # Browsers compile WebAssembly as it streams only when it comes as application/wasm;
     # some systems' MIME tables lack it.
     mimetypes.add_type("application/wasm", ".wasm")
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/static", CachedStatic(directory=STATIC_DIR), name="static")
     swagger = _swagger_dir()
     if swagger is not None:
         app.mount("/docs/assets", StaticFiles(directory=swagger), name="swagger")

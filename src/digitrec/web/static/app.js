@@ -10,10 +10,17 @@ import { ApiError, callApi } from "./api.js";
 
 const ENDPOINTS = {
   model: "/api/v1/model",
-  predict: "/api/v1/predict?include_input=true&top_k=3",
+  predict: "/api/v1/predict?include_input=true&top_k=10", // all ten: see "All ten digits"
   feedback: "/api/v1/feedback",
 };
 const DEBOUNCE_MS = 200; // live answer: this long after the pen last moved
+const TOP_SHOWN = 3; // answers shown as bars; all ten are behind "All ten digits"
+// Screen readers hear an answer once it has settled: shown, with the pen up, and still the
+// answer this long later (a second stroke within it means the first answer is never heard).
+const SETTLE_MS = 1000;
+// A server that is away: the newest image is sent again after 1 s, 2 s, 4 s ... 10 s.
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 10_000;
 const PEN_WIDTH = 1 / 11; // stroke width as a share of the pad's side (MNIST-like strokes)
 const MIN_STEP = 0.002; // ignore pen moves shorter than this share of the side
 const EXPORT_SIDE = 280; // side of the PNG sent to the server, in pixels
@@ -39,6 +46,7 @@ const ui = {
   padEmpty: $("pad-empty"),
   dropCue: $("drop-cue"),
   undo: $("undo"),
+  redo: $("redo"),
   clear: $("clear"),
   upload: $("upload"),
   file: $("file"),
@@ -47,6 +55,8 @@ const ui = {
   message: $("message"),
   confidence: $("confidence"),
   top: $("top"),
+  all: $("all"),
+  examples: document.querySelectorAll(".example"),
   topTitle: $("top-title"),
   seenImg: $("seen-img"),
   processing: $("processing"),
@@ -77,9 +87,19 @@ function chance(p) {
 
 // --- talking to the API ----------------------------------------------------------------
 
-function friendly(error) {
+// Failures worth sending the same image again for: the server is away (no answer at all,
+// a proxy's 502 or 504) or restarting (503). Not a 500 (the same image would fail the same
+// way) nor a 429 (its message says when to try again).
+function isPassing(error) {
+  if (!(error instanceof ApiError)) return true;
+  return [502, 503, 504].includes(error.status);
+}
+
+// What went wrong, for people; ``retrying``: the page will try again by itself.
+function friendly(error, retrying = false) {
+  const later = retrying ? "" : " Try again in a moment.";
   if (!(error instanceof ApiError)) {
-    return "The server cannot be reached. Check your connection and try again.";
+    return "The server cannot be reached. Check your connection.";
   }
   switch (error.code) {
     case "blank_image":
@@ -96,14 +116,14 @@ function friendly(error) {
         ? `Too many requests. Try again in ${error.retryAfter} s.`
         : "Too many requests. Try again in a moment.";
     case "model_not_ready":
-      return "The model is not loaded yet. Try again in a moment.";
+      return `The model is not loaded yet.${later}`;
     default:
       break;
   }
   if (error.status === 401 || error.status === 403) {
     return "The server refused this page's access. Reload the page.";
   }
-  if (error.status >= 500) return "The server ran into a problem. Try again in a moment.";
+  if (error.status >= 500) return `The server ran into a problem.${later}`;
   return `The server could not read that: ${error.message}`;
 }
 
@@ -123,6 +143,7 @@ function resetAnswer(text) {
   delete ui.answer.dataset.verdict;
   ui.confidence.hidden = true;
   ui.top.replaceChildren();
+  ui.all.replaceChildren();
   ui.top.classList.remove("is-muted");
   ui.topTitle.textContent = "Top answers";
   ui.seenImg.hidden = true;
@@ -134,6 +155,7 @@ function resetAnswer(text) {
 
 function showBlank() {
   clearTimeout(debounce);
+  stopRetry();
   sent += 1;
   shown = sent;
   setBusy(false);
@@ -143,6 +165,7 @@ function showBlank() {
 function topItem({ digit, probability }, rank) {
   const item = document.createElement("li");
   item.className = rank === 0 ? "top-item is-first" : "top-item";
+  item.dataset.digit = String(digit);
   const name = document.createElement("span");
   name.className = "top-digit";
   name.textContent = String(digit);
@@ -191,7 +214,9 @@ function showAnswer(answer) {
   else showDigit(answer);
   ui.topTitle.textContent = doubt ? "Best guesses" : "Top answers";
   ui.top.classList.toggle("is-muted", doubt);
-  ui.top.replaceChildren(...answer.top.map(topItem));
+  ui.top.replaceChildren(...answer.top.slice(0, TOP_SHOWN).map(topItem));
+  const byDigit = [...answer.top].sort((a, b) => a.digit - b.digit); // "All ten digits"
+  ui.all.replaceChildren(...byDigit.map((entry) => topItem(entry, entry === answer.top[0] ? 0 : 1)));
   if (answer.input_image) {
     ui.seenImg.src = answer.input_image;
     ui.seenImg.hidden = false;
@@ -200,44 +225,91 @@ function showAnswer(answer) {
   offerFeedback(answer.prediction_id ?? null); // servers before corrections send none
   const known = ui.modelName.dataset.version;
   if (known && answer.model && answer.model.version !== known) loadModelCard(); // model swapped
-  if (pen.id === null) {
-    let words = ui.message.textContent;
-    if (verdict === "unsure") words += ` Best guess: ${answer.digit}.`;
-    if (!ui.confidence.hidden) words += ` ${ui.confidence.textContent}.`;
-    announce(words);
-  }
+  let words = ui.message.textContent;
+  if (verdict === "unsure") words += ` Best guess: ${answer.digit}.`;
+  if (!ui.confidence.hidden) words += ` ${ui.confidence.textContent}.`;
+  announceSettled(words);
 }
 
-function showError(error) {
+// An error; ``retryMs``: the same image goes again by itself after that long.
+function showError(error, retryMs = 0) {
   resetAnswer("");
-  say(friendly(error), "error");
-  announce(ui.message.textContent);
+  const words = friendly(error, retryMs > 0);
+  const again = retryMs ? ` Trying again in ${Math.round(retryMs / 1000)}${NBSP}s\u2026` : "";
+  say(words + again, "error");
+  if (ui.announce.textContent !== words) announce(words); // once, not at every new try
 }
 
-// Screen readers hear finished answers only, not every live update while the pen moves.
+// Screen readers hear settled answers only: not the live updates while the pen moves,
+// nor the answer to the first stroke of a digit whose second stroke follows at once.
+let settling = 0;
+
 function announce(text) {
+  clearTimeout(settling);
   ui.announce.textContent = text;
+}
+
+function announceSettled(text) {
+  clearTimeout(settling);
+  if (pen.id !== null) return; // the pen is down: this answer is already out of date
+  settling = setTimeout(() => { ui.announce.textContent = text; }, SETTLE_MS);
+}
+
+function cancelAnnouncement() {
+  clearTimeout(settling);
 }
 
 function setBusy(busy) {
   ui.answer.setAttribute("aria-busy", String(busy));
 }
 
-// Sends one image; its answer is shown unless a newer request's answer already is.
+let retry = { timer: 0, delay: 0, again: null }; // the newest image, to send again
+
+function stopRetry() {
+  clearTimeout(retry.timer);
+  retry = { timer: 0, delay: 0, again: null };
+}
+
+// Sends the newest image again now (the browser says it is back online, say).
+function retryNow() {
+  if (retry.again === null) return;
+  clearTimeout(retry.timer);
+  retry.again();
+}
+
+// Sends one image; its answer is shown unless a newer request's answer already is. When
+// the server is away, the same image goes again after a growing pause, while it is still
+// the newest, and the answer replaces the error by itself.
 async function ask(number, body, contentType) {
   setBusy(true);
   const init = { method: "POST", body };
   if (contentType) init.headers = { "Content-Type": contentType };
   try {
     const answer = await callApi(ENDPOINTS.predict, init);
-    if (number > shown) {
+    if (number === sent) stopRetry();
+    if (number >= shown) { // equal: this image's earlier try failed and its error is shown
       shown = number;
       showAnswer(answer);
     }
   } catch (error) {
-    if (number > shown) {
-      shown = number;
+    if (number < sent || number < shown) return; // a newer image took its place
+    shown = number;
+    if (isPassing(error)) {
+      const delay = retry.delay
+        ? Math.min(retry.delay * 2, RETRY_MAX_MS)
+        : Math.max(RETRY_FIRST_MS, (error.retryAfter ?? 0) * 1000);
+      clearTimeout(retry.timer);
+      retry.delay = delay;
+      retry.again = () => {
+        retry.again = null;
+        if (number === sent) ask(number, body, contentType);
+      };
+      retry.timer = setTimeout(retryNow, delay);
+      showError(error, delay);
+    } else {
+      stopRetry();
       showError(error);
+      if (body instanceof FormData && REFUSED_FILE.has(error.code)) dropUpload();
     }
   } finally {
     if (number === sent) setBusy(false);
@@ -332,7 +404,8 @@ function wireFeedback() {
 
 const strokes = []; // each stroke: [[x, y], ...] as shares of the side, so resizing is lossless
 const pen = { id: null, stroke: null, rect: null };
-let upload = null; // { url, name } while an uploaded image is on the pad
+let upload = null; // { url, name, file } while an uploaded image is on the pad
+const undone = []; // what Undo took away, newest last: a stroke, or { file } for an upload
 let debounce = 0;
 let paintQueued = false;
 const ctx = ui.canvas.getContext("2d");
@@ -411,6 +484,7 @@ function isEmpty() {
 function updateControls() {
   const empty = isEmpty();
   ui.undo.setAttribute("aria-disabled", String(empty));
+  ui.redo.setAttribute("aria-disabled", String(undone.length === 0));
   ui.clear.setAttribute("aria-disabled", String(empty));
   ui.padEmpty.hidden = !empty;
 }
@@ -455,7 +529,9 @@ function onPointerDown(event) {
   pen.id = event.pointerId;
   pen.rect = ui.canvas.getBoundingClientRect();
   pen.stroke = [point(event)];
+  cancelAnnouncement();
   if (upload !== null) dropUpload();
+  undone.length = 0; // a new stroke starts a new history
   strokes.push(pen.stroke);
   updateControls();
   queuePaint();
@@ -483,20 +559,41 @@ function onPointerEnd(event) {
 
 function undo() {
   if (pen.id !== null || isEmpty()) return;
-  if (upload !== null) dropUpload();
-  else strokes.pop();
+  if (upload !== null) {
+    undone.push({ file: upload.file });
+    dropUpload();
+  } else {
+    undone.push(strokes.pop());
+  }
   updateControls();
   queuePaint();
+  if (isEmpty()) announce("Drawing cleared.");
   predictDrawing();
+}
+
+function redo() {
+  if (pen.id !== null || undone.length === 0) return;
+  const step = undone.pop();
+  if (Array.isArray(step)) {
+    strokes.push(step);
+    updateControls();
+    queuePaint();
+    predictDrawing();
+  } else {
+    predictFile(step.file, { keepHistory: true });
+  }
 }
 
 function clearPad() {
   if (pen.id !== null) return;
+  const had = !isEmpty();
   strokes.length = 0;
+  undone.length = 0;
   dropUpload();
   updateControls();
   queuePaint();
   showBlank();
+  if (had) announce("Drawing cleared.");
 }
 
 // Keeps the canvas's pixels matched to the screen's, so strokes stay sharp on high-DPI.
@@ -515,18 +612,26 @@ function fitCanvas(entries) {
 
 // --- uploads: file picker, drag and drop, paste ----------------------------------------
 
-function predictFile(file) {
-  if (!file) return;
+const REFUSED_FILE = new Set(["unsupported_media_type", "invalid_image"]);
+
+function predictFile(file, { keepHistory = false } = {}) {
+  if (!file || pen.id !== null) return;
+  if (!keepHistory) undone.length = 0;
+  strokes.length = 0;
+  dropUpload(); // a refused file takes the previous image and its caption away too
   if (file.type && !file.type.startsWith("image/")) {
+    updateControls();
+    queuePaint();
+    clearTimeout(debounce);
+    stopRetry();
     sent += 1;
     shown = sent;
+    setBusy(false);
     showError(new ApiError(415, "unsupported_media_type", "not an image"));
     return;
   }
-  if (pen.id !== null) return;
-  strokes.length = 0;
-  dropUpload();
-  upload = { url: URL.createObjectURL(file), name: file.name || "pasted image" };
+  const name = file.name || "pasted image";
+  upload = { url: URL.createObjectURL(file), name, file };
   ui.preview.src = upload.url;
   ui.preview.alt = `Uploaded image: ${upload.name}`;
   ui.preview.hidden = false;
@@ -551,8 +656,26 @@ function carriesFiles(event) {
   return Boolean(event.dataTransfer) && Array.from(event.dataTransfer.types).includes("Files");
 }
 
+// An example image, sent as if it were uploaded.
+async function tryExample(button) {
+  try {
+    const response = await fetch(button.dataset.src);
+    if (!response.ok) throw new ApiError(response.status, `http_${response.status}`, "");
+    const blob = await response.blob();
+    const name = button.dataset.src.split("/").pop();
+    predictFile(new File([blob], name, { type: blob.type }));
+  } catch (error) {
+    sent += 1;
+    shown = sent;
+    showError(error);
+  }
+}
+
 function wireUploads() {
   ui.upload.addEventListener("click", () => ui.file.click());
+  for (const button of ui.examples) {
+    button.addEventListener("click", () => tryExample(button));
+  }
   ui.file.addEventListener("change", () => {
     predictFile(ui.file.files[0]);
     ui.file.value = ""; // choosing the same file again still fires "change"
@@ -603,9 +726,13 @@ function onKey(event) {
   const target = event.target;
   if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement) return;
   const command = event.ctrlKey || event.metaKey;
-  if (command && !event.shiftKey && !event.altKey && event.key.toLowerCase() === "z") {
+  const key = event.key.toLowerCase();
+  if (command && !event.shiftKey && !event.altKey && key === "z") {
     event.preventDefault();
     undo();
+  } else if (command && !event.altKey && ((event.shiftKey && key === "z") || key === "y")) {
+    event.preventDefault();
+    redo();
   } else if (!command && !event.altKey && (event.key === "Escape" || event.key === "Delete")) {
     clearPad();
   }
@@ -613,9 +740,12 @@ function onKey(event) {
 
 // --- the model card --------------------------------------------------------------------
 
+let cardRetryMs = 0;
+
 async function loadModelCard() {
   try {
     const card = await callApi(ENDPOINTS.model);
+    cardRetryMs = 0;
     ui.modelName.dataset.version = card.version;
     const version = document.createElement("span");
     version.className = "version";
@@ -632,6 +762,10 @@ async function loadModelCard() {
     if (card.dry_run) ui.modelAccuracy.textContent += " (dry run: not a real model)";
     ui.modelBackend.textContent = BACKENDS[card.backend] || card.backend;
   } catch (error) {
+    if (isPassing(error)) {
+      cardRetryMs = Math.min(cardRetryMs * 2 || RETRY_FIRST_MS, RETRY_MAX_MS);
+      setTimeout(loadModelCard, cardRetryMs);
+    }
     ui.modelName.textContent = "unavailable";
     ui.modelAccuracy.textContent = "unknown";
     ui.modelBackend.textContent = "unknown";
@@ -650,6 +784,7 @@ function start() {
   ui.canvas.addEventListener("lostpointercapture", onPointerEnd);
   ui.canvas.addEventListener("contextmenu", (event) => event.preventDefault());
   ui.undo.addEventListener("click", undo);
+  ui.redo.addEventListener("click", redo);
   ui.clear.addEventListener("click", clearPad);
   document.addEventListener("keydown", onKey);
   wireUploads();
@@ -661,6 +796,7 @@ function start() {
     observer.observe(ui.canvas); // browsers without device-pixel-content-box
   }
   matchMedia("(prefers-color-scheme: dark)").addEventListener("change", queuePaint);
+  window.addEventListener("online", retryNow);
   updateControls();
   showBlank();
   loadModelCard();
