@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,17 @@ from digitrec.api.web import STATIC_DIR
 from digitrec.config import Settings
 from digitrec.data import Mnist
 from digitrec.predict import Predictor
-from tests.conftest import mnist_png
+from tests.conftest import (
+    BLANK,
+    PHONE,
+    REPORT_CSP,
+    TIMEOUT_MS,
+    LiveServer,
+    Tab,
+    mnist_png,
+    require_chromium,
+)
+from tests.handwriting import DIGITS, placed
 
 OFFLINE = "/api/v1/feedback/offline"
 
@@ -189,3 +201,160 @@ def test_the_page_token_opens_offline_corrections(tmp_path: Path, predictor: Pre
         headers = {"X-Web-Token": token, **browser}
         refused = client.post(OFFLINE, json={"corrections": []}, headers=headers)
         assert refused.status_code == 422  # past the key check: the body is what is wrong
+
+
+# --- in Chromium: it installs, opens offline, reads drawings offline ---------------------
+
+FIRST_LOAD_MAX = 100_000  # bytes over the network for a first visit (issue #16)
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = LiveServer(
+        tmp_path_factory.mktemp("pwa"),
+        env={"DIGITREC_RATE_LIMIT_PER_MINUTE": "0", "DIGITREC_WEB_RATE_LIMIT_PER_MINUTE": "0"},
+    )
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def _open(browser: Any, server: LiveServer, **context: Any) -> Tab:
+    page = browser.new_context(**{**PHONE, **context}).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.add_init_script(REPORT_CSP)
+    tab = Tab(page)
+    page.goto(server.url)
+    page.locator("#model-accuracy").filter(has_text=re.compile(r"\d")).wait_for()
+    return tab
+
+
+def _controlled(tab: Tab) -> None:
+    """Wait for the service worker, then reload so that it controls the page."""
+    page = tab.page
+    active = """navigator.serviceWorker.ready.then((r) => r.active.state === "activated"
+      ? "activated"
+      : new Promise((done) => r.active.addEventListener("statechange", (e) => {
+          if (e.target.state === "activated") done("activated");
+        })))"""
+    assert page.evaluate(active) == "activated"
+    page.reload()
+    page.locator("#model-accuracy").filter(has_text=re.compile(r"\d")).wait_for()
+    assert page.evaluate("navigator.serviceWorker.controller !== null")
+
+
+@pytest.mark.browser
+@pytest.mark.server
+def test_the_page_installs_and_opens_offline(
+    browser: Any, app_server: LiveServer, artifacts: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    require_chromium()
+    context = browser.new_context(**PHONE)
+    received: list[int] = []
+    context.on("response", lambda r: received.append(_bytes(r)))
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.add_init_script(REPORT_CSP)
+    tab = Tab(page)
+    page.goto(app_server.url)
+    page.locator("#model-accuracy").filter(has_text=re.compile(r"\d")).wait_for()
+    page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+    page.wait_for_load_state("networkidle")
+    first_load = sum(received)
+    assert 0 < first_load < FIRST_LOAD_MAX, f"first visit: {first_load} bytes"
+    cdp = context.new_cdp_session(page)
+    errors = cdp.send("Page.getInstallabilityErrors")["installabilityErrors"]
+    # Playwright's contexts are incognito, which Chromium reports for any page; every
+    # other reason (no manifest, icons, worker, start URL, display mode...) must be absent.
+    assert [e["errorId"] for e in errors if e["errorId"] != "in-incognito"] == []
+    manifest = cdp.send("Page.getAppManifest")
+    assert manifest["errors"] == [] and manifest["url"].endswith("/manifest.webmanifest")
+    loaded = page.evaluate("performance.getEntriesByType('resource').map((e) => e.name)")
+    bundle = [u for u in loaded if "onnxruntime" in u or "/model/onnx" in u]
+    assert bundle == []  # the offline bundle comes on request only
+    _controlled(tab)
+
+    tab.allow("ERR_INTERNET_DISCONNECTED|ERR_FAILED")  # what the page asks for offline
+    context.set_offline(True)
+    page.reload()  # from the worker's cache: the recognizer, not the browser's error page
+    expect(page.locator("#canvas")).to_be_visible()
+    expect(page.locator("#message")).to_have_text(BLANK)
+    page.screenshot(path=artifacts / "pwa-offline-shell-375x667.png")
+    page.goto(f"{app_server.url}/dashboard")  # not in the shell: the offline page says why
+    expect(page.locator("h1")).to_contain_text("offline")
+    expect(page.locator("body")).to_contain_text("What works offline")
+    context.set_offline(False)
+    (artifacts / "pwa-first-load.json").write_text(json.dumps({"first_load_bytes": first_load}))
+    context.close()
+    assert not tab.problems, tab.problems
+
+
+def _bytes(response: Any) -> int:
+    try:
+        sizes = response.request.sizes()
+    except Exception:  # a response the browser dropped (a redirect, a cancelled request)
+        return 0
+    return int(sizes["responseBodySize"]) + int(sizes["responseHeadersSize"])
+
+
+@pytest.mark.browser
+@pytest.mark.server
+def test_a_drawing_is_read_offline_as_the_server_reads_it(
+    browser: Any, app_server: LiveServer, artifacts: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    require_chromium()
+    tab = _open(browser, app_server)
+    page, context = tab.page, tab.page.context
+    _controlled(tab)
+    toggle = page.locator("#offline-toggle")
+    expect(page.locator("#offline-status")).to_contain_text("MB once")
+    toggle.click()
+    expect(page.locator("#offline-status")).to_contain_text("Ready offline", timeout=60_000)
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+
+    strokes = placed(DIGITS["3"], 0.6)
+    answer = page.locator("#answer")
+    page.evaluate("scrollTo(0, 0)")  # the button is under the answer: back to the pad
+    tab.touch(strokes, seed=4)
+    expect(answer).to_have_attribute("data-offline", "false")
+    expect(answer).to_have_attribute("aria-busy", "false")
+    by_server = (page.locator("#digit").inner_text(), page.locator("#top").inner_text())
+
+    tab.allow("ERR_INTERNET_DISCONNECTED|ERR_FAILED")  # what the page asks for offline
+    context.set_offline(True)
+    page.locator("#clear").click()
+    tab.touch(strokes, seed=4)
+    expect(answer).to_have_attribute("data-offline", "true")
+    assert (page.locator("#digit").inner_text(), page.locator("#top").inner_text()) == by_server
+    expect(page.locator("#processing")).to_contain_text("on this device")
+
+    page.reload()  # offline: the page from the worker, the engine from the stored bundle
+    tab.touch(strokes, seed=4)
+    expect(answer).to_have_attribute("data-offline", "true")
+    assert page.locator("#digit").inner_text() == by_server[0]
+    page.screenshot(path=artifacts / "pwa-offline-answer-375x667.png")
+
+    label = (int(by_server[0]) + 1) % 10  # a correction made offline
+    page.locator(f"#feedback-keys button[data-label='{label}']").click()
+    expect(page.locator("#feedback-status")).to_contain_text("Saved on this device")
+    stats = _corrections(app_server)
+    context.set_offline(False)  # the browser says "online": what waited is sent
+    tab.wait_until(lambda: len(_corrections(app_server)) > len(stats), timeout=15)
+    newest = _corrections(app_server)[0]
+    assert newest["label"] == label and newest["digit"] == int(by_server[0])
+    assert newest["right"] is False
+    context.close()
+    assert not tab.problems, tab.problems
+
+
+def _corrections(server: LiveServer) -> list[dict[str, Any]]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.url}/api/v1/stats", timeout=10) as response:
+        return list(json.loads(response.read())["corrections"])

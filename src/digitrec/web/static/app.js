@@ -7,8 +7,19 @@
 // keeps working when the server requires API keys.
 
 import { ApiError, callApi } from "./api.js";
+import {
+  OfflineReader,
+  isNetworkError,
+  newPredictionId,
+  offlineCorrection,
+  pending,
+  registerWorker,
+  retryPending,
+} from "./pwa.js";
 
 const ENDPOINTS = {
+  offline: "/api/v1/model/offline",
+  offlineFeedback: "/api/v1/feedback/offline",
   model: "/api/v1/model",
   predict: "/api/v1/predict?include_input=true&top_k=10", // all ten: see "All ten digits"
   feedback: "/api/v1/feedback",
@@ -40,6 +51,9 @@ const DOUBTS = {
 
 const $ = (id) => document.getElementById(id);
 const ui = {
+  offlineUse: $("offline-use"),
+  offlineToggle: $("offline-toggle"),
+  offlineStatus: $("offline-status"),
   pad: $("pad"),
   canvas: $("canvas"),
   preview: $("upload-preview"),
@@ -115,6 +129,13 @@ function friendly(error, retrying = false) {
       return error.retryAfter
         ? `Too many requests. Try again in ${error.retryAfter} s.`
         : "Too many requests. Try again in a moment.";
+    case "needs_server":
+      return "The server cannot be reached, and only the server can read this image.";
+    case "offline_off":
+    case "offline_failed":
+    case "offline_bundle_missing":
+    case "model_hash_mismatch":
+      return "The server cannot be reached, and this drawing could not be read on this device.";
     case "model_not_ready":
       return `The model is not loaded yet.${later}`;
     default:
@@ -221,7 +242,10 @@ function showAnswer(answer) {
     ui.seenImg.src = answer.input_image;
     ui.seenImg.hidden = false;
   }
-  ui.processing.textContent = `${answer.processing_ms.toFixed(1)} ms`;
+  ui.processing.textContent = answer.offline
+    ? `${answer.processing_ms.toFixed(1)} ms on this device (offline)`
+    : `${answer.processing_ms.toFixed(1)} ms`;
+  ui.answer.dataset.offline = String(Boolean(answer.offline));
   offerFeedback(answer.prediction_id ?? null); // servers before corrections send none
   const known = ui.modelName.dataset.version;
   if (known && answer.model && answer.model.version !== known) loadModelCard(); // model swapped
@@ -280,19 +304,25 @@ function retryNow() {
 // Sends one image; its answer is shown unless a newer request's answer already is. When
 // the server is away, the same image goes again after a growing pause, while it is still
 // the newest, and the answer replaces the error by itself.
-async function ask(number, body, contentType) {
+async function ask(number, body, contentType, drawing = null) {
   setBusy(true);
   const init = { method: "POST", body };
   if (contentType) init.headers = { "Content-Type": contentType };
   try {
     const answer = await callApi(ENDPOINTS.predict, init);
     if (number === sent) stopRetry();
+    if (pending.count()) retryPending(0, showPending); // the server is back
     if (number >= shown) { // equal: this image's earlier try failed and its error is shown
       shown = number;
       showAnswer(answer);
     }
   } catch (error) {
     if (number < sent || number < shown) return; // a newer image took its place
+    if (isPassing(error) && drawing !== null && reader.stored !== null) {
+      stopRetry();
+      await askOffline(number, drawing); // read on this device instead
+      return;
+    }
     shown = number;
     if (isPassing(error)) {
       const delay = retry.delay
@@ -313,6 +343,107 @@ async function ask(number, body, contentType) {
     }
   } finally {
     if (number === sent) setBusy(false);
+  }
+}
+
+// --- reading on this device (offline use) ----------------------------------------------
+
+const reader = new OfflineReader();
+const offlineAnswers = new Map(); // prediction_id -> answer given here, until corrected
+const OFFLINE_KEPT = 20; // answers given here that can still be corrected
+
+function seenImage(pixels, side) {
+  const canvas = document.createElement("canvas");
+  canvas.width = side;
+  canvas.height = side;
+  const image = canvas.getContext("2d").createImageData(side, side);
+  pixels.forEach((v, i) => { image.data.set([v, v, v, 255], i * 4); });
+  canvas.getContext("2d").putImageData(image, 0, 0);
+  return canvas.toDataURL("image/png");
+}
+
+// Reads a drawing with the model stored on this device (the server cannot be reached).
+async function askOffline(number, canvas) {
+  setBusy(true);
+  try {
+    const engine = await reader.ready();
+    if (engine === null) throw new ApiError(0, "offline_off", "offline use is off");
+    const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
+    const result = await engine.predict(pixels, 10);
+    if (number < sent || number < shown) return;
+    shown = number;
+    const answer = {
+      ...result,
+      prediction_id: newPredictionId(),
+      answered_at: new Date().toISOString(),
+      input_image: seenImage(result.input, engine.meta.preprocessing.size),
+      offline: true,
+    };
+    offlineAnswers.set(answer.prediction_id, answer);
+    for (const id of [...offlineAnswers.keys()].slice(0, -OFFLINE_KEPT)) offlineAnswers.delete(id);
+    showAnswer(answer);
+  } catch (error) {
+    if (number < sent || number < shown) return;
+    shown = number;
+    showError(error instanceof ApiError ? error : new ApiError(0, "offline_failed", String(error)));
+  } finally {
+    if (number === sent) setBusy(false);
+  }
+}
+
+function showBundle(bytes) {
+  return `${(bytes / 1e6).toFixed(1)}${NBSP}MB`;
+}
+
+async function showOffline(meta = null) {
+  const stored = reader.stored;
+  ui.offlineToggle.setAttribute("aria-pressed", String(stored !== null));
+  ui.offlineToggle.textContent = stored === null ? "Use offline" : "Stop using offline";
+  if (stored !== null) {
+    ui.offlineStatus.textContent = `Ready offline: drawings are read on this device when the `
+      + `server cannot be reached (${showBundle(stored.bytes)} stored). Uploads need the server.`;
+  } else if (meta !== null) {
+    ui.offlineStatus.textContent = `Read drawings without the network: downloads `
+      + `${showBundle(meta.bundle_bytes)} once (the model and ONNX Runtime Web).`;
+  }
+  ui.offlineUse.hidden = false;
+}
+
+async function toggleOffline() {
+  ui.offlineToggle.disabled = true;
+  try {
+    if (reader.stored !== null) {
+      await reader.disable();
+      await showOffline(await callApi(ENDPOINTS.offline).catch(() => null));
+    } else {
+      ui.offlineStatus.textContent = "Downloading the model and ONNX Runtime Web…";
+      await reader.enable();
+      await showOffline();
+    }
+  } catch (error) {
+    ui.offlineStatus.textContent = `Offline use could not be turned on. ${friendly(error)}`;
+  } finally {
+    ui.offlineToggle.disabled = false;
+  }
+}
+
+async function startOffline() {
+  if (!OfflineReader.supported) return; // no Cache Storage or WebAssembly: online only
+  ui.offlineToggle.addEventListener("click", toggleOffline);
+  if (reader.stored !== null) {
+    await showOffline();
+    reader.ready().catch(() => {}); // started in the background, ready for an outage
+    if (navigator.onLine) reader.refresh().then((changed) => changed && showOffline()).catch(() => {});
+    return;
+  }
+  await showOffline(await callApi(ENDPOINTS.offline).catch(() => null));
+}
+
+// Corrections waiting on this device for the server.
+function showPending() {
+  const waiting = pending.count();
+  if (!ui.feedback.hidden && waiting === 0 && ui.feedbackStatus.dataset.kind === "waiting") {
+    setFeedbackStatus("Sent to the server. Thanks!");
   }
 }
 
@@ -364,19 +495,40 @@ async function sendFeedback(button) {
   if (button === ui.feedbackYes) body.correct = true;
   else body.label = label === "none" ? null : Number(label);
   ui.feedback.setAttribute("aria-busy", "true");
+  const given = offlineAnswers.get(predictionId); // an answer given on this device
+  const correction = "correct" in body ? { correct: true } : { label: body.label };
+  const item = given
+    ? { kind: "offline", body: offlineCorrection(given, correction) }
+    : { kind: "served", body };
+  const labelled = "label" in body ? body.label : (given && given.verdict === "digit" ? given.digit : null);
+  const as = labelled === null || labelled === undefined ? "not a digit" : aDigit(labelled);
   try {
-    const reply = await callApi(ENDPOINTS.feedback, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-    });
+    const reply = given
+      ? await callApi(ENDPOINTS.offlineFeedback, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ corrections: [item.body] }),
+      })
+      : await callApi(ENDPOINTS.feedback, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
     if (number !== feedbackSent) return; // a newer answer or correction took its place
     markPressed(button);
-    const saved = "label" in reply ? reply.label : body.label; // "Yes" saves the answer's digit
-    const as = saved === null || saved === undefined ? "not a digit" : aDigit(saved);
-    setFeedbackStatus(`Thanks \u2014 saved as ${as}.`);
+    const saved = "label" in reply ? reply.label : labelled; // "Yes" saves the answer's digit
+    const shownAs = saved === null || saved === undefined ? "not a digit" : aDigit(saved);
+    setFeedbackStatus(`Thanks \u2014 saved as ${shownAs}.`);
   } catch (error) {
     if (number !== feedbackSent) return;
+    if (isNetworkError(error) || (error instanceof ApiError && [502, 503, 504].includes(error.status))) {
+      pending.add(item); // kept on this device, sent when the server answers again
+      retryPending(1000, showPending);
+      markPressed(button);
+      setFeedbackStatus(`Saved on this device as ${as}: it goes to the server when the `
+        + "connection is back.", "waiting");
+      return;
+    }
     setFeedbackStatus(feedbackTrouble(error), "error");
   } finally {
     if (number === feedbackSent) ui.feedback.removeAttribute("aria-busy");
@@ -469,12 +621,17 @@ function exportPen() {
 
 // The drawing as the server should see it: dark strokes on a transparent square, drawn
 // with a pen in step with the drawing's size, however large the pad's pen made it look.
-function exportDrawing() {
+function exportCanvas() {
   const out = document.createElement("canvas");
   out.width = EXPORT_SIDE;
   out.height = EXPORT_SIDE;
   paint(out.getContext("2d"), EXPORT_SIDE, "black", exportPen());
-  return new Promise((resolve) => { out.toBlob(resolve, "image/png"); });
+  return out;
+}
+
+// The same as a PNG, as it goes to the server.
+function exportDrawing(canvas = exportCanvas()) {
+  return new Promise((resolve) => { canvas.toBlob(resolve, "image/png"); });
 }
 
 function isEmpty() {
@@ -497,8 +654,13 @@ async function predictDrawing() {
   }
   sent += 1;
   const number = sent;
-  const blob = await exportDrawing();
-  if (number === sent && blob) await ask(number, blob, "image/png");
+  const canvas = exportCanvas();
+  if (!navigator.onLine && reader.engine) {
+    await askOffline(number, canvas); // no network: do not wait for a request to fail
+    return;
+  }
+  const blob = await exportDrawing(canvas);
+  if (number === sent && blob) await ask(number, blob, "image/png", canvas);
 }
 
 function schedulePrediction() {
@@ -796,7 +958,13 @@ function start() {
     observer.observe(ui.canvas); // browsers without device-pixel-content-box
   }
   matchMedia("(prefers-color-scheme: dark)").addEventListener("change", queuePaint);
-  window.addEventListener("online", retryNow);
+  window.addEventListener("online", () => {
+    retryNow();
+    retryPending(500, showPending);
+  });
+  registerWorker();
+  startOffline();
+  retryPending(0, showPending); // what waited from an earlier visit
   updateControls();
   showBlank();
   loadModelCard();

@@ -70,58 +70,82 @@ let sending = null;
 // Sends what waits; resolves to the number sent. Corrections the server refuses for
 // good (4xx other than 408 and 429) are dropped: sending them again cannot help.
 export function sendPending() {
-  sending ??= (async () => {
-    let sent = 0;
-    try {
-      let items = readQueue();
-      const post = (url, body) => callApi(url, {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-      });
-      const settle = (done) => {
-        const ids = new Set(done.map((item) => item.body.prediction_id));
-        items = readQueue().filter((item) => !ids.has(item.body.prediction_id));
-        writeQueue(items);
-      };
-      const refusedForGood = (error) => error instanceof ApiError && error.status >= 400
-        && error.status < 500 && error.status !== 408 && error.status !== 429;
-      for (const item of items.filter((i) => i.kind === "served")) {
-        try {
-          await post(ENDPOINTS.feedback, item.body);
-          sent += 1;
-          settle([item]);
-        } catch (error) {
-          if (!refusedForGood(error)) return sent;
-          settle([item]);
-        }
-      }
-      // In batches; a batch is stored whole or not at all, so a refused one is sent again
-      // one by one and only the corrections refused alone are dropped.
-      const sendBatch = async (batch) => {
-        try {
-          await post(ENDPOINTS.offlineFeedback, { corrections: batch.map((item) => item.body) });
-          sent += batch.length;
-          settle(batch);
-          return true;
-        } catch (error) {
-          if (!refusedForGood(error)) return false;
-          if (batch.length === 1) {
-            settle(batch);
-            return true;
-          }
-          for (const item of batch) if (!(await sendBatch([item]))) return false;
-          return true;
-        }
-      };
-      const offline = readQueue().filter((i) => i.kind === "offline");
-      for (let start = 0; start < offline.length; start += BATCH) {
-        if (!(await sendBatch(offline.slice(start, start + BATCH)))) return sent;
-      }
-      return sent;
-    } finally {
-      sending = null;
-    }
-  })();
+  // .finally() runs after the assignment even when nothing waits (no await reached).
+  sending ??= drain().finally(() => { sending = null; });
   return sending;
+}
+
+let pendingTimer = 0;
+let pendingDelay = 0;
+
+// Sends what waits after ``delayMs``, then again after a growing pause (1 s ... 60 s) for
+// as long as some of it cannot reach the server: the browser's "online" event comes
+// before the network really works, and not at all when only the server was away.
+export function retryPending(delayMs = 500, onSent = () => {}) {
+  clearTimeout(pendingTimer);
+  if (readQueue().length === 0) {
+    pendingDelay = 0;
+    return;
+  }
+  pendingTimer = setTimeout(async () => {
+    const sent = await sendPending();
+    if (sent > 0) onSent(sent);
+    if (readQueue().length === 0) {
+      pendingDelay = 0;
+      return;
+    }
+    pendingDelay = Math.min(pendingDelay ? pendingDelay * 2 : 1000, 60_000);
+    retryPending(pendingDelay, onSent);
+  }, delayMs);
+}
+
+async function drain() {
+  let sent = 0;
+  let items = readQueue();
+  const post = (url, body) => callApi(url, {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  });
+  const settle = (done) => {
+    const ids = new Set(done.map((item) => item.body.prediction_id));
+    items = readQueue().filter((item) => !ids.has(item.body.prediction_id));
+    writeQueue(items);
+  };
+  const refusedForGood = (error) => error instanceof ApiError && error.status >= 400
+    && error.status < 500 && error.status !== 408 && error.status !== 429;
+  for (const item of items.filter((i) => i.kind === "served")) {
+    try {
+      await post(ENDPOINTS.feedback, item.body);
+      sent += 1;
+      settle([item]);
+    } catch (error) {
+      if (!refusedForGood(error)) return sent;
+      settle([item]);
+    }
+  }
+  // In batches; a batch is stored whole or not at all, so a refused one is sent again
+  // one by one and only the corrections refused alone are dropped.
+  const sendBatch = async (batch) => {
+    try {
+      await post(ENDPOINTS.offlineFeedback, { corrections: batch.map((item) => item.body) });
+      sent += batch.length;
+      settle(batch);
+      return true;
+    } catch (error) {
+      if (!refusedForGood(error)) return false;
+      if (batch.length === 1) {
+        settle(batch);
+        return true;
+      }
+      for (const item of batch) if (!(await sendBatch([item]))) return false;
+      return true;
+    }
+  };
+  const offline = readQueue().filter((i) => i.kind === "offline");
+  for (let start = 0; start < offline.length; start += BATCH) {
+    if (!(await sendBatch(offline.slice(start, start + BATCH)))) return sent;
+  }
+
+  return sent;
 }
 
 // --- reading drawings on this device -------------------------------------------------
