@@ -3,6 +3,7 @@ Cache-Control and validators so a browser revalidates, and API answers left unco
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from digitrec.api.web import CACHE_CONTROL, GZIP_MIN_BYTES, STATIC_DIR
@@ -70,3 +71,31 @@ def test_images_are_not_compressed_again(client: TestClient) -> None:
     assert response.headers["content-type"] == "image/png"
     assert "content-encoding" not in response.headers
     assert response.headers["cache-control"] == CACHE_CONTROL
+
+
+def test_big_files_are_compressed_once_per_worker(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The offline bundle's 10 MB WebAssembly: compressed on the first request, then the
+    same bytes are sent again; never compressed per request."""
+    from digitrec.api import web
+
+    url = "/static/vendor/onnxruntime-web/ort-wasm-simd.wasm"
+    original = (STATIC_DIR / url.removeprefix("/static/")).read_bytes()
+    assert len(original) > web.GZIP_ONCE_BYTES
+    calls = []
+    real = web._gzip_file
+    monkeypatch.setattr(web, "_gzip_file", lambda path: calls.append(path) or real(path))
+    first = client.get(url, headers=GZIP)
+    assert first.status_code == 200 and first.headers["content-encoding"] == "gzip"
+    assert first.headers["content-type"] == "application/wasm"
+    assert first.content == original  # httpx decodes it
+    assert int(first.headers["content-length"]) < len(original) // 2
+    again = client.get(url, headers=GZIP)
+    assert again.headers["etag"] == first.headers["etag"] and len(calls) == 1
+    unchanged = client.get(url, headers={**GZIP, "If-None-Match": first.headers["etag"]})
+    assert unchanged.status_code == 304 and unchanged.content == b""
+    plain = client.get(url, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == original
+    assert len(calls) == 1
+    assert client.get("/static/../web.py", headers=GZIP).status_code == 404

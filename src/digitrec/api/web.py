@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import hashlib
 import mimetypes
 import secrets
 from pathlib import Path
@@ -10,7 +13,8 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.gzip import GZipMiddleware
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,6 +28,12 @@ CLIENT_COOKIE_MAX_AGE_S = 365 * 24 * 3600
 CACHE_CONTROL = "no-cache"
 PAGES = frozenset({"/", "/dashboard", "/docs"})  # the HTML pages, compressed like /static
 GZIP_MIN_BYTES = 1024  # smaller files gain too little to be worth compressing
+# Larger files are compressed once per worker (in a thread) and kept, not once per request:
+# ONNX Runtime's 10.6 MB WebAssembly takes ~0.3 s of CPU to compress, so compressing it for
+# every download would let anyone make the server work hard for one cheap request.
+GZIP_ONCE_BYTES = 256 * 1024
+GZIP_ONCE_LEVEL = 6
+NOT_GZIPPED = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/wasm")  # see GzipOnce
 
 web = APIRouter(include_in_schema=False)
 
@@ -97,21 +107,100 @@ class CachedStatic(StaticFiles):
         return response
 
 
+class GzipOnce:
+    """Large static files (the offline bundle's WebAssembly), gzipped once per worker.
+
+    The compressed bytes are computed in a thread on the first request that accepts gzip
+    and kept with the file's size and modification time (a changed file is compressed
+    again). The answer carries its own ETag and honours If-None-Match, like StaticFiles.
+    """
+
+    def __init__(self) -> None:
+        self.kept: dict[Path, tuple[tuple[int, int], bytes, str]] = {}
+        self.lock = asyncio.Lock()
+
+    async def get(self, path: Path) -> tuple[bytes, str]:
+        stat = path.stat()
+        key = (stat.st_size, stat.st_mtime_ns)
+        async with self.lock:  # one compression at a time, and each file only once
+            kept = self.kept.get(path)
+            if kept is None or kept[0] != key:
+                body = await run_in_threadpool(_gzip_file, path)
+                etag = f'"{hashlib.sha256(body).hexdigest()[:32]}-gz"'
+                kept = self.kept[path] = (key, body, etag)
+        return kept[1], kept[2]
+
+
+def _gzip_file(path: Path) -> bytes:
+    return gzip.compress(path.read_bytes(), GZIP_ONCE_LEVEL, mtime=0)
+
+
 class CompressPages:
     """Gzip for the pages and /static only, when the client accepts it. The API's JSON
     answers are small and are left alone, so compression never touches the API's
-    streaming, body-limit or error paths."""
+    streaming, body-limit or error paths. Static files over ``GZIP_ONCE_BYTES`` are
+    compressed once and kept (``GzipOnce``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.gzip = GZipMiddleware(app, minimum_size=GZIP_MIN_BYTES)
+        self.gzip = GZipMiddleware(
+            app, minimum_size=GZIP_MIN_BYTES, exclude_content_types=NOT_GZIPPED
+        )
+        self.once = GzipOnce()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith("/static/") and _accepts_gzip(scope):
+            big = _big_static_file(path)
+            if big is not None and scope.get("method") in ("GET", "HEAD"):
+                await self._send_kept(big, scope, send)
+                return
         if path in PAGES or path.startswith("/static/"):
             await self.gzip(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+    async def _send_kept(self, file: Path, scope: Scope, send: Send) -> None:
+        body, etag = await self.once.get(file)
+        headers = {
+            "content-type": mimetypes.guess_type(file.name)[0] or "application/octet-stream",
+            "content-encoding": "gzip",
+            "vary": "Accept-Encoding",
+            "cache-control": CACHE_CONTROL,
+            "etag": etag,
+        }
+        asked = dict(scope.get("headers", [])).get(b"if-none-match", b"").decode("latin-1")
+        if etag in [tag.strip() for tag in asked.split(",")]:
+            response = Response(status_code=304, headers=headers)
+        else:
+            response = Response(body if scope["method"] == "GET" else b"", headers=headers)
+            response.headers["content-length"] = str(len(body))
+        await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> dict[str, Any]:
+    return {"type": "http.disconnect"}
+
+
+def _accepts_gzip(scope: Scope) -> bool:
+    accept = dict(scope.get("headers", [])).get(b"accept-encoding", b"")
+    return b"gzip" in accept.lower()
+
+
+def _big_static_file(path: str) -> Path | None:
+    """The file under STATIC_DIR that ``path`` names, if it is one worth ``GzipOnce``."""
+    relative = path.removeprefix("/static/")
+    if not relative or ".." in relative.split("/") or relative.startswith("/"):
+        return None
+    file = STATIC_DIR / relative
+    try:
+        if not file.is_file() or file.stat().st_size < GZIP_ONCE_BYTES:
+            return None
+    except OSError:
+        return None
+    kind = mimetypes.guess_type(file.name)[0] or ""
+    compressible = kind in ("application/wasm", "text/javascript", "application/javascript")
+    return file if compressible and file.resolve().is_relative_to(STATIC_DIR) else None
 
 
 def mount_static(app: FastAPI) -> None:
