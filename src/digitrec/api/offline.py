@@ -24,8 +24,7 @@ from fastapi.responses import FileResponse, Response
 from digitrec import preprocess
 from digitrec.api.access import guard
 from digitrec.api.deps import ServiceDep
-from digitrec.api.routes import _errors
-from digitrec.api.schemas import OfflineModel
+from digitrec.api.schemas import OfflineModel, error_responses
 from digitrec.api.web import STATIC_DIR
 from digitrec.config import TOP_K_MAX
 from digitrec.errors import ModelNotFound
@@ -45,7 +44,7 @@ offline = APIRouter(
     prefix="/api/v1",
     tags=["offline"],
     dependencies=[Depends(guard)],
-    responses=_errors(401, 403, 429),
+    responses=error_responses(401, 403, 429),
 )
 
 
@@ -86,7 +85,7 @@ def _rejection(rejection: Rejection) -> dict[str, Any] | None:
     "/model/offline",
     response_model=OfflineModel,
     summary="What the page needs to read drawings without the server",
-    responses=_errors(404, 503),
+    responses=error_responses(404, 503),
 )
 async def offline_model(service: ServiceDep) -> dict[str, Any]:
     """The served model's metadata for the in-browser engine, and what it downloads."""
@@ -125,7 +124,7 @@ async def offline_model(service: ServiceDep) -> dict[str, Any]:
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "the ONNX bytes"},
         304: {"description": "the copy the client holds (If-None-Match) is current"},
-        **_errors(404, 503),
+        **error_responses(404, 503),
     },
 )
 async def onnx_file(

@@ -17,7 +17,6 @@ from digitrec.api.access import client_id, guard
 from digitrec.api.deps import CallerDep, ServiceDep
 from digitrec.api.inputs import read_image
 from digitrec.api.schemas import (
-    ErrorOut,
     FeedbackIn,
     FeedbackOut,
     Health,
@@ -27,37 +26,19 @@ from digitrec.api.schemas import (
     OfflineFeedbackOut,
     PredictionOut,
     Ready,
+    error_responses,
 )
 from digitrec.card import summary
 from digitrec.config import TOP_K_MAX
 from digitrec.errors import ModelNotReady, ValidationFailed
 from digitrec.feedback import OfflineAnswer
-from digitrec.preprocess import FORMAT_LIST, png_data_url
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        400: "malformed request: empty body, bad JSON or base64, missing field 'image' "
-        "(feedback: a body that is not JSON)",
-        401: "an API key is required (keys are on) or the key is not valid",
-        403: "the API key was revoked",
-        404: "no such answer: the prediction id is unknown, or its correction window is over",
-        413: "the body or the image (pixels) is over the limit, or decoding it would cost "
-        "more than one request may (image_too_costly: CPU time, memory, crafted structure)",
-        415: f"not an image format we read (send {FORMAT_LIST})",
-        422: "the image is damaged, blank, or a parameter is out of range",
-        429: "rate limit reached; see Retry-After",
-        503: "no model is loaded, the server is at capacity (busy; try again shortly), or "
-        "corrections cannot be stored (no database)",
-    }
-    return {c: {"model": ErrorOut, "description": described[c]} for c in codes}
-
+from digitrec.preprocess import png_data_url
 
 api = APIRouter(
     prefix="/api/v1",
     tags=["recognition"],
     dependencies=[Depends(guard)],
-    responses=_errors(401, 403, 429),
+    responses=error_responses(401, 403, 429),
 )
 
 _IMAGE_BODY = {
@@ -88,7 +69,7 @@ _IMAGE_BODY = {
     response_model_exclude_none=True,
     summary="Read the digit in an image",
     openapi_extra=_IMAGE_BODY,
-    responses=_errors(400, 413, 415, 422, 503),
+    responses=error_responses(400, 413, 415, 422, 503),
 )
 async def predict(
     request: Request,
@@ -117,7 +98,7 @@ async def predict(
     "/feedback",
     response_model=FeedbackOut,
     summary="Correct an answer (or confirm it)",
-    responses=_errors(400, 404, 422, 503),
+    responses=error_responses(400, 404, 422, 503),
 )
 async def send_feedback(request: Request, body: FeedbackIn, service: ServiceDep) -> dict[str, Any]:
     """Store a correction with the answer it corrects: the 28x28 image the model saw, the
@@ -141,7 +122,7 @@ async def send_feedback(request: Request, body: FeedbackIn, service: ServiceDep)
     "/feedback/offline",
     response_model=OfflineFeedbackOut,
     summary="Send corrections of answers given offline",
-    responses=_errors(400, 404, 413, 422, 503),
+    responses=error_responses(400, 404, 413, 422, 503),
 )
 async def send_offline_feedback(
     request: Request, body: OfflineFeedbackIn, service: ServiceDep, caller: CallerDep
@@ -177,7 +158,10 @@ def _base64(text: str) -> bytes:
 
 
 @api.get(
-    "/model", response_model=ModelCard, summary="The served model's card", responses=_errors(503)
+    "/model",
+    response_model=ModelCard,
+    summary="The served model's card",
+    responses=error_responses(503),
 )
 async def model_card(service: ServiceDep) -> dict[str, Any]:
     predictor = service.predictor

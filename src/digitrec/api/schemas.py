@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from digitrec.config import TOP_K_MAX
+from digitrec.preprocess import FORMAT_LIST
 from digitrec.rejection import VERDICTS
 
 
@@ -380,3 +381,22 @@ class OfflineModel(BaseModel):
     bundle_bytes: int = Field(
         ge=0, description="what going offline downloads: the runtime's files and the model"
     )
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of the error statuses a route may answer with."""
+    described = {
+        400: "malformed request: empty body, bad JSON or base64, missing field 'image' "
+        "(feedback: a body that is not JSON)",
+        401: "an API key is required (keys are on) or the key is not valid",
+        403: "the API key was revoked",
+        404: "no such answer: the prediction id is unknown, or its correction window is over",
+        413: "the body or the image (pixels) is over the limit, or decoding it would cost "
+        "more than one request may (image_too_costly: CPU time, memory, crafted structure)",
+        415: f"not an image format we read (send {FORMAT_LIST})",
+        422: "the image is damaged, blank, or a parameter is out of range",
+        429: "rate limit reached; see Retry-After",
+        503: "no model is loaded, the server is at capacity (busy; try again shortly), or "
+        "corrections cannot be stored (no database)",
+    }
+    return {c: {"model": ErrorOut, "description": described[c]} for c in codes}

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from digitrec import experiments, feedback
 from digitrec.api.access import guard
-from digitrec.api.schemas import ErrorOut, Stats
+from digitrec.api.schemas import Stats, error_responses
 from digitrec.api.service import Service
 from digitrec.config import Settings
 from digitrec.db import Database
@@ -46,7 +46,7 @@ stats = APIRouter(
     prefix="/api/v1",
     tags=["monitoring"],
     dependencies=[Depends(guard)],
-    responses={c: {"model": ErrorOut} for c in (401, 403, 429)},
+    responses=error_responses(401, 403, 429),
 )
 
 
