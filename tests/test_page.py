@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import LiveServer, Tab
-from tests.handwriting import DIGITS, SEVEN_IN_TWO
+from tests.handwriting import DIGITS, SEVEN_IN_TWO, placed, traced
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -219,6 +219,42 @@ def test_an_8(open_tab: Callable[..., Tab]) -> None:
     expect(tab.page.locator("#message")).to_have_text("It looks like an 8.")
     expect(tab.page.locator("#announce")).to_contain_text("It looks like an 8.")
     assert "a 8" not in tab.page.locator("body").inner_text()
+
+
+def test_draw_with_a_pen(open_tab: Callable[..., Tab]) -> None:
+    """A stylus (pointerType "pen", with pressure) draws like a finger or a mouse."""
+    from playwright.sync_api import expect
+
+    tab = open_tab()
+    page = tab.page
+    page.evaluate(
+        "window.kinds = []; document.getElementById('canvas').addEventListener("
+        "'pointerdown', (e) => window.kinds.push(e.pointerType))"
+    )
+    cdp = page.context.new_cdp_session(page)
+    for stroke in traced(placed(DIGITS["7"], 0.6)):
+        points = tab.to_page(stroke)
+        events = [("mousePressed", points[0])]
+        events += [("mouseMoved", p) for p in points[1:]]
+        events += [("mouseReleased", points[-1])]
+        for kind, (x, y) in events:
+            cdp.send(
+                "Input.dispatchMouseEvent",
+                {
+                    "type": kind,
+                    "x": x,
+                    "y": y,
+                    "button": "left",
+                    "buttons": 1,
+                    "clickCount": 1,
+                    "pointerType": "pen",
+                    "force": 0.5,
+                },
+            )
+    cdp.detach()
+    tab.expect_digit("7")
+    assert set(page.evaluate("window.kinds")) == {"pen"}
+    expect(page.locator("#answer")).to_have_attribute("aria-busy", "false")
 
 
 # --- 7: the model facts on a 320 px phone --------------------------------------------------
