@@ -104,6 +104,33 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
 
+# --- the command line, as a user runs it ------------------------------------------------------
+
+
+def run_cli(
+    *args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`digitrec ARGS...` in a subprocess with its home in ``home`` and MNIST from the
+    shared cache; ``env`` adds or overrides DIGITREC_* variables."""
+    import subprocess
+    import sys
+
+    full_env = {
+        **os.environ,
+        "DIGITREC_HOME": str(home),
+        "DIGITREC_DATA_DIR": str(MNIST_CACHE),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "digitrec.cli", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 # --- a real server process on loopback ------------------------------------------------------------
 
 

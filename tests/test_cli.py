@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from PIL import Image
 
 from digitrec.cli import build_parser, main
 from digitrec.registry import ModelEntry
-from tests.conftest import MNIST_CACHE, encode, mnist_png, stroke_image
+from tests.conftest import encode, mnist_png, run_cli, stroke_image
 
 SUBCOMMANDS = [
     ["data", "fetch"],
@@ -45,22 +44,7 @@ def test_every_subcommand_has_help(words: list[str], capsys: pytest.CaptureFixtu
 def run(
     *args: str, home: Path, extra_env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    import os
-
-    env = {
-        **os.environ,
-        "DIGITREC_HOME": str(home),
-        "DIGITREC_DATA_DIR": str(MNIST_CACHE),
-        **(extra_env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "digitrec.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_cli(*args, home=home, env=extra_env)
 
 
 def one_line_error(done: subprocess.CompletedProcess[str]) -> str:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from digitrec.registry import Registry
 from digitrec.training import run_training
 from digitrec.training.finetune import held_out
 from digitrec.training.loop import hold_then_decay
-from tests.conftest import MNIST_CACHE
+from tests.conftest import MNIST_CACHE, run_cli
 
 # A small run needs few distinct non-digits and few redrawn digits to choose thresholds.
 NEGATIVES_POOL, CALIBRATION_VARIANTS = 200, 30
@@ -87,21 +85,11 @@ def cross(rng: np.random.Generator) -> np.ndarray:
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "DIGITREC_HOME": str(home),
-        "DIGITREC_DATA_DIR": str(MNIST_CACHE),
+    small = {
         "DIGITREC_NEGATIVES_POOL": str(NEGATIVES_POOL),
         "DIGITREC_CALIBRATION_VARIANTS": str(CALIBRATION_VARIANTS),
     }
-    return subprocess.run(
-        [sys.executable, "-m", "digitrec.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_cli(*args, home=home, env=small)
 
 
 FINETUNE_ARGS = (

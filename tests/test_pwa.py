@@ -7,7 +7,6 @@ import base64
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -208,19 +207,6 @@ def test_the_page_token_opens_offline_corrections(tmp_path: Path, predictor: Pre
 FIRST_LOAD_MAX = 100_000  # bytes over the network for a first visit (issue #16)
 
 
-@pytest.fixture(scope="module")
-def app_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = LiveServer(
-        tmp_path_factory.mktemp("pwa"),
-        env={"DIGITREC_RATE_LIMIT_PER_MINUTE": "0", "DIGITREC_WEB_RATE_LIMIT_PER_MINUTE": "0"},
-    )
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
 def _open(browser: Any, server: LiveServer, **context: Any) -> Tab:
     page = browser.new_context(**{**PHONE, **context}).new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -248,7 +234,7 @@ def _controlled(tab: Tab) -> None:
 @pytest.mark.browser
 @pytest.mark.server
 def test_the_page_installs_and_opens_offline(
-    browser: Any, app_server: LiveServer, artifacts: Path
+    browser: Any, live_server: LiveServer, artifacts: Path
 ) -> None:
     from playwright.sync_api import expect
 
@@ -260,7 +246,7 @@ def test_the_page_installs_and_opens_offline(
     page.set_default_timeout(TIMEOUT_MS)
     page.add_init_script(REPORT_CSP)
     tab = Tab(page)
-    page.goto(app_server.url)
+    page.goto(live_server.url)
     page.locator("#model-accuracy").filter(has_text=re.compile(r"\d")).wait_for()
     page.evaluate("navigator.serviceWorker.ready.then(() => true)")
     page.wait_for_load_state("networkidle")
@@ -284,7 +270,7 @@ def test_the_page_installs_and_opens_offline(
     expect(page.locator("#canvas")).to_be_visible()
     expect(page.locator("#message")).to_have_text(BLANK)
     page.screenshot(path=artifacts / "pwa-offline-shell-375x667.png")
-    page.goto(f"{app_server.url}/dashboard")  # not in the shell: the offline page says why
+    page.goto(f"{live_server.url}/dashboard")  # not in the shell: the offline page says why
     expect(page.locator("h1")).to_contain_text("offline")
     expect(page.locator("body")).to_contain_text("What works offline")
     context.set_offline(False)
@@ -304,12 +290,12 @@ def _bytes(response: Any) -> int:
 @pytest.mark.browser
 @pytest.mark.server
 def test_a_drawing_is_read_offline_as_the_server_reads_it(
-    browser: Any, app_server: LiveServer, artifacts: Path
+    browser: Any, live_server: LiveServer, artifacts: Path
 ) -> None:
     from playwright.sync_api import expect
 
     require_chromium()
-    tab = _open(browser, app_server)
+    tab = _open(browser, live_server)
     page, context = tab.page, tab.page.context
     _controlled(tab)
     toggle = page.locator("#offline-toggle")
@@ -343,10 +329,10 @@ def test_a_drawing_is_read_offline_as_the_server_reads_it(
     label = (int(by_server[0]) + 1) % 10  # a correction made offline
     page.locator(f"#feedback-keys button[data-label='{label}']").click()
     expect(page.locator("#feedback-status")).to_contain_text("Saved on this device")
-    stats = _corrections(app_server)
+    stats = _corrections(live_server)
     context.set_offline(False)  # the browser says "online": what waited is sent
-    tab.wait_until(lambda: len(_corrections(app_server)) > len(stats), timeout=15)
-    newest = _corrections(app_server)[0]
+    tab.wait_until(lambda: len(_corrections(live_server)) > len(stats), timeout=15)
+    newest = _corrections(live_server)[0]
     assert newest["label"] == label and newest["digit"] == int(by_server[0])
     assert newest["right"] is False
     context.close()

@@ -27,7 +27,7 @@ from digitrec.training import run_training
 from digitrec.training.augment import AugmentConfig, augment_batch
 from digitrec.training.checkpoint import CHECKPOINT
 from digitrec.training.loop import split_indices
-from tests.conftest import MNIST_CACHE
+from tests.conftest import MNIST_CACHE, run_cli
 
 AUG = AugmentConfig(rotation=12, scale=0.12, shear=0.15, translate=0.1, stroke=0.1, elastic=0.5)
 
@@ -177,20 +177,7 @@ def test_short_real_training_beats_chance_widely(tmp_path: Path, mnist: Mnist) -
 
 
 def cli(*args: str, home: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        **SMALL_RUN_ENV,
-        "DIGITREC_HOME": str(home),
-        "DIGITREC_DATA_DIR": str(MNIST_CACHE),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "digitrec.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_cli(*args, home=home, env=SMALL_RUN_ENV, timeout=timeout)
 
 
 @pytest.mark.mnist
