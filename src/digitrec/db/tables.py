@@ -110,13 +110,10 @@ class ExperimentRow(Base):
     outcome: Mapped[str | None] = mapped_column(String(WORD_LENGTH))  # stopped | promoted
 
 
-class PredictionRow(Base):
-    """One answer the service gave, with the 28x28 input the model saw."""
+class Answer:
+    """The columns an answer and its correction share: what was served, and to whom
+    (declared once; each table gets its own copy of the columns)."""
 
-    __tablename__ = "predictions"
-
-    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     model: Mapped[str] = mapped_column(String(REF_LENGTH))
     arm: Mapped[str | None] = mapped_column(String(WORD_LENGTH))
     experiment_id: Mapped[int | None] = mapped_column(Integer, index=True)
@@ -125,13 +122,22 @@ class PredictionRow(Base):
     confidence: Mapped[float] = mapped_column(Float)
     verdict: Mapped[str] = mapped_column(String(WORD_LENGTH))
     probabilities: Mapped[list[float]] = mapped_column(JSON)
+
+
+class PredictionRow(Answer, Base):
+    """One answer the service gave, with the 28x28 input the model saw."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     # 784 bytes: 28x28 uint8, row-major; erased (NULL) once the correction window is over
     input: Mapped[bytes | None] = mapped_column(LargeBinary)
     latency_ms: Mapped[float] = mapped_column(Float)
     upload: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
-class CorrectionRow(Base):
+class CorrectionRow(Answer, Base):
     """A user's correction of one answer: a copy of the prediction plus the label given."""
 
     __tablename__ = "corrections"
@@ -139,14 +145,6 @@ class CorrectionRow(Base):
     prediction_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())  # the prediction's time
     corrected_at: Mapped[datetime] = mapped_column(UtcDateTime())
-    model: Mapped[str] = mapped_column(String(REF_LENGTH))
-    arm: Mapped[str | None] = mapped_column(String(WORD_LENGTH))
-    experiment_id: Mapped[int | None] = mapped_column(Integer, index=True)
-    client_hash: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
-    digit: Mapped[int] = mapped_column(Integer)
-    confidence: Mapped[float] = mapped_column(Float)
-    verdict: Mapped[str] = mapped_column(String(WORD_LENGTH))
-    probabilities: Mapped[list[float]] = mapped_column(JSON)
     input: Mapped[bytes] = mapped_column(LargeBinary)
     label: Mapped[int | None] = mapped_column(Integer)  # None: "not a digit"
     right: Mapped[bool] = mapped_column(Boolean)  # the served answer was right
