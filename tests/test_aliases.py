@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +118,30 @@ def test_only_promotions_of_a_model_are_accepted(db: Database, ref: str, action:
     with pytest.raises(InvalidRequest):
         aliases.promote(db, ref, action=action)
     assert aliases.history(db) == []
+
+
+def test_commands_read_the_alias_without_migrating(tmp_path: Path) -> None:
+    """`digitrec predict` and `evaluate` ask served_entry: it reads the alias from the
+    database as it is (an empty file has never promoted anything, and stays empty)."""
+    from sqlalchemy import inspect
+
+    from digitrec.config import Settings
+    from digitrec.lifecycle import served_entry
+    from digitrec.registry import Registry
+
+    settings = Settings(home=tmp_path)
+    shipped = Registry.from_settings(settings).shipped()
+    other = next(e for e in Registry.from_settings(settings).list() if e.ref != shipped.ref)
+    db_file = tmp_path / "empty.db"
+    db_file.touch()  # a database file without tables
+    empty = settings.model_copy(update={"database_url": f"sqlite:///{db_file}"})
+    assert served_entry(empty).ref == shipped.ref
+    probe = Database(empty.database)
+    with probe.engine.connect() as connection:
+        assert inspect(connection).get_table_names() == []  # nothing was created
+    probe.dispose()
+    db = Database.from_settings(settings)
+    db.migrate()
+    aliases.promote(db, other.ref)
+    db.dispose()
+    assert served_entry(settings).ref == other.ref

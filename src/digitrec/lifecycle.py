@@ -17,6 +17,7 @@ from pathlib import Path
 from digitrec import aliases
 from digitrec.config import Settings
 from digitrec.db import Database
+from digitrec.db.tables import AliasEventRow
 from digitrec.registry import ModelEntry, Registry
 
 SQLITE_PREFIX = "sqlite:///"
@@ -40,10 +41,12 @@ def served_entry(settings: Settings, db: Database | None = None) -> ModelEntry:
     if settings.model:
         return registry.resolve(settings.model)
     if db is None and database_exists(settings):
+        # Read only: no migration (it imports Alembic and takes a lock) just to read one
+        # alias; a database without the alias table has never promoted anything.
         db = Database.from_settings(settings)
         try:
-            db.migrate()
-            return production_entry(registry, db)
+            promoted = db.has_table(AliasEventRow.__tablename__)
+            return production_entry(registry, db if promoted else None)
         finally:
             db.dispose()
     return production_entry(registry, db)

@@ -63,6 +63,13 @@ class Database:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
+    def has_table(self, name: str) -> bool:
+        """Does the schema have this table (read only: no migration)?"""
+        from sqlalchemy import inspect
+
+        with self.errors(), self.engine.connect() as connection:
+            return bool(inspect(connection).has_table(name))
+
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
         """A session in one transaction: committed on success, rolled back on error."""
