@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -216,3 +216,24 @@ def test_arm_rows_count_answers_and_corrections_per_arm(db: Database) -> None:
     assert (p.requests, p.clients, p.corrections, p.right, p.flagged) == (1, 1, 1, 1, 0)
     assert p.confidence_sum == pytest.approx(0.9)
     assert p.latencies_ms.tolist() == [4.0]
+
+
+def test_latencies_are_the_newest_answers_of_each_arm(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exp = experiments.start(db, CAND, PROD, 0.5)
+    now = datetime.now(UTC)
+    records = [
+        prediction_record(
+            arm="candidate",
+            experiment_id=exp.id,
+            created_at=now - timedelta(seconds=10 - i),
+            latency_ms=float(i),
+        )
+        for i in range(5)
+    ]
+    store_answers(db, records)
+    monkeypatch.setattr(experiments, "LATENCY_SAMPLE", 2)
+    rows = experiments.arm_rows(db, exp)
+    assert sorted(rows["candidate"].latencies_ms.tolist()) == [3.0, 4.0]  # the newest two
+    assert rows["candidate"].requests == 5  # counts are not sampled

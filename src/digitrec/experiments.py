@@ -165,11 +165,15 @@ def assign(experiment: Experiment, client_id: str | None) -> str | None:
     return CANDIDATE if point < experiment.share else PRODUCTION
 
 
+LATENCY_SAMPLE = 20_000  # newest answers per arm read for the latency percentiles
+
+
 def arm_rows(db: Database, experiment: Experiment) -> dict[str, ArmData]:
     """Per arm, the raw numbers ``abstats`` needs (every arm present, zeros when empty).
 
-    Requests, clients, confidence, flags and latencies count the answers still kept
-    (``prediction_retention_days``); corrections are kept longer.
+    Requests, clients, confidence and flags count the answers still kept
+    (``prediction_retention_days``), latencies the newest ``LATENCY_SAMPLE`` of them per
+    arm; corrections are kept longer.
     """
     with db.session() as session:
         answers = {row[0]: row[1:] for row in session.execute(_answers_query(experiment.id))}
@@ -216,11 +220,16 @@ def _corrections_query(experiment_id: int) -> Select[str | None, int, Any]:
 
 
 def _latencies(session: Session, experiment_id: int) -> dict[str, list[float]]:
+    """Per arm, the latencies of its newest ``LATENCY_SAMPLE`` answers (a week of a busy
+    test holds millions: percentiles from the newest are as good, and cost a bounded read)."""
     p = PredictionRow
-    rows = session.execute(
-        select(p.arm, p.latency_ms).where(p.experiment_id == experiment_id, p.arm.in_(ARMS))
-    )
-    latencies: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    for arm, latency in rows:
-        latencies[str(arm)].append(latency)
+    latencies: dict[str, list[float]] = {}
+    for arm in ARMS:
+        newest = (
+            select(p.latency_ms)
+            .where(p.experiment_id == experiment_id, p.arm == arm)
+            .order_by(p.created_at.desc())
+            .limit(LATENCY_SAMPLE)
+        )
+        latencies[arm] = [float(v) for v in session.scalars(newest)]
     return latencies
