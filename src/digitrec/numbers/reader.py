@@ -45,6 +45,7 @@ WIDE = 0.9  # pieces wider than this (digit heights) are always tried cut...
 SPLIT_MIN_WIDTH = 0.35  # ...never when narrower than this...
 CUT_ASPECT = 0.8  # ...else when read as several digits, or not as a digit and this squat
 PIECE_COST = math.log(0.7)  # each extra piece must earn it: fewer digits win near-ties
+CROSS_COST = 1.0  # log score lost per extra stroke a cut goes through (a 3 cut: 2)
 SQUAT = 1.0  # a piece wider than this share of its height is less likely one digit...
 SQUAT_COST = 2.0  # ...by this much (log score) per unit of width/height beyond it
 # Verdicts that count as a digit read: "unsure" may be one, and its top answer is shown.
@@ -156,7 +157,9 @@ def _read(
     img = predictor.open(image) if isinstance(image, bytes) else image
     width, height = img.size  # before ink_map reduces it to the working size
     comps = label_ink(ink_map(img), max_components)
-    pieces = [p for g in segmenter(comps) if (p := _piece(comps, g, 0, g.width, predictor))]
+    pieces = [
+        p for g in segmenter(comps) if (p := _piece(g, group_ink(comps, g), 0, g.width, predictor))
+    ]
     if not pieces:
         raise BlankImage("the image looks blank: no mark is big enough to read")
     logits = predictor.infer(np.stack([p.pre.tensor for p in pieces]))
@@ -182,11 +185,11 @@ def _read(
 
 
 def _piece(
-    comps: Components, group: Group, left: int, right: int, predictor: Predictor
+    group: Group, ink: np.ndarray, left: int, right: int, predictor: Predictor
 ) -> _Piece | None:
-    """Columns ``left:right`` of a group laid out as the model's input; None when they
-    hold too little ink."""
-    ink = group_ink(comps, group, left, right)
+    """Columns ``left:right`` of a group (its ink: ``group_ink``) laid out as the
+    model's input; None when they hold too little ink."""
+    ink = ink[:, left:right]
     rows = np.flatnonzero((ink > MARK_LEVEL).any(1))
     if rows.size == 0:
         return None
@@ -221,13 +224,14 @@ def _cut_touching(
     """Try cutting the pieces that may hold touching digits; one more batch at most."""
     height = comps.digit_height
     verdicts = predictor.rejection.verdicts(logits)
-    plans: dict[int, tuple[list[int], dict[tuple[int, int], int]]] = {}
+    plans: dict[int, tuple[np.ndarray, dict[tuple[int, int], int]]] = {}
     extra: list[_Piece] = []
     for i, p in enumerate(pieces):
         if not _worth_cutting(p, verdicts[i], height):
             continue
         ink = group_ink(comps, p.group)
         bounds = [0, *cut_candidates(ink, height), p.group.width]
+        crossings = _crossings(ink, bounds)
         spans: dict[tuple[int, int], int] = {}
         for a in range(len(bounds)):
             for b in range(a + 1, len(bounds)):
@@ -235,12 +239,12 @@ def _cut_touching(
                 whole = (a, b) == (0, len(bounds) - 1)
                 if whole or not MIN_DIGIT_WIDTH * height <= span <= MAX_DIGIT_WIDTH * height:
                     continue
-                part = _piece(comps, p.group, bounds[a], bounds[b], predictor)
+                part = _piece(p.group, ink, bounds[a], bounds[b], predictor)
                 if part is not None:
                     spans[(a, b)] = len(pieces) + len(extra)
                     extra.append(part)
         if spans:
-            plans[i] = (bounds, spans)
+            plans[i] = (crossings, spans)
     if not extra:
         return pieces, logits
     every = pieces + extra
@@ -251,9 +255,9 @@ def _cut_touching(
     chosen: list[int] = []
     for i in range(len(pieces)):
         if i in plans:
-            bounds, spans = plans[i]
-            spans[(0, len(bounds) - 1)] = i  # the whole piece competes
-            chosen.extend(_best_cutting(len(bounds), spans, scores))
+            crossings, spans = plans[i]
+            spans[(0, len(crossings) - 1)] = i  # the whole piece competes
+            chosen.extend(_best_cutting(crossings, spans, scores))
         else:
             chosen.append(i)
     return [every[k] for k in chosen], logits[chosen]
@@ -271,11 +275,23 @@ def _worth_cutting(piece: _Piece, verdict: str, height: float) -> bool:
     return verdict != "digit" and w >= CUT_ASPECT * (piece.bottom - piece.top)
 
 
+def _crossings(ink: np.ndarray, bounds: list[int]) -> np.ndarray:
+    """How many strokes a cut at each bound goes through (runs of ink in the column);
+    0 at the piece's ends."""
+    out = np.zeros(len(bounds), np.int64)
+    for k, column in enumerate(bounds[1:-1], start=1):
+        marked = np.concatenate(([0], (ink[:, column] > MARK_LEVEL).astype(np.int8), [0]))
+        out[k] = np.count_nonzero(np.diff(marked) == 1)
+    return out
+
+
 def _best_cutting(
-    n_bounds: int, spans: dict[tuple[int, int], int], scores: np.ndarray
+    crossings: np.ndarray, spans: dict[tuple[int, int], int], scores: np.ndarray
 ) -> list[int]:
     """The spans from the first bound to the last whose summed scores (plus
-    ``PIECE_COST`` per piece) are highest: indices into ``scores``, left to right."""
+    ``PIECE_COST`` per piece, ``CROSS_COST`` per stroke cut beyond the one where
+    neighbours touch) are highest: indices into ``scores``, left to right."""
+    n_bounds = len(crossings)
     best: list[tuple[float, list[int]] | None] = [None] * n_bounds
     best[0] = (0.0, [])
     for b in range(1, n_bounds):
@@ -284,7 +300,8 @@ def _best_cutting(
             prev = best[a]
             if k is None or prev is None:
                 continue
-            total = prev[0] + float(scores[k]) + PIECE_COST
+            cut = CROSS_COST * max(0, int(crossings[a]) - 1) if a else 0.0
+            total = prev[0] + float(scores[k]) + PIECE_COST - cut
             if best[b] is None or total > best[b][0]:  # type: ignore[index]
                 best[b] = (total, [*prev[1], k])
     end = best[-1]

@@ -32,9 +32,11 @@ FRAGMENT_HEIGHT = 0.8  # shorter than this (digit heights): may be part of a dig
 STACK_OVERLAP = 0.5
 MAX_DIGIT_HEIGHT = 1.4  # ...unless the joined piece would be taller than this (heights)
 SMALL_FRAGMENT = 0.35  # both sides under this (digit heights): a small fragment (a hat)...
+FLAT_HEIGHT, FLAT_WIDTH = 0.25, 0.6  # ...or a flat stroke this high and wide (a 5's hat)...
 NEAR_GAP = 0.15  # ...which joins a bigger piece at most this far away (digit heights)
 BESIDE_HEIGHT = 0.7  # a fragment this short within a taller piece's rows...
 BESIDE_GAP = 0.06  # ...at most this far beside it joins it (far closer than digits are)
+JOINED_WIDTH = 1.6  # pieces are never joined wider than this (a 5 with a long hat)
 MAX_DIGIT_WIDTH = 1.3  # no candidate digit is wider than this (digit heights)
 MIN_DIGIT_WIDTH = 0.08  # ...nor narrower (a thin 1)
 CUT_MARGIN = 0.12  # candidate cuts keep this far from a piece's ends (digit heights)
@@ -111,9 +113,23 @@ def label_ink(ink: np.ndarray, max_components: int) -> Components:
         for i, (rows, cols) in enumerate(ndimage.find_objects(labels))
         if keep[i]
     ]
-    # The tallest mark: fragments of broken digits would pull a median down.
-    digit_height = float(max(g.height for g in groups))
-    return Components(ink, labels, groups, digit_height)
+    return Components(ink, labels, groups, _digit_height(groups))
+
+
+def _digit_height(groups: list[Group]) -> float:
+    """The tallest column of marks: each mark with those stacked over or under it
+    (sharing most of the narrower one's columns). Fragments of broken digits would pull
+    a median down, and a digit broken in two is no taller than its pieces together."""
+    top = np.array([g.top for g in groups])
+    bottom = np.array([g.bottom for g in groups])
+    left = np.array([g.left for g in groups])
+    right = np.array([g.right for g in groups])
+    shared = np.minimum(right[:, None], right) - np.maximum(left[:, None], left)
+    narrower = np.minimum((right - left)[:, None], right - left)
+    stacked = shared >= STACK_OVERLAP * narrower  # each mark is stacked with itself
+    tops = np.where(stacked, top[None, :], top.max()).min(1)
+    bottoms = np.where(stacked, bottom[None, :], bottom.min()).max(1)
+    return float((bottoms - tops).max())
 
 
 def digit_groups(comps: Components) -> list[Group]:
@@ -145,7 +161,7 @@ def _affinity(frag: Group, other: Group, height: float) -> float:
     all but touching it; or, for a small fragment, close to it (1 at contact, falling
     to 0 at ``NEAR_GAP``)."""
     joined = frag.join(other)
-    widest = max(MAX_DIGIT_WIDTH * height, other.width)  # a fragment within touching digits
+    widest = max(JOINED_WIDTH * height, other.width)  # a fragment within touching digits
     if joined.height > MAX_DIGIT_HEIGHT * height or joined.width > widest:
         return 0.0
     shared = frag.overlap_x(other) / max(1, min(frag.width, other.width))
@@ -156,7 +172,9 @@ def _affinity(frag: Group, other: Group, height: float) -> float:
     inside = frag.top >= other.top - NEAR_GAP * height and frag.bottom <= other.bottom
     if frag.height < BESIDE_HEIGHT * height and inside and gap_x <= BESIDE_GAP * height:
         return 1.0 - gap_x / (BESIDE_GAP * height)  # a 4's corner beside its stroke
-    small = max(frag.height, frag.width) < SMALL_FRAGMENT * height
+    small = max(frag.height, frag.width) < SMALL_FRAGMENT * height or (
+        frag.height < FLAT_HEIGHT * height and frag.width < FLAT_WIDTH * height
+    )
     if small and other.width * other.height > frag.width * frag.height:
         reach = NEAR_GAP * height
         return max(0.0, 1.0 - frag.distance(other) / reach) if reach else 0.0
