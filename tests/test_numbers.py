@@ -218,5 +218,6 @@ def test_components_read_better_than_projection(
     def right(reader: Callable[..., NumberReading]) -> int:
         return sum(reader(n.data, predictor).number == n.text for n in numbers)
 
-    assert right(read_number) >= right(read_number_projection)
-    assert right(read_number) > len(numbers) // 2
+    ours, baseline = right(read_number), right(read_number_projection)
+    # Touching digits are one mark that the baseline cannot part: there A must win.
+    assert ours > baseline if spacing == "touching" else ours >= baseline

@@ -157,9 +157,7 @@ def _read(
     img = predictor.open(image) if isinstance(image, bytes) else image
     width, height = img.size  # before ink_map reduces it to the working size
     comps = label_ink(ink_map(img), max_components)
-    pieces = [
-        p for g in segmenter(comps) if (p := _piece(g, group_ink(comps, g), 0, g.width, predictor))
-    ]
+    pieces = [p for g in segmenter(comps) if (p := _piece(g, group_ink(comps, g), predictor))]
     if not pieces:
         raise BlankImage("the image looks blank: no mark is big enough to read")
     logits = predictor.infer(np.stack([p.pre.tensor for p in pieces]))
@@ -184,23 +182,21 @@ def _read(
     )
 
 
-def _piece(
-    group: Group, ink: np.ndarray, left: int, right: int, predictor: Predictor
-) -> _Piece | None:
-    """Columns ``left:right`` of a group (its ink: ``group_ink``) laid out as the
-    model's input; None when they hold too little ink."""
-    ink = ink[:, left:right]
-    rows = np.flatnonzero((ink > MARK_LEVEL).any(1))
+def _piece(group: Group, ink: np.ndarray, predictor: Predictor) -> _Piece | None:
+    """Ink in a group's box (``group_ink``, or part of it) laid out as the model's
+    input; None when it holds too little."""
+    marked = ink > MARK_LEVEL
+    rows, cols = np.flatnonzero(marked.any(1)), np.flatnonzero(marked.any(0))
     if rows.size == 0:
         return None
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     try:
-        layout = mnist_layout(ink[rows[0] : rows[-1] + 1], predictor.spec)
+        layout = mnist_layout(ink[top:bottom, left:right], predictor.spec)
     except BlankImage:
         return None
     # Quantised like MNIST's uint8 pixels, as ``preprocess.prepare`` does for one digit.
     pre = from_image(np.rint(layout * 255).astype(np.uint8), predictor.spec)
-    top = group.top + int(rows[0])
-    return _Piece(group, left, right, top, group.top + int(rows[-1]) + 1, pre)
+    return _Piece(group, left, right, group.top + top, group.top + bottom, pre)
 
 
 def _box(piece: _Piece, scale: tuple[float, float]) -> Box:
@@ -230,16 +226,20 @@ def _cut_touching(
         if not _worth_cutting(p, verdicts[i], height):
             continue
         ink = group_ink(comps, p.group)
-        bounds = [0, *cut_candidates(ink, height), p.group.width]
+        rows, width = ink.shape
+        paths = cut_candidates(ink, height)
+        bounds = [np.zeros(rows, np.int64), *paths, np.full(rows, width, np.int64)]
         crossings = _crossings(ink, bounds)
+        columns = np.arange(width)[None, :]
         spans: dict[tuple[int, int], int] = {}
         for a in range(len(bounds)):
             for b in range(a + 1, len(bounds)):
-                span = bounds[b] - bounds[a]
+                span = float((bounds[b] - bounds[a]).mean())
                 whole = (a, b) == (0, len(bounds) - 1)
                 if whole or not MIN_DIGIT_WIDTH * height <= span <= MAX_DIGIT_WIDTH * height:
                     continue
-                part = _piece(p.group, ink, bounds[a], bounds[b], predictor)
+                inside = (columns >= bounds[a][:, None]) & (columns < bounds[b][:, None])
+                part = _piece(p.group, np.where(inside, ink, 0), predictor)
                 if part is not None:
                     spans[(a, b)] = len(pieces) + len(extra)
                     extra.append(part)
@@ -275,13 +275,14 @@ def _worth_cutting(piece: _Piece, verdict: str, height: float) -> bool:
     return verdict != "digit" and w >= CUT_ASPECT * (piece.bottom - piece.top)
 
 
-def _crossings(ink: np.ndarray, bounds: list[int]) -> np.ndarray:
-    """How many strokes a cut at each bound goes through (runs of ink in the column);
-    0 at the piece's ends."""
+def _crossings(ink: np.ndarray, bounds: list[np.ndarray]) -> np.ndarray:
+    """How many strokes each cut path goes through (runs of ink along it); 0 at the
+    piece's ends."""
     out = np.zeros(len(bounds), np.int64)
-    for k, column in enumerate(bounds[1:-1], start=1):
-        marked = np.concatenate(([0], (ink[:, column] > MARK_LEVEL).astype(np.int8), [0]))
-        out[k] = np.count_nonzero(np.diff(marked) == 1)
+    rows = np.arange(ink.shape[0])
+    for k, path in enumerate(bounds[1:-1], start=1):
+        along = (ink[rows, path] > MARK_LEVEL).astype(np.int8)
+        out[k] = np.count_nonzero(np.diff(np.concatenate(([0], along, [0]))) == 1)
     return out
 
 

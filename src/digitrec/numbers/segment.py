@@ -5,8 +5,8 @@ marked ink, counted and refused over a limit before anything else is done with t
 specks dropped; then merged where handwriting breaks a digit (a fragment stacked over or
 under a bigger piece: a 5's hat, a 4 in two strokes, a faint gap; a small fragment close
 to a bigger one). Pieces that may hold several touching digits are cut by the reader,
-which scores the candidate cuts found here (columns where the ink is thinnest) with the
-model. Approach B (``projection_groups``), the naive baseline: runs of columns holding
+which scores the candidate cuts found here (top-to-bottom paths through the least
+ink) with the model. Approach B (``projection_groups``), the naive baseline: runs of columns holding
 ink, no merging, no cutting.
 
 All coordinates are in the ink map's pixels (``preprocess.ink_map`` works on the image
@@ -43,6 +43,7 @@ CUT_MARGIN = 0.12  # candidate cuts keep this far from a piece's ends (digit hei
 CUT_SPACING = 0.12  # ...and from each other
 CUTS_PER_DIGIT = 3  # candidate cuts per digit height of a piece's width...
 MAX_CUTS = 24  # ...and at most this many; each pairs with the few within MAX_DIGIT_WIDTH
+SEAM_STEP = 1.5  # a cut path stepping one column aside costs this share of an ink pixel
 
 
 @dataclass(frozen=True)
@@ -211,25 +212,52 @@ def group_ink(
     return ink[:, left:right]
 
 
-def cut_candidates(ink: np.ndarray, height: float) -> list[int]:
-    """Columns of a piece where touching digits may meet: the local minima of the ink
-    per column, thinnest first, spaced apart, away from the ends; ``CUTS_PER_DIGIT`` per
-    digit height of width, ``MAX_CUTS`` at most."""
-    profile = (ink > MARK_LEVEL).sum(0).astype(np.float32)
+def cut_candidates(ink: np.ndarray, height: float) -> list[np.ndarray]:
+    """Paths from top to bottom along which touching digits may be parted: for each
+    row, the column where the cut passes (int array, one per row), left to right.
+
+    Every path is the seam through the least ink that ends at its bottom column (a
+    dynamic programme over the rows, each step one column aside at most and costing
+    ``SEAM_STEP`` of an ink pixel, so the seam bends round a slanted neighbour but not
+    through a loop); the seams through least ink are kept, spaced apart and away from
+    the ends: ``CUTS_PER_DIGIT`` per digit height of width, ``MAX_CUTS`` at most.
+    """
+    marked = (ink > MARK_LEVEL).astype(np.float32)
+    rows, width = marked.shape
     margin = max(1, round(CUT_MARGIN * height))
     spacing = max(1, round(CUT_SPACING * height))
-    width = len(profile)
     if width <= 2 * margin:
         return []
-    smooth = np.convolve(profile, np.ones(3, np.float32) / 3, mode="same")
+    cost = marked[0].copy()
+    steps = np.zeros((rows, width), np.int8)  # the previous row's column, relative
+    side = np.full(1, np.inf, np.float32)
+    for y in range(1, rows):
+        options = np.stack(
+            [
+                np.concatenate((side, cost[:-1])) + SEAM_STEP,
+                cost,
+                np.concatenate((cost[1:], side)) + SEAM_STEP,
+            ]
+        )
+        choice = options.argmin(0)
+        steps[y] = choice - 1
+        cost = marked[y] + options[choice, np.arange(width)]
     inner = np.arange(margin, width - margin)
-    left, right = smooth[inner - 1], smooth[np.minimum(inner + 1, width - 1)]
-    minima = inner[(smooth[inner] <= left) & (smooth[inner] <= right)]
+    minima = inner[(cost[inner] <= cost[inner - 1]) & (cost[inner] <= cost[inner + 1])]
     most = min(MAX_CUTS, math.ceil(CUTS_PER_DIGIT * width / height))
-    cuts: list[int] = []
-    for column in minima[np.argsort(smooth[minima], kind="stable")]:
-        if all(abs(int(column) - c) >= spacing for c in cuts):
-            cuts.append(int(column))
-            if len(cuts) == most:
+    ends: list[int] = []
+    for column in minima[np.argsort(cost[minima], kind="stable")]:
+        if all(abs(int(column) - c) >= spacing for c in ends):
+            ends.append(int(column))
+            if len(ends) == most:
                 break
-    return sorted(cuts)
+    return sorted((_trace(steps, end) for end in ends), key=lambda path: float(path.mean()))
+
+
+def _trace(steps: np.ndarray, end: int) -> np.ndarray:
+    path = np.empty(len(steps), np.int64)
+    x = end
+    for y in range(len(steps) - 1, -1, -1):
+        path[y] = x
+        x += int(steps[y, x])
+    return path
