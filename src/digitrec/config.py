@@ -138,6 +138,7 @@ class Settings(TrainingSettings):
     body_timeout_s: float = Field(30.0, gt=0, le=3600)  # time to send the body; then 408
     keepalive_timeout_s: float = Field(5.0, gt=0, le=600)  # idle keep-alive connections close
     max_connections: int = Field(512, ge=8, le=100_000)  # open connections per worker; then 503
+    number_max_components: int = Field(64, ge=1, le=10_000)  # marks in a number image; then 422
 
     # --- model lifecycle: aliases, A/B tests, corrections (database) -----------------
     database_url: str | None = None  # SQLAlchemy URL; default: a SQLite file <home>/digitrec.db

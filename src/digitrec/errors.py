@@ -63,6 +63,13 @@ class BlankImage(InvalidImage):
     code = "blank_image"
 
 
+class TooManyComponents(InvalidImage):
+    """The image holds more separate marks than a number has (a page of text, a photo of
+    noise): refused before any of them is read, so such an image costs little."""
+
+    code = "too_many_components"
+
+
 class PayloadTooLarge(DigitrecError):
     """The request body is over the upload limit."""
 

@@ -84,13 +84,18 @@ def thin(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     return _encode(_dark_on_light(_stroke(digit, ImageFilter.MinFilter(5))))
 
 
+def canvas_export(ink: np.ndarray, rng: np.random.Generator) -> bytes:
+    """An ink map (float, ink 1, any size) as an HTML canvas exports it: a stroke of one
+    random colour in alpha, fully transparent background, PNG."""
+    rgba = np.zeros((*ink.shape, 4), dtype=np.uint8)
+    rgba[..., :3] = rng.integers(0, 256, size=3, dtype=np.uint8)  # any ink colour
+    rgba[..., 3] = np.rint(255 * ink).astype(np.uint8)
+    return _encode(Image.fromarray(rgba))
+
+
 def transparent(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """Like an HTML canvas export: coloured stroke in alpha, fully transparent background."""
-    alpha = np.rint(255 * _on_canvas(_scaled(digit, 200), (CANVAS, CANVAS), (40, 40)))
-    rgba = np.zeros((CANVAS, CANVAS, 4), dtype=np.uint8)
-    rgba[..., :3] = rng.integers(0, 256, size=3, dtype=np.uint8)  # any ink colour
-    rgba[..., 3] = alpha.astype(np.uint8)
-    return _encode(Image.fromarray(rgba))
+    return canvas_export(_on_canvas(_scaled(digit, 200), (CANVAS, CANVAS), (40, 40)), rng)
 
 
 def inverted(digit: np.ndarray, rng: np.random.Generator) -> bytes:
@@ -107,7 +112,13 @@ def photo(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     h, w = 480, 640
     side = int(rng.integers(160, 260))
     x, y = int(rng.integers(60, w - side - 60)), int(rng.integers(20, h - side - 20))
-    ink = _on_canvas(_scaled(digit, side), (w, h), (x, y))
+    return paper_photo(_on_canvas(_scaled(digit, side), (w, h), (x, y)), rng)
+
+
+def paper_photo(ink: np.ndarray, rng: np.random.Generator) -> bytes:
+    """An ink map (float, ink 1, any size) as a phone photo of pen on paper: off-white
+    paper, shadow gradient, noise, blur, JPEG; the same size as ``ink``."""
+    h, w = ink.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
     ramp = np.cos(angle) * xx / w + np.sin(angle) * yy / h

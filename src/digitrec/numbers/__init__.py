@@ -1,0 +1,6 @@
+"""Whole numbers (issue #13): several digits in one image, read left to right.
+
+``synth`` makes number images from MNIST digits with their ground truth, ``segment``
+cuts an ink map into one piece per digit, ``reader`` reads the pieces with the served
+single-digit model (``read_number``).
+"""

@@ -1,0 +1,309 @@
+"""``read_number``: a whole number in one image, read digit by digit by the served model.
+
+The image is decoded with the upload limits (``Predictor.open``), turned into an ink map
+once (``preprocess.ink_map``) and cut into pieces (``segment``). Every piece is laid out
+as a single digit is (``preprocess.mnist_layout``, the model's spec) and all of them go
+through the model in one batch (``Predictor.infer``). A piece the model does not read as
+one digit and any piece too wide for one is then tried cut at its candidate columns:
+every candidate part of every such piece goes through the model in a second batch, and
+per piece the cutting whose parts read best as digits wins (dynamic programming over
+the cuts; the whole piece competes too). Each final piece gets its answer from
+``Predictor.answer``: the same top-k, probabilities and verdict as a single digit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from digitrec.config import Settings
+from digitrec.errors import BlankImage
+from digitrec.numbers.segment import (
+    MAX_DIGIT_WIDTH,
+    MIN_DIGIT_WIDTH,
+    Components,
+    Group,
+    cut_candidates,
+    digit_groups,
+    group_ink,
+    label_ink,
+    projection_groups,
+)
+from digitrec.predict import Predictor
+from digitrec.preprocess import MARK_LEVEL, Preprocessed, from_image, ink_map, mnist_layout
+from digitrec.rejection import DIGIT_CLASSES, softmax
+
+Box = tuple[int, int, int, int]  # x, y, width, height in the uploaded image's pixels
+MAX_COMPONENTS = Settings.model_fields["number_max_components"].default
+WIDE = 0.9  # pieces wider than this (digit heights) are always tried cut...
+SPLIT_MIN_WIDTH = 0.35  # ...never when narrower than this...
+CUT_ASPECT = 0.8  # ...else when read as several digits, or not as a digit and this squat
+PIECE_COST = math.log(0.7)  # each extra piece must earn it: fewer digits win near-ties
+CROSS_COST = 1.0  # log score lost per extra stroke a cut goes through (a 3 cut: 2)
+SQUAT = 1.0  # a piece wider than this share of its height is less likely one digit...
+SQUAT_COST = 2.0  # ...by this much (log score) per unit of width/height beyond it
+# Verdicts that count as a digit read: "unsure" may be one, and its top answer is shown.
+READ = ("digit", "unsure")  # each extra piece must earn it: fewer digits win near-ties
+
+
+@dataclass(frozen=True)
+class NumberDigit:
+    """One piece of the number, as read."""
+
+    box: Box  # where it is in the uploaded image
+    digit: int  # the most likely digit (meaningful when verdict is "digit")
+    confidence: float  # its probability
+    verdict: str  # digit | not_a_digit | several_digits | unsure (rejection.VERDICTS)
+    top: list[tuple[int, float]]  # (digit, probability), most likely first
+    image: np.ndarray  # the 28x28 uint8 input the model saw
+
+    def to_dict(self) -> dict[str, Any]:
+        x, y, w, h = self.box
+        return {
+            "box": {"x": x, "y": y, "width": w, "height": h},
+            "digit": self.digit,
+            "confidence": self.confidence,
+            "verdict": self.verdict,
+            "top": [{"digit": d, "probability": p} for d, p in self.top],
+        }
+
+
+@dataclass(frozen=True)
+class NumberReading:
+    """What ``read_number`` read: the pieces left to right and the number they make."""
+
+    digits: tuple[NumberDigit, ...]  # every piece, left to right, digits or not
+    number: str  # the pieces whose verdict is "digit", in order
+    complete: bool  # every piece is a digit: ``number`` is the whole number
+    confidence: float  # product of the pieces' confidences
+    model_name: str
+    model_version: str
+    processing_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "complete": self.complete,
+            "confidence": self.confidence,
+            "digits": [d.to_dict() for d in self.digits],
+            "model": {"name": self.model_name, "version": self.model_version},
+            "processing_ms": self.processing_ms,
+        }
+
+
+Segmenter = Callable[[Components], list[Group]]
+
+
+def read_number(
+    image: bytes | Image.Image,
+    predictor: Predictor,
+    *,
+    top_k: int = 3,
+    max_components: int = MAX_COMPONENTS,
+) -> NumberReading:
+    """Read the whole number written in ``image`` (file bytes, or an image already
+    opened with ``Predictor.open``), left to right.
+
+    Returns a ``NumberReading``: ``digits`` holds one ``NumberDigit`` per piece (box in
+    the uploaded image's pixels, digit, confidence, verdict, top-k, 28x28 input);
+    ``number`` the digits read; ``complete`` is False when a piece is not read as a digit
+    (its verdict stands in its place in ``digits``); ``confidence`` the product of the
+    pieces'. At most two batched forward passes, whatever the image.
+
+    Raises the upload errors of ``Predictor.open``, ``BlankImage`` when there is no ink,
+    ``TooManyComponents`` over ``max_components`` marks (``Settings.number_max_components``),
+    ``InvalidRequest`` for a bad ``top_k``.
+    """
+    return _read(image, predictor, digit_groups, True, top_k, max_components)
+
+
+def read_number_projection(
+    image: bytes | Image.Image,
+    predictor: Predictor,
+    *,
+    top_k: int = 3,
+    max_components: int = MAX_COMPONENTS,
+) -> NumberReading:
+    """The naive baseline (benchmark only): one piece per run of inked columns, no
+    joining of broken digits, no cutting of touching ones. Same answer type."""
+    return _read(image, predictor, projection_groups, False, top_k, max_components)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    group: Group  # the component group it comes from
+    left: int  # its columns within the group's box
+    right: int
+    top: int  # its rows in the ink map
+    bottom: int
+    pre: Preprocessed
+
+
+def _read(
+    image: bytes | Image.Image,
+    predictor: Predictor,
+    segmenter: Segmenter,
+    cut: bool,
+    top_k: int,
+    max_components: int,
+) -> NumberReading:
+    started = time.perf_counter()
+    img = predictor.open(image) if isinstance(image, bytes) else image
+    width, height = img.size  # before ink_map reduces it to the working size
+    comps = label_ink(ink_map(img), max_components)
+    pieces = [p for g in segmenter(comps) if (p := _piece(g, group_ink(comps, g), predictor))]
+    if not pieces:
+        raise BlankImage("the image looks blank: no mark is big enough to read")
+    logits = predictor.infer(np.stack([p.pre.tensor for p in pieces]))
+    if cut:
+        pieces, logits = _cut_touching(comps, pieces, logits, predictor)
+    scale = (width / comps.ink.shape[1], height / comps.ink.shape[0])
+    answers = [
+        predictor.answer(p.pre, row, top_k, started) for p, row in zip(pieces, logits, strict=True)
+    ]
+    digits = tuple(
+        NumberDigit(_box(p, scale), a.digit, a.confidence, a.verdict, a.top, a.image)
+        for p, a in zip(pieces, answers, strict=True)
+    )
+    return NumberReading(
+        digits=digits,
+        number="".join(str(d.digit) for d in digits if d.verdict in READ),
+        complete=all(d.verdict in READ for d in digits),
+        confidence=round(math.prod(d.confidence for d in digits), 6),
+        model_name=predictor.name,
+        model_version=predictor.version,
+        processing_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+
+
+def _piece(group: Group, ink: np.ndarray, predictor: Predictor) -> _Piece | None:
+    """Ink in a group's box (``group_ink``, or part of it) laid out as the model's
+    input; None when it holds too little."""
+    marked = ink > MARK_LEVEL
+    rows, cols = np.flatnonzero(marked.any(1)), np.flatnonzero(marked.any(0))
+    if rows.size == 0:
+        return None
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    try:
+        layout = mnist_layout(ink[top:bottom, left:right], predictor.spec)
+    except BlankImage:
+        return None
+    # Quantised like MNIST's uint8 pixels, as ``preprocess.prepare`` does for one digit.
+    pre = from_image(np.rint(layout * 255).astype(np.uint8), predictor.spec)
+    return _Piece(group, left, right, group.top + top, group.top + bottom, pre)
+
+
+def _box(piece: _Piece, scale: tuple[float, float]) -> Box:
+    """The piece's box in the uploaded image's pixels."""
+    sx, sy = scale
+    x0 = piece.group.left + piece.left
+    x1 = piece.group.left + piece.right
+    x, y = math.floor(x0 * sx), math.floor(piece.top * sy)
+    return x, y, math.ceil(x1 * sx) - x, math.ceil(piece.bottom * sy) - y
+
+
+def _digit_log_score(logits: np.ndarray) -> np.ndarray:
+    """How well each input reads as one digit: log of its most likely digit's share of
+    all outputs (with the model's not_a_digit and several_digits, when it has them)."""
+    return np.log(softmax(logits)[:, :DIGIT_CLASSES].max(1) + 1e-12)
+
+
+def _cut_touching(
+    comps: Components, pieces: list[_Piece], logits: np.ndarray, predictor: Predictor
+) -> tuple[list[_Piece], np.ndarray]:
+    """Try cutting the pieces that may hold touching digits; one more batch at most."""
+    height = comps.digit_height
+    verdicts = predictor.rejection.verdicts(logits)
+    plans: dict[int, tuple[np.ndarray, dict[tuple[int, int], int]]] = {}
+    extra: list[_Piece] = []
+    for i, p in enumerate(pieces):
+        if not _worth_cutting(p, verdicts[i], height):
+            continue
+        ink = group_ink(comps, p.group)
+        rows, width = ink.shape
+        paths = cut_candidates(ink, height)
+        bounds = [np.zeros(rows, np.int64), *paths, np.full(rows, width, np.int64)]
+        crossings = _crossings(ink, bounds)
+        columns = np.arange(width)[None, :]
+        spans: dict[tuple[int, int], int] = {}
+        for a in range(len(bounds)):
+            for b in range(a + 1, len(bounds)):
+                span = float((bounds[b] - bounds[a]).mean())
+                whole = (a, b) == (0, len(bounds) - 1)
+                if whole or not MIN_DIGIT_WIDTH * height <= span <= MAX_DIGIT_WIDTH * height:
+                    continue
+                inside = (columns >= bounds[a][:, None]) & (columns < bounds[b][:, None])
+                part = _piece(p.group, np.where(inside, ink, 0), predictor)
+                if part is not None:
+                    spans[(a, b)] = len(pieces) + len(extra)
+                    extra.append(part)
+        if spans:
+            plans[i] = (crossings, spans)
+    if not extra:
+        return pieces, logits
+    every = pieces + extra
+    logits = np.concatenate([logits, predictor.infer(np.stack([p.pre.tensor for p in extra]))])
+    scores = _digit_log_score(logits) - SQUAT_COST * np.maximum(
+        0.0, np.array([(p.right - p.left) / (p.bottom - p.top) for p in every]) - SQUAT
+    )
+    chosen: list[int] = []
+    for i in range(len(pieces)):
+        if i in plans:
+            crossings, spans = plans[i]
+            spans[(0, len(crossings) - 1)] = i  # the whole piece competes
+            chosen.extend(_best_cutting(crossings, spans, scores))
+        else:
+            chosen.append(i)
+    return [every[k] for k in chosen], logits[chosen]
+
+
+def _worth_cutting(piece: _Piece, verdict: str, height: float) -> bool:
+    """May the piece hold touching digits? Too wide for one, or read as several, or
+    not read as a digit while squat enough for two (a tall, narrow mark that is not a
+    digit is a letter or a symbol: its slivers would only read as 1s)."""
+    w = piece.right - piece.left
+    if w < SPLIT_MIN_WIDTH * height:
+        return False
+    if w > WIDE * height or verdict == "several_digits":
+        return True
+    return verdict != "digit" and w >= CUT_ASPECT * (piece.bottom - piece.top)
+
+
+def _crossings(ink: np.ndarray, bounds: list[np.ndarray]) -> np.ndarray:
+    """How many strokes each cut path goes through (runs of ink along it); 0 at the
+    piece's ends."""
+    out = np.zeros(len(bounds), np.int64)
+    rows = np.arange(ink.shape[0])
+    for k, path in enumerate(bounds[1:-1], start=1):
+        along = (ink[rows, path] > MARK_LEVEL).astype(np.int8)
+        out[k] = np.count_nonzero(np.diff(np.concatenate(([0], along, [0]))) == 1)
+    return out
+
+
+def _best_cutting(
+    crossings: np.ndarray, spans: dict[tuple[int, int], int], scores: np.ndarray
+) -> list[int]:
+    """The spans from the first bound to the last whose summed scores (plus
+    ``PIECE_COST`` per piece, ``CROSS_COST`` per stroke cut beyond the one where
+    neighbours touch) are highest: indices into ``scores``, left to right."""
+    n_bounds = len(crossings)
+    best: list[tuple[float, list[int]] | None] = [None] * n_bounds
+    best[0] = (0.0, [])
+    for b in range(1, n_bounds):
+        for a in range(b):
+            k = spans.get((a, b))
+            prev = best[a]
+            if k is None or prev is None:
+                continue
+            cut = CROSS_COST * max(0, int(crossings[a]) - 1) if a else 0.0
+            total = prev[0] + float(scores[k]) + PIECE_COST - cut
+            if best[b] is None or total > best[b][0]:  # type: ignore[index]
+                best[b] = (total, [*prev[1], k])
+    end = best[-1]
+    return end[1] if end is not None else [spans[(0, n_bounds - 1)]]
