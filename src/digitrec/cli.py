@@ -224,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", dest="top_k", type=int, default=S, help="answers per image (default 3)"
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.add_argument(
+        "--number",
+        action="store_true",
+        help="read a whole number (several digits) in each image, as POST /api/v1/number does",
+    )
     _add_model(predict)
     _add_paths(predict)
 
@@ -461,6 +466,8 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from digitrec.predict import Predictor
 
     predictor = Predictor.from_settings(settings)
+    if args.number:
+        return _predict_numbers(args, settings, predictor)
     failures = 0
     for path in args.images:
         try:
@@ -478,6 +485,37 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
         else:
             top = "  ".join(f"{d} ({p * 100:.1f}%)" for d, p in result.top)
             print(f"{path}: {_headline(result)}   top: {top}")
+    return 1 if failures else 0
+
+
+def _predict_numbers(args: argparse.Namespace, settings: Settings, predictor: Any) -> int:
+    """`predict --number`: the whole number in each image, as POST /api/v1/number reads it."""
+    from digitrec.numbers.reader import read_number
+
+    failures = 0
+    for path in args.images:
+        try:
+            raw = _read_image_file(path, settings.max_upload_bytes)
+            reading = read_number(
+                raw, predictor, top_k=settings.top_k, max_components=settings.number_max_components
+            )
+        except DigitrecError as exc:
+            failures += 1
+            if args.json:
+                emit_json({"file": str(path), **exc.to_dict()})
+            else:
+                print(f"{path}: error: {exc.message}", file=sys.stderr)
+            continue
+        if args.json:
+            emit_json({"file": str(path), **reading.to_dict()})
+            continue
+        read = reading.number or "nothing"
+        missing = "" if reading.complete else " (incomplete: a mark is not a digit)"
+        print(f"{path}: {read}{missing}   confidence {reading.confidence * 100:.1f}%")
+        for d in reading.digits:
+            top = "  ".join(f"{digit} ({p * 100:.1f}%)" for digit, p in d.top)
+            x, y, w, h = d.box
+            print(f"  at x={x} y={y} {w}x{h}: {_headline(d)}   top: {top}")
     return 1 if failures else 0
 
 

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from digitrec.config import Settings
+from digitrec.errors import ImageTooCostly
+from digitrec.numbers.reader import NumberReading, read_number
 from digitrec.predict import Predictor
 from digitrec.preprocess import Preprocessed, check_structure, from_image
 from digitrec.sandbox import Sandbox, job_header
@@ -89,6 +91,17 @@ class Decoder:
             self.sandbox.close()
         self.threads = self.sandbox = self._sandbox_io = None
 
+    async def read_number(
+        self, predictor: Predictor, raw: bytes, top_k: int, max_components: int
+    ) -> NumberReading:
+        """Image bytes -> the number written in it, in a decoding thread."""
+        if self.threads is None:
+            raise RuntimeError("the decoder is not started")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.threads, _read_number_if_light, predictor, raw, top_k, max_components
+        )
+
     async def prepare(self, predictor: Predictor, raw: bytes) -> Preprocessed:
         """Image bytes -> model input, in a thread or in the sandbox (see the module)."""
         if self.threads is None or self.sandbox is None:
@@ -104,6 +117,19 @@ class Decoder:
             )
         size = predictor.spec.size
         return from_image(np.frombuffer(image, np.uint8).reshape(size, size).copy(), predictor.spec)
+
+
+def _read_number_if_light(
+    predictor: Predictor, raw: bytes, top_k: int, max_components: int
+) -> NumberReading:
+    """A whole number, read in a decoding thread; only light files (see the module): the
+    sandbox prepares one digit, not a number, so bigger files are refused for now."""
+    if not check_structure(raw, predictor.limits).is_light(LIGHT_MAX_PIXELS):
+        raise ImageTooCostly(
+            f"numbers are read from PNG, JPEG, GIF or BMP images of at most "
+            f"{LIGHT_MAX_PIXELS:,} pixels for now; send a smaller image"
+        )
+    return read_number(raw, predictor, top_k=top_k, max_components=max_components)
 
 
 def _prepare_if_light(predictor: Predictor, raw: bytes) -> Preprocessed | None:

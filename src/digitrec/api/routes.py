@@ -22,6 +22,7 @@ from digitrec.api.schemas import (
     Health,
     ModelCard,
     ModelRef,
+    NumberOut,
     OfflineFeedbackIn,
     OfflineFeedbackOut,
     PredictionOut,
@@ -92,6 +93,36 @@ async def predict(
     if include_input:
         out["input_image"] = png_data_url(prediction.image)
     return out
+
+
+@api.post(
+    "/number",
+    response_model=NumberOut,
+    summary="Read a whole number: several digits in one image",
+    openapi_extra=_IMAGE_BODY,
+    responses=error_responses(400, 413, 415, 422, 503),
+)
+async def number(
+    request: Request,
+    service: ServiceDep,
+    caller: CallerDep,
+    top_k: Annotated[
+        int | None, Query(ge=1, le=TOP_K_MAX, description="answers per digit (default 3)")
+    ] = None,
+) -> dict[str, Any]:
+    """The same inputs as `/api/v1/predict`. Each mark the image holds is found (strokes of
+    one digit joined, touching digits cut apart) and read by the digit model; the answer
+    lists them left to right with their boxes in the uploaded image's pixels. A mark that
+    is not a digit keeps its verdict in its place, `number` then holds only the digits
+    read and `complete` is false. 422 `blank_image` without ink, 422
+    `too_many_components` for more marks than a number has. Readings are not logged
+    yet, so `prediction_id` is null: they cannot be corrected."""
+    client = client_id(request, caller)
+    service.routing()  # 503 before reading a body that no model would answer
+    raw, body_top_k = await read_image(request, service.settings.max_upload_bytes)
+    reading = await service.read_number(raw, top_k or body_top_k or service.settings.top_k, client)
+    metrics.answered_by(request, reading.model_version)
+    return reading.to_dict()
 
 
 @api.post(

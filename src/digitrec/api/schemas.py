@@ -120,6 +120,31 @@ class OfflineFeedbackOut(BaseModel):
     stored: list[str] = Field(description="the prediction ids stored (all of them)")
 
 
+class NumberDigitOut(BaseModel):
+    digit: int = Field(description="the most likely digit (meaningful when verdict is digit)")
+    confidence: float
+    verdict: str = Field(description=VERDICT_HELP)
+    box: list[int] = Field(
+        min_length=4,
+        max_length=4,
+        description="[x, y, width, height] in the uploaded image's pixels",
+    )
+    top: list[TopItem]
+
+
+class NumberOut(BaseModel):
+    number: str = Field(description="the digits read, left to right (only those read)")
+    complete: bool = Field(
+        description="false: a mark is not a digit (its verdict stands in its place in "
+        "`digits`), so `number` is not the whole of what is written"
+    )
+    confidence: float = Field(description="product of the digits' confidences")
+    digits: list[NumberDigitOut] = Field(description="every mark found, left to right")
+    model: ModelRef
+    prediction_id: str | None = Field(None, description="this reading's id")
+    processing_ms: float
+
+
 class PredictJSON(BaseModel):
     """JSON form of a prediction request."""
 

@@ -36,6 +36,7 @@ from digitrec.errors import (
     ValidationFailed,
 )
 from digitrec.feedback import Correction, OfflineAnswer, PredictionLog, PredictionRecord
+from digitrec.numbers.reader import NumberReading
 from digitrec.predict import Prediction, Predictor
 from digitrec.registry import Registry
 from digitrec.traffic import TrafficRecorder
@@ -146,6 +147,17 @@ class Service:
         keep = self.settings.store_uploads and len(raw) <= self.settings.store_upload_max_bytes
         self.log.add(_record(answer, experiment, client_id, raw if keep else None))
         return answer
+
+    async def read_number(
+        self, raw: bytes, top_k: int, client_id: str | None = None
+    ) -> NumberReading:
+        """The whole number written in an image (``numbers.read_number``), read in a
+        decoding thread with the model this client is routed to."""
+        served, _ = self.routing().route(client_id)
+        with served.using() as predictor:
+            return await self.decoder.read_number(
+                predictor, raw, top_k, self.settings.number_max_components
+            )
 
     async def correct(
         self, prediction_id: str, label: int | None, correct: bool | None

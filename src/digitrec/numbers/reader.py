@@ -64,9 +64,9 @@ class NumberDigit:
     image: np.ndarray  # the 28x28 uint8 input the model saw
 
     def to_dict(self) -> dict[str, Any]:
-        x, y, w, h = self.box
+        """As the API answers it (``NumberDigitOut``): box as [x, y, width, height]."""
         return {
-            "box": {"x": x, "y": y, "width": w, "height": h},
+            "box": list(self.box),
             "digit": self.digit,
             "confidence": self.confidence,
             "verdict": self.verdict,
@@ -93,6 +93,7 @@ class NumberReading:
             "confidence": self.confidence,
             "digits": [d.to_dict() for d in self.digits],
             "model": {"name": self.model_name, "version": self.model_version},
+            "prediction_id": None,  # readings are not logged yet: nothing to correct
             "processing_ms": self.processing_ms,
         }
 

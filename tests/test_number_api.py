@@ -1,0 +1,109 @@
+"""POST /api/v1/number: a whole number through the API, as /api/v1/predict takes images
+(multipart, raw body, JSON base64); its errors; its OpenAPI entry."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from digitrec.data import Mnist
+from digitrec.numbers.synth import number_set
+from tests.conftest import encode, run_cli
+
+NUMBER = "/api/v1/number"
+
+
+def _check(answer: dict[str, Any], text: str, size: tuple[int, int]) -> None:
+    assert answer["number"] == text and answer["complete"] is True
+    assert [d["digit"] for d in answer["digits"]] == [int(c) for c in text]
+    lefts = [d["box"][0] for d in answer["digits"]]
+    assert lefts == sorted(lefts)  # left to right
+    for d in answer["digits"]:
+        x, y, w, h = d["box"]
+        assert x >= 0 and y >= 0 and x + w <= size[0] and y + h <= size[1]
+        assert d["verdict"] == "digit" and len(d["top"]) == 3
+    assert 0 < answer["confidence"] <= 1
+    assert answer["model"]["version"] and answer["processing_ms"] > 0
+
+
+@pytest.mark.mnist
+def test_a_number_in_every_input_form(client: TestClient, mnist: Mnist) -> None:
+    (made,) = number_set(mnist, 1, lengths=(4,), seed=5)
+    size = Image.open(io.BytesIO(made.data)).size
+    forms = [
+        {"files": {"image": ("n.png", made.data, "image/png")}},
+        {"content": made.data, "headers": {"content-type": "image/png"}},
+        {"json": {"image": base64.b64encode(made.data).decode()}},
+    ]
+    for form in forms:
+        response = client.post(NUMBER, **form)  # type: ignore[arg-type]
+        assert response.status_code == 200, response.text
+        _check(response.json(), made.text, size)
+    five = client.post(
+        f"{NUMBER}?top_k=5", content=made.data, headers={"content-type": "image/png"}
+    )
+    assert all(len(d["top"]) == 5 for d in five.json()["digits"])
+
+
+def test_bad_numbers_get_clear_errors(client: TestClient) -> None:
+    png = {"content-type": "image/png"}
+    blank = encode(Image.new("RGBA", (300, 100), (0, 0, 0, 0)))
+    assert client.post(NUMBER, content=blank, headers=png).json()["error"]["code"] == "blank_image"
+    dots = np.full((200, 400), 255, np.uint8)
+    for y in range(10, 190, 12):
+        for x in range(10, 390, 12):
+            dots[y : y + 5, x : x + 5] = 0  # 480 separate marks: no number has that many
+    noisy = encode(Image.fromarray(dots))
+    response = client.post(NUMBER, content=noisy, headers=png)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "too_many_components"
+    big = encode(Image.new("L", (1500, 1000), 255))  # over the in-process limit for now
+    response = client.post(NUMBER, content=big, headers=png)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "image_too_costly"
+    text = client.post(NUMBER, content=b"hello", headers={"content-type": "text/plain"})
+    assert text.status_code == 415
+
+
+def test_documented_in_openapi(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    answer = paths[NUMBER]["post"]["responses"]["200"]["content"]["application/json"]
+    assert answer["schema"]["$ref"].endswith("/NumberOut")
+    assert "multipart/form-data" in paths[NUMBER]["post"]["requestBody"]["content"]
+
+
+@pytest.mark.mnist
+def test_the_cli_reads_numbers_as_the_api_does(
+    client: TestClient, mnist: Mnist, tmp_path: Path
+) -> None:
+    (made,) = number_set(mnist, 1, lengths=(3,), seed=8)
+    image = tmp_path / "number.png"
+    image.write_bytes(made.data)
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(encode(Image.new("RGBA", (200, 80), (0, 0, 0, 0))))
+    done = run_cli("predict", "--number", str(image), home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{image}: {made.text}   confidence")
+    assert done.stdout.count("  at x=") == len(made.text)
+    as_json = run_cli("predict", "--number", "--json", str(image), home=tmp_path / "home")
+    answer = json.loads(as_json.stdout)
+    api = client.post(NUMBER, content=made.data, headers={"content-type": "image/png"}).json()
+    for key in ("number", "complete", "digits", "model"):
+        assert answer[key] == api[key], key
+    failed = run_cli("predict", "--number", str(blank), str(image), home=tmp_path / "home")
+    assert failed.returncode == 1 and failed.stdout.startswith(f"{image}: {made.text}")
+    assert failed.stderr.strip().splitlines() == [f"{blank}: error: {_blank_message(client)}"]
+
+
+def _blank_message(client: TestClient) -> str:
+    blank = encode(Image.new("RGBA", (200, 80), (0, 0, 0, 0)))
+    response = client.post(NUMBER, content=blank, headers={"content-type": "image/png"})
+    return str(response.json()["error"]["message"])
