@@ -16,6 +16,7 @@ from PIL import Image
 
 from digitrec.data import Mnist
 from digitrec.numbers.synth import number_set
+from digitrec.preprocess import WORK_SIDE
 from tests.conftest import encode, run_cli
 
 NUMBER = "/api/v1/number"
@@ -65,12 +66,40 @@ def test_bad_numbers_get_clear_errors(client: TestClient) -> None:
     response = client.post(NUMBER, content=noisy, headers=png)
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "too_many_components"
-    big = encode(Image.new("L", (1500, 1000), 255))  # over the in-process limit for now
-    response = client.post(NUMBER, content=big, headers=png)
-    assert response.status_code == 413
-    assert response.json()["error"]["code"] == "image_too_costly"
+    big_blank = encode(Image.new("L", (1500, 1000), 255))  # read in the sandbox: still blank
+    response = client.post(NUMBER, content=big_blank, headers=png)
+    assert response.json()["error"]["code"] == "blank_image"
     text = client.post(NUMBER, content=b"hello", headers={"content-type": "text/plain"})
     assert text.status_code == 415
+
+
+@pytest.mark.mnist
+def test_a_big_photo_is_read_in_the_sandbox_with_boxes_in_its_pixels(
+    client: TestClient, mnist: Mnist
+) -> None:
+    """Over a megapixel, the image is decoded in the sandbox (under its CPU and memory
+    budget) and reduced; the boxes still come in the uploaded file's pixels."""
+    (made,) = number_set(mnist, 1, lengths=(4,), variant="photo", seed=2)
+    small = Image.open(io.BytesIO(made.data))
+    scale = 5
+    big = small.resize((small.width * scale, small.height * scale), Image.Resampling.NEAREST)
+    assert big.width * big.height > 1024 * 1024
+    png = {"content-type": "image/png"}
+    near = client.post(NUMBER, content=made.data, headers=png).json()
+    far = client.post(NUMBER, content=encode(big), headers=png)
+    assert far.status_code == 200, far.text
+    answer = far.json()
+    assert answer["number"] == near["number"] == made.text
+    # Both are found at the working size (WORK_SIDE pixels): a pixel there is this many
+    # in the big file, and the small image's own rounding is multiplied by ``scale``.
+    tolerance = 2 * big.width / WORK_SIDE + 2 * scale
+    for a, b in zip(answer["digits"], near["digits"], strict=True):
+        expected = [v * scale for v in b["box"]]
+        assert all(abs(u - v) <= tolerance for u, v in zip(a["box"], expected, strict=True))
+        x, y, w, h = a["box"]
+        assert x + w <= big.width and y + h <= big.height
+    sandbox = client.app.state.service.decoder.sandbox  # type: ignore[attr-defined]
+    assert any(w.process is not None for w in sandbox.workers)  # it went there
 
 
 def test_documented_in_openapi(client: TestClient) -> None:
@@ -107,3 +136,21 @@ def _blank_message(client: TestClient) -> str:
     blank = encode(Image.new("RGBA", (200, 80), (0, 0, 0, 0)))
     response = client.post(NUMBER, content=blank, headers={"content-type": "image/png"})
     return str(response.json()["error"]["message"])
+
+
+def test_a_sandbox_reply_of_the_wrong_shape_is_refused() -> None:
+    """What a number job hands back is checked before anything reads it: a worker a
+    crafted file took over can give nothing but bytes of the announced shape."""
+    from digitrec.preprocess import Limits
+    from digitrec.sandbox import _number_job, number_image
+
+    img = Image.new("RGBA", (3000, 600), (0, 0, 0, 0))
+    body = _number_job(encode(img), Limits(), 1024)
+    (width, height), reduced = number_image(body, 1024)
+    assert (width, height) == (3000, 600) and reduced.size == (1024, 205)
+    assert reduced.mode == "LA"
+    for bad in (body[:5], body[:-1], body + b"\0", body[:4] + b"\xff" * 12 + body[16:]):
+        with pytest.raises(ValueError):
+            number_image(bad, 1024)
+    with pytest.raises(ValueError):
+        number_image(body, 512)  # bigger than the side asked for

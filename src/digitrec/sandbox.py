@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import IO, Any
 
@@ -71,12 +71,50 @@ def _read_exact(stream: IO[bytes], n: int) -> bytes:
 
 
 def _job(header: dict[str, Any], raw: bytes) -> bytes:
-    """Decode and prepare one image; the 28x28 uint8 picture the model will see."""
+    """Decode and prepare one image: the 28x28 uint8 picture the model will see; or, for a
+    number (``kind`` "number"), the decoded image reduced to ``side`` pixels at most."""
     from digitrec.preprocess import Limits, PreprocessSpec, preprocess_bytes
 
-    spec = PreprocessSpec.from_dict(header["spec"])
     limits = Limits(**header["limits"])
+    if header.get("kind") == "number":
+        return _number_job(raw, limits, int(header["side"]))
+    spec = PreprocessSpec.from_dict(header["spec"])
     return preprocess_bytes(raw, spec, limits).image.tobytes()
+
+
+_DIMS = struct.Struct(">IIHH")  # the file's width and height, then the reduced image's
+
+
+def _number_job(raw: bytes, limits: Any, side: int) -> bytes:
+    """The image in grey with its transparency (``LA``), no larger than ``side`` on its
+    longer edge, after the file's own width and height (to scale the boxes back)."""
+    from PIL import Image
+
+    from digitrec.preprocess import load, open_image
+
+    opened = open_image(raw, limits)
+    width, height = opened.size
+    img = load(opened)
+    img = (
+        img.convert("LA")
+        if "A" in img.getbands() or "transparency" in img.info
+        else (img.convert("L").convert("LA"))
+    )
+    img.thumbnail((side, side), Image.Resampling.BOX)
+    return _DIMS.pack(width, height, img.width, img.height) + img.tobytes()
+
+
+def number_image(body: bytes, side: int) -> tuple[tuple[int, int], Any]:
+    """The sandbox's answer to a number job: the file's (width, height) and the reduced
+    ``LA`` image; ValueError for anything else."""
+    from PIL import Image
+
+    if len(body) < _DIMS.size:
+        raise ValueError("short")
+    width, height, w, h = _DIMS.unpack_from(body)
+    if not (0 < w <= side and 0 < h <= side and len(body) == _DIMS.size + 2 * w * h):
+        raise ValueError("malformed")
+    return (width, height), Image.frombytes("LA", (w, h), body[_DIMS.size :])
 
 
 def _answer(header: dict[str, Any], raw: bytes, cpu_s: float) -> tuple[bytes, bool]:
@@ -203,14 +241,16 @@ class SandboxWorker:
         if reply[1:2] == _EXITS:  # wait for it here, so the next job starts a fresh one
             self._kill(process)
             self.process = None
-        return self._result(reply, header["spec"]["size"] ** 2)
+        if header.get("kind") == "number":
+            return self._result(reply, lambda body: number_image(body, int(header["side"])))
+        return self._result(reply, lambda body: len(body) == header["spec"]["size"] ** 2)
 
-    def _result(self, reply: bytes, image_bytes: int) -> bytes:
+    def _result(self, reply: bytes, well_formed: Callable[[bytes], object]) -> bytes:
         """The image from a worker's reply, or the error it reports. A reply of any other
         shape (a worker a crafted file took over) kills the worker and refuses the file."""
         status, body = reply[:1], reply[2:]
         try:
-            if status == _OK and len(body) == image_bytes:
+            if status == _OK and well_formed(body):
                 return body
             if status == _ERROR:
                 error = json.loads(body)
@@ -327,6 +367,11 @@ class Sandbox:
 def job_header(spec: Any, limits: Any) -> dict[str, Any]:
     """What a worker needs to know besides the file: the model's preprocessing and limits."""
     return {"spec": spec.to_dict(), "limits": asdict(limits)}
+
+
+def number_job_header(limits: Any, side: int) -> dict[str, Any]:
+    """A number's job: decode and reduce to ``side`` pixels (see ``number_image``)."""
+    return {"kind": "number", "limits": asdict(limits), "side": side}
 
 
 if __name__ == "__main__":

@@ -9,29 +9,35 @@ bounded by its size. Anything else (big photos, WebP, TIFF, unknown structures) 
 the sandbox (``digitrec.sandbox``), separate processes with a CPU-time and memory budget
 per image, so a hostile file costs at most that budget and never a thread that small
 requests are waiting for.
+
+A whole number (``read_number``) takes the same two paths: a light file is read in the
+thread; anything else is decoded in the sandbox, reduced to ``NUMBER_SIDE`` pixels on its
+longer side, and read in the thread from that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from digitrec.config import Settings
-from digitrec.errors import ImageTooCostly
 from digitrec.numbers.reader import NumberReading, read_number
 from digitrec.predict import Predictor
 from digitrec.preprocess import Preprocessed, check_structure, from_image
-from digitrec.sandbox import Sandbox, job_header
+from digitrec.sandbox import Sandbox, job_header, number_image, number_job_header
 
 log = logging.getLogger(__name__)
 # Decoded in-process up to this many declared pixels: a 1024x1024 RGBA PNG of noise took
 # 25 ms here, a progressive JPEG of that size with 56 scans 21 ms (RLE BMPs, decoded in
 # Python, never stay in-process: see ``imagecheck.Structure.python_codec``).
 LIGHT_MAX_PIXELS = 1024 * 1024
+NUMBER_SIDE = 1024  # a number in a bigger image is read at most this size on its longer side
 
 
 def _usable_cores() -> int:
@@ -94,12 +100,25 @@ class Decoder:
     async def read_number(
         self, predictor: Predictor, raw: bytes, top_k: int, max_components: int
     ) -> NumberReading:
-        """Image bytes -> the number written in it, in a decoding thread."""
-        if self.threads is None:
+        """Image bytes -> the number written in it: a light file in a decoding thread;
+        anything else decoded in the sandbox (under its budget) and reduced to
+        ``NUMBER_SIDE`` pixels, then read in a thread."""
+        if self.threads is None or self.sandbox is None:
             raise RuntimeError("the decoder is not started")
         loop = asyncio.get_running_loop()
+        args = (top_k, max_components)
+        light = await loop.run_in_executor(
+            self.threads, _read_number_if_light, predictor, raw, *args
+        )
+        if light is not None:
+            return light
+        header = number_job_header(predictor.limits, NUMBER_SIDE)
+        with self.sandbox.admitted():  # 503 at once when the sandbox is full
+            body = await loop.run_in_executor(
+                self._sandbox_io, self.sandbox.run_admitted, header, raw
+            )
         return await loop.run_in_executor(
-            self.threads, _read_number_if_light, predictor, raw, top_k, max_components
+            self.threads, _read_number_reduced, predictor, body, *args
         )
 
     async def prepare(self, predictor: Predictor, raw: bytes) -> Preprocessed:
@@ -121,15 +140,34 @@ class Decoder:
 
 def _read_number_if_light(
     predictor: Predictor, raw: bytes, top_k: int, max_components: int
-) -> NumberReading:
-    """A whole number, read in a decoding thread; only light files (see the module): the
-    sandbox prepares one digit, not a number, so bigger files are refused for now."""
+) -> NumberReading | None:
+    """A whole number read here if the file is light; None for the sandbox."""
     if not check_structure(raw, predictor.limits).is_light(LIGHT_MAX_PIXELS):
-        raise ImageTooCostly(
-            f"numbers are read from PNG, JPEG, GIF or BMP images of at most "
-            f"{LIGHT_MAX_PIXELS:,} pixels for now; send a smaller image"
-        )
+        return None
     return read_number(raw, predictor, top_k=top_k, max_components=max_components)
+
+
+def _read_number_reduced(
+    predictor: Predictor, body: bytes, top_k: int, max_components: int
+) -> NumberReading:
+    """A number in the image the sandbox decoded and reduced; boxes in the file's pixels."""
+    (width, height), img = number_image(body, NUMBER_SIDE)
+    sx, sy = width / img.width, height / img.height  # before reading: it may reduce img
+    reading = read_number(img, predictor, top_k=top_k, max_components=max_components)
+    digits = tuple(
+        dataclasses.replace(d, box=_scaled_box(d.box, sx, sy, width, height))
+        for d in reading.digits
+    )
+    return dataclasses.replace(reading, digits=digits)
+
+
+def _scaled_box(
+    box: tuple[int, int, int, int], sx: float, sy: float, width: int, height: int
+) -> tuple[int, int, int, int]:
+    x, y, w, h = box
+    left, top = math.floor(x * sx), math.floor(y * sy)
+    right, bottom = min(width, math.ceil((x + w) * sx)), min(height, math.ceil((y + h) * sy))
+    return left, top, right - left, bottom - top
 
 
 def _prepare_if_light(predictor: Predictor, raw: bytes) -> Preprocessed | None:

@@ -115,8 +115,10 @@ async def number(
     lists them left to right with their boxes in the uploaded image's pixels. A mark that
     is not a digit keeps its verdict in its place, `number` then holds only the digits
     read and `complete` is false. 422 `blank_image` without ink, 422
-    `too_many_components` for more marks than a number has. Readings are not logged
-    yet, so `prediction_id` is null: they cannot be corrected."""
+    `too_many_components` for more marks than a number has. Files over a megapixel are
+    decoded in the sandbox, under the same budget as /api/v1/predict's, and read at
+    most 1024 pixels on the longer side. Readings are not logged yet, so
+    `prediction_id` is null: they cannot be corrected."""
     client = client_id(request, caller)
     service.routing()  # 503 before reading a body that no model would answer
     raw, body_top_k = await read_image(request, service.settings.max_upload_bytes)
