@@ -18,6 +18,7 @@ import {
 } from "./pwa.js";
 
 const ENDPOINTS = {
+  number: "/api/v1/number?top_k=3",
   offline: "/api/v1/model/offline",
   offlineFeedback: "/api/v1/feedback/offline",
   model: "/api/v1/model",
@@ -40,6 +41,8 @@ const EXPORT_SIDE = 280; // side of the PNG sent to the server, in pixels
 // gives a digit three fifths of the pad tall, so a digit written small is not sent as a blob.
 const EXPORT_PEN = 0.15;
 const EXPORT_PEN_MIN = 1 / 50; // the thinnest export pen, as a share of the side: a dot stays a dot
+const BLANK = "Draw a digit from 0 to 9 in the box.";
+const NUMBER_BLANK = "Write a number in the wide box: a year, an amount, a house number.";
 const UNSURE_BELOW = 0.5; // under this confidence the answer is worded as a guess
 const BACKENDS = { onnx: "ONNX Runtime", torch: "PyTorch" };
 // What the page says when the server's verdict is not "digit"; the guesses are then muted.
@@ -51,6 +54,11 @@ const DOUBTS = {
 
 const $ = (id) => document.getElementById(id);
 const ui = {
+  layout: document.querySelector(".layout"),
+  modeDigit: $("mode-digit"),
+  modeNumber: $("mode-number"),
+  padHint: $("pad-hint"),
+  boxes: $("boxes"),
   offlineUse: $("offline-use"),
   offlineToggle: $("offline-toggle"),
   offlineStatus: $("offline-status"),
@@ -160,6 +168,8 @@ function say(text, kind = "info") {
 
 function resetAnswer(text) {
   ui.digit.textContent = "?";
+  ui.digit.classList.remove("is-number");
+  ui.boxes.replaceChildren();
   ui.digit.classList.remove("is-known", "is-guess");
   delete ui.answer.dataset.verdict;
   ui.confidence.hidden = true;
@@ -180,7 +190,7 @@ function showBlank() {
   sent += 1;
   shown = sent;
   setBusy(false);
-  resetAnswer("Draw a digit from 0 to 9 in the box.");
+  resetAnswer(mode === "number" ? NUMBER_BLANK : BLANK);
 }
 
 function topItem({ digit, probability }, rank) {
@@ -255,6 +265,69 @@ function showAnswer(answer) {
   announceSettled(words);
 }
 
+// --- a whole number: the digits found, with boxes over the pad ----------------------------
+
+// Where the image being read sits in the pad, in shares of the pad (an upload is shown
+// whole, letterboxed; a drawing fills it).
+function imageRect(width, height) {
+  if (upload === null) return { left: 0, top: 0, width: 1, height: 1 };
+  const pad = ui.pad.getBoundingClientRect();
+  const scale = Math.min(pad.width / width, pad.height / height);
+  const w = (width * scale) / pad.width;
+  const h = (height * scale) / pad.height;
+  return { left: (1 - w) / 2, top: (1 - h) / 2, width: w, height: h };
+}
+
+function selectDigit(answer, index) {
+  const chosen = answer.digits[index];
+  for (const [i, box] of [...ui.boxes.children].entries()) {
+    box.setAttribute("aria-pressed", String(i === index));
+  }
+  ui.topTitle.textContent = `Digit ${index + 1} of ${answer.digits.length}: top answers`;
+  ui.top.classList.toggle("is-muted", chosen.verdict !== "digit");
+  ui.top.replaceChildren(...chosen.top.slice(0, TOP_SHOWN).map(topItem));
+}
+
+function showNumber(answer) {
+  const said = answer.number || "?";
+  ui.answer.dataset.verdict = answer.complete ? "digit" : "not_a_digit";
+  ui.digit.textContent = said;
+  ui.digit.classList.add("is-known", "is-number");
+  ui.digit.classList.remove("is-guess");
+  const words = answer.complete
+    ? `It reads ${said}.`
+    : `Part of it is not a digit. Read: ${answer.number || "nothing"}.`;
+  say(words);
+  ui.confidence.textContent = `${chance(answer.confidence)} sure of the whole number`;
+  ui.confidence.hidden = false;
+  ui.all.replaceChildren();
+  ui.seenImg.hidden = true;
+  ui.processing.textContent = `${answer.processing_ms.toFixed(1)} ms`;
+  offerFeedback(null); // readings are not kept yet, so they cannot be corrected
+  const source = upload === null
+    ? { width: Math.round(EXPORT_SIDE * padAspect()), height: EXPORT_SIDE }
+    : { width: ui.preview.naturalWidth, height: ui.preview.naturalHeight };
+  const rect = imageRect(source.width, source.height);
+  ui.boxes.replaceChildren(...answer.digits.map((d, i) => {
+    const [x, y, w, h] = d.box;
+    const box = document.createElement("button");
+    box.type = "button";
+    box.className = d.verdict === "digit" ? "box" : "box is-doubt";
+    box.textContent = d.verdict === "digit" ? String(d.digit) : "?";
+    box.setAttribute("aria-pressed", "false");
+    box.setAttribute("aria-label", `Digit ${i + 1} of ${answer.digits.length}: `
+      + (d.verdict === "digit" ? `${d.digit}, ${chance(d.confidence)}` : "not a digit"));
+    box.style.left = `${(rect.left + (x / source.width) * rect.width) * 100}%`;
+    box.style.top = `${(rect.top + (y / source.height) * rect.height) * 100}%`;
+    box.style.width = `${(w / source.width) * rect.width * 100}%`;
+    box.style.height = `${(h / source.height) * rect.height * 100}%`;
+    box.addEventListener("click", () => selectDigit(answer, i));
+    return box;
+  }));
+  if (answer.digits.length) selectDigit(answer, 0);
+  announceSettled(words);
+}
+
 // An error; ``retryMs``: the same image goes again by itself after that long.
 function showError(error, retryMs = 0) {
   resetAnswer("");
@@ -309,16 +382,18 @@ async function ask(number, body, contentType, drawing = null) {
   const init = { method: "POST", body };
   if (contentType) init.headers = { "Content-Type": contentType };
   try {
-    const answer = await callApi(ENDPOINTS.predict, init);
+    const reading = mode === "number";
+    const answer = await callApi(reading ? ENDPOINTS.number : ENDPOINTS.predict, init);
     if (number === sent) stopRetry();
     if (pending.count()) retryPending(0, showPending); // the server is back
     if (number >= shown) { // equal: this image's earlier try failed and its error is shown
       shown = number;
-      showAnswer(answer);
+      if (reading) showNumber(answer);
+      else showAnswer(answer);
     }
   } catch (error) {
     if (number < sent || number < shown) return; // a newer image took its place
-    if (isPassing(error) && drawing !== null && reader.stored !== null) {
+    if (isPassing(error) && drawing !== null && reader.stored !== null && mode === "digit") {
       stopRetry();
       await askOffline(number, drawing); // read on this device instead
       return;
@@ -552,6 +627,64 @@ function wireFeedback() {
   ui.feedback.addEventListener("keydown", onFeedbackKey);
 }
 
+// --- what to read: one digit, or a whole number ------------------------------------------
+
+const MODE_KEY = "digitrec-mode";
+let mode = "digit";
+
+// The pad's width over its height: 1 for a digit's square pad, more for a number's.
+function padAspect() {
+  return mode === "number" && ui.canvas.height > 0 ? ui.canvas.width / ui.canvas.height : 1;
+}
+
+function setMode(wanted, { remember = true } = {}) {
+  if (wanted === mode || pen.id !== null) return;
+  mode = wanted;
+  for (const [button, which] of [[ui.modeDigit, "digit"], [ui.modeNumber, "number"]]) {
+    button.setAttribute("aria-checked", String(mode === which));
+    button.tabIndex = mode === which ? 0 : -1; // one tab stop: the chosen one
+  }
+  ui.layout.classList.toggle("is-number", mode === "number");
+  ui.pad.classList.toggle("is-number", mode === "number");
+  ui.canvas.setAttribute("aria-label", mode === "number"
+    ? "Drawing area: write a number here"
+    : "Drawing area: draw one digit here");
+  if (remember) {
+    try {
+      localStorage.setItem(MODE_KEY, mode);
+    } catch {
+      // storage refused: the mode is not remembered
+    }
+  }
+  strokes.length = 0; // a digit's strokes make no sense stretched over a number's pad
+  undone.length = 0;
+  dropUpload();
+  updateControls();
+  queuePaint();
+  showBlank();
+}
+
+function wireModes() {
+  ui.modeDigit.addEventListener("click", () => setMode("digit"));
+  ui.modeNumber.addEventListener("click", () => setMode("number"));
+  for (const button of [ui.modeDigit, ui.modeNumber]) {
+    button.addEventListener("keydown", (event) => { // arrows move within the radio group
+      if (!["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown"].includes(event.key)) return;
+      event.preventDefault();
+      const other = button === ui.modeDigit ? ui.modeNumber : ui.modeDigit;
+      other.focus();
+      other.click();
+    });
+  }
+  let saved = null;
+  try {
+    saved = localStorage.getItem(MODE_KEY);
+  } catch {
+    saved = null;
+  }
+  if (saved === "number") setMode("number", { remember: false });
+}
+
 // --- the drawing pad -------------------------------------------------------------------
 
 const strokes = []; // each stroke: [[x, y], ...] as shares of the side, so resizing is lossless
@@ -562,38 +695,40 @@ let debounce = 0;
 let paintQueued = false;
 const ctx = ui.canvas.getContext("2d");
 
-function paint(context, side, ink, penWidth = PEN_WIDTH) {
+// Strokes are kept as shares of the pad's width and height; the pen is a share of the
+// shorter side (the height of a number's wide pad, the side of the digit's square one).
+function paint(context, width, height, ink, penWidth = PEN_WIDTH) {
   context.lineCap = "round";
   context.lineJoin = "round";
-  context.lineWidth = side * penWidth;
+  context.lineWidth = Math.min(width, height) * penWidth;
   context.strokeStyle = ink;
   context.fillStyle = ink;
   for (const points of strokes) {
     const [x0, y0] = points[0];
     context.beginPath();
     if (points.length === 1) {
-      context.arc(x0 * side, y0 * side, context.lineWidth / 2, 0, 2 * Math.PI);
+      context.arc(x0 * width, y0 * height, context.lineWidth / 2, 0, 2 * Math.PI);
       context.fill();
       continue;
     }
-    context.moveTo(x0 * side, y0 * side);
+    context.moveTo(x0 * width, y0 * height);
     // Quadratic curves through the midpoints: smooth strokes from jittery pointer samples.
     for (let i = 1; i < points.length - 1; i += 1) {
       const [x, y] = points[i];
       const [nx, ny] = points[i + 1];
-      context.quadraticCurveTo(x * side, y * side, ((x + nx) / 2) * side, ((y + ny) / 2) * side);
+      context.quadraticCurveTo(x * width, y * height, ((x + nx) / 2) * width, ((y + ny) / 2) * height);
     }
     const [xn, yn] = points[points.length - 1];
-    context.lineTo(xn * side, yn * side);
+    context.lineTo(xn * width, yn * height);
     context.stroke();
   }
 }
 
 function repaint() {
   paintQueued = false;
-  const side = ui.canvas.width;
-  ctx.clearRect(0, 0, side, ui.canvas.height);
-  paint(ctx, side, getComputedStyle(ui.canvas).getPropertyValue("--ink").trim() || "black");
+  const { width, height } = ui.canvas;
+  ctx.clearRect(0, 0, width, height);
+  paint(ctx, width, height, getComputedStyle(ui.canvas).getPropertyValue("--ink").trim() || "black");
 }
 
 function queuePaint() {
@@ -604,7 +739,7 @@ function queuePaint() {
 }
 
 // The pen for the export, as a share of the side: in step with the drawing's size.
-function exportPen() {
+function exportPen(aspect = 1) {
   const low = [Infinity, Infinity];
   const high = [-Infinity, -Infinity];
   for (const points of strokes) {
@@ -615,17 +750,18 @@ function exportPen() {
       high[1] = Math.max(high[1], y);
     }
   }
-  const size = Math.max(high[0] - low[0], high[1] - low[1]);
+  // A digit's size is its box's longer side; a number's is its height (on the wide pad).
+  const size = aspect === 1 ? Math.max(high[0] - low[0], high[1] - low[1]) : high[1] - low[1];
   return Math.max(size * EXPORT_PEN, EXPORT_PEN_MIN);
 }
 
 // The drawing as the server should see it: dark strokes on a transparent square, drawn
 // with a pen in step with the drawing's size, however large the pad's pen made it look.
-function exportCanvas() {
+function exportCanvas(aspect = 1) {
   const out = document.createElement("canvas");
-  out.width = EXPORT_SIDE;
+  out.width = Math.round(EXPORT_SIDE * aspect);
   out.height = EXPORT_SIDE;
-  paint(out.getContext("2d"), EXPORT_SIDE, "black", exportPen());
+  paint(out.getContext("2d"), out.width, out.height, "black", exportPen(aspect));
   return out;
 }
 
@@ -654,7 +790,12 @@ async function predictDrawing() {
   }
   sent += 1;
   const number = sent;
-  const canvas = exportCanvas();
+  const canvas = exportCanvas(padAspect());
+  if (mode === "number") {
+    const blob = await exportDrawing(canvas);
+    if (number === sent && blob) await ask(number, blob, "image/png");
+    return;
+  }
   if (!navigator.onLine && reader.engine) {
     await askOffline(number, canvas); // no network: do not wait for a request to fail
     return;
@@ -762,12 +903,11 @@ function clearPad() {
 function fitCanvas(entries) {
   const entry = entries[0];
   const box = entry.devicePixelContentBoxSize && entry.devicePixelContentBoxSize[0];
-  const side = box
-    ? box.inlineSize
-    : Math.round(entry.contentRect.width * window.devicePixelRatio);
-  if (side > 0 && side !== ui.canvas.width) {
-    ui.canvas.width = side;
-    ui.canvas.height = side;
+  const width = box ? box.inlineSize : Math.round(entry.contentRect.width * window.devicePixelRatio);
+  const height = box ? box.blockSize : Math.round(entry.contentRect.height * window.devicePixelRatio);
+  if (width > 0 && height > 0 && (width !== ui.canvas.width || height !== ui.canvas.height)) {
+    ui.canvas.width = width;
+    ui.canvas.height = height;
     repaint();
   }
 }
@@ -951,6 +1091,7 @@ function start() {
   document.addEventListener("keydown", onKey);
   wireUploads();
   wireFeedback();
+  wireModes();
   const observer = new ResizeObserver(fitCanvas);
   try {
     observer.observe(ui.canvas, { box: "device-pixel-content-box" });
