@@ -135,7 +135,9 @@ def test_an_uploaded_number_gets_boxes_over_the_photo(
     assert shown is not None
     scale = min(shown["width"] / width, shown["height"] / height)  # contained, centred
     left = shown["x"] + (shown["width"] - width * scale) / 2
+    top = shown["y"] + (shown["height"] - height * scale) / 2
     for box, truth in zip(found, made.boxes, strict=True):
-        x, _, w, _ = truth
-        expected = left + (x + w / 2) * scale
-        assert abs(box["x"] + box["width"] / 2 - expected) < 0.05 * shown["width"]
+        x, y, w, h = truth
+        centre_x, centre_y = left + (x + w / 2) * scale, top + (y + h / 2) * scale
+        assert abs(box["x"] + box["width"] / 2 - centre_x) < 0.05 * shown["width"]
+        assert abs(box["y"] + box["height"] / 2 - centre_y) < 0.05 * shown["height"]
