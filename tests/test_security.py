@@ -103,6 +103,7 @@ def test_web_token_is_bound_to_the_page_the_route_and_the_client(
     pages = {"/api/v1/predict", "/api/v1/model", "/api/v1/feedback", "/api/v1/stats"}
     pages |= {"/api/v1/model/offline", "/api/v1/model/onnx"}  # the offline mode's downloads
     pages |= {"/api/v1/feedback/offline"}  # corrections of answers given offline
+    pages |= {"/api/v1/number"}  # the page's number mode
     assert pages == WEB_TOKEN_PATHS
     assert client.get("/openapi.json", headers=web).status_code == 200  # public anyway
     assert post(client, {"X-Web-Token": token}).status_code == 401  # not from a plain script

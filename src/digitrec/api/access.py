@@ -32,6 +32,7 @@ WEB_TOKEN_HEADER = "x-web-token"  # noqa: S105 - a header name, not a secret
 WEB_TOKEN_PATHS = frozenset(
     {
         "/api/v1/predict",
+        "/api/v1/number",
         "/api/v1/model",
         "/api/v1/feedback",
         "/api/v1/feedback/offline",
