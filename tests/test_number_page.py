@@ -80,7 +80,8 @@ def test_a_number_is_read_with_boxes_and_top_answers_per_digit(
     expect(page.locator("#boxes .box").nth(1)).to_have_attribute("aria-pressed", "true")
     expect(page.locator("#top li").first).to_have_attribute("data-digit", "7")
     expect(page.locator("#top-title")).to_have_text("Digit 2 of 2: top answers")
-    expect(page.locator("#feedback")).to_be_hidden()  # readings are not kept yet
+    page.locator("#feedback-keys button[data-label='1']").click()  # this digit is a 1
+    expect(page.locator("#feedback-status")).to_contain_text("saved as a 1")
     page.screenshot(path=artifacts / "page-number-1280x800.png")
 
     page.reload()  # the mode is remembered

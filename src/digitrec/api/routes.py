@@ -114,17 +114,22 @@ async def number(
     one digit joined, touching digits cut apart) and read by the digit model; the answer
     lists them left to right with their boxes in the uploaded image's pixels. A mark that
     is not a digit keeps its verdict in its place, `number` then holds only the digits
-    read and `complete` is false. 422 `blank_image` without ink, 422
+    read and `complete` is false. Each digit carries the `prediction_id` of its own
+    answer, to correct it with `POST /api/v1/feedback`. 422 `blank_image` without ink, 422
     `too_many_components` for more marks than a number has. Files over a megapixel are
     decoded in the sandbox, under the same budget as /api/v1/predict's, and read at
-    most 1024 pixels on the longer side. Readings are not logged yet, so
-    `prediction_id` is null: they cannot be corrected."""
+    most 1024 pixels on the longer side."""
     client = client_id(request, caller)
     service.routing()  # 503 before reading a body that no model would answer
     raw, body_top_k = await read_image(request, service.settings.max_upload_bytes)
-    reading = await service.read_number(raw, top_k or body_top_k or service.settings.top_k, client)
+    k = top_k or body_top_k or service.settings.top_k
+    reading, ids = await service.read_number(raw, k, client)
     metrics.answered_by(request, reading.model_version)
-    return reading.to_dict()
+    out = reading.to_dict()
+    given: list[str | None] = list(ids) if ids else [None] * len(out["digits"])
+    for digit, prediction_id in zip(out["digits"], given, strict=True):
+        digit["prediction_id"] = prediction_id  # correct one with POST /api/v1/feedback
+    return out
 
 
 @api.post(

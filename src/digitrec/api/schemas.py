@@ -130,6 +130,9 @@ class NumberDigitOut(BaseModel):
         description="[x, y, width, height] in the uploaded image's pixels",
     )
     top: list[TopItem]
+    prediction_id: str | None = Field(
+        None, description="this digit's answer, to correct with POST /api/v1/feedback"
+    )
 
 
 class NumberOut(BaseModel):
@@ -141,7 +144,9 @@ class NumberOut(BaseModel):
     confidence: float = Field(description="product of the digits' confidences")
     digits: list[NumberDigitOut] = Field(description="every mark found, left to right")
     model: ModelRef
-    prediction_id: str | None = Field(None, description="this reading's id")
+    prediction_id: str | None = Field(
+        None, description="null: each digit has its own (see `digits`)"
+    )
     processing_ms: float
 
 

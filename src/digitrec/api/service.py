@@ -39,6 +39,7 @@ from digitrec.feedback import Correction, OfflineAnswer, PredictionLog, Predicti
 from digitrec.numbers.reader import NumberReading
 from digitrec.predict import Prediction, Predictor
 from digitrec.registry import Registry
+from digitrec.rejection import DIGIT_CLASSES
 from digitrec.traffic import TrafficRecorder
 
 log = logging.getLogger(__name__)
@@ -150,14 +151,44 @@ class Service:
 
     async def read_number(
         self, raw: bytes, top_k: int, client_id: str | None = None
-    ) -> NumberReading:
+    ) -> tuple[NumberReading, list[str] | None]:
         """The whole number written in an image (``numbers.read_number``), read in a
-        decoding thread with the model this client is routed to."""
-        served, _ = self.routing().route(client_id)
+        decoding thread with the model this client is routed to. Each digit read is
+        logged as an answer of its own, so it can be corrected; their ids come back in
+        order (None when nothing is logged)."""
+        routing = self.routing()
+        served, arm = routing.route(client_id)
         with served.using() as predictor:
-            return await self.decoder.read_number(
-                predictor, raw, top_k, self.settings.number_max_components
+            reading = await self.decoder.read_number(
+                predictor, raw, DIGIT_CLASSES, self.settings.number_max_components
             )
+        logged = [_probabilities(d.top) for d in reading.digits]  # all ten, before trimming
+        digits = tuple(dataclasses.replace(d, top=d.top[:top_k]) for d in reading.digits)
+        reading = dataclasses.replace(reading, digits=digits)
+        if self.log is None:
+            return reading, None
+        experiment = routing.experiment.id if arm and routing.experiment else None
+        ids = []
+        for digit, probabilities in zip(reading.digits, logged, strict=True):
+            ids.append(feedback.new_prediction_id())
+            self.log.add(
+                PredictionRecord(
+                    id=ids[-1],
+                    created_at=datetime.now(UTC),
+                    model=f"{reading.model_name}:{reading.model_version}",
+                    arm=arm,
+                    experiment_id=experiment,
+                    client_hash=feedback.client_hash(client_id),
+                    digit=digit.digit,
+                    confidence=digit.confidence,
+                    verdict=digit.verdict,
+                    probabilities=probabilities,
+                    input=digit.image,
+                    latency_ms=reading.processing_ms,
+                    upload=None,
+                )
+            )
+        return reading, ids
 
     async def correct(
         self, prediction_id: str, label: int | None, correct: bool | None
@@ -228,6 +259,12 @@ def check_offline_answer(registry: Registry, answer: OfflineAnswer) -> None:
         problems.append("answered_at is in the future")
     if problems:
         raise ValidationFailed(f"offline answer {answer.id}: {'; '.join(problems)}")
+
+
+def _probabilities(top: list[tuple[int, float]]) -> list[float]:
+    """Each digit's probability, 0 to 9, from a full top list."""
+    by_digit = dict(top)
+    return [float(by_digit.get(d, 0.0)) for d in range(DIGIT_CLASSES)]
 
 
 def _record(

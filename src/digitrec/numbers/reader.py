@@ -71,6 +71,7 @@ class NumberDigit:
             "confidence": self.confidence,
             "verdict": self.verdict,
             "top": [{"digit": d, "probability": p} for d, p in self.top],
+            "prediction_id": None,  # the service's id of this digit's answer, if it logs it
         }
 
 
@@ -93,7 +94,7 @@ class NumberReading:
             "confidence": self.confidence,
             "digits": [d.to_dict() for d in self.digits],
             "model": {"name": self.model_name, "version": self.model_version},
-            "prediction_id": None,  # readings are not logged yet: nothing to correct
+            "prediction_id": None,  # each digit has its own, where the service logs them
             "processing_ms": self.processing_ms,
         }
 

@@ -286,6 +286,7 @@ function selectDigit(answer, index) {
   ui.topTitle.textContent = `Digit ${index + 1} of ${answer.digits.length}: top answers`;
   ui.top.classList.toggle("is-muted", chosen.verdict !== "digit");
   ui.top.replaceChildren(...chosen.top.slice(0, TOP_SHOWN).map(topItem));
+  offerFeedback(chosen.prediction_id ?? null); // "Right? / Wrong" now speaks of this digit
 }
 
 function showNumber(answer) {
@@ -303,7 +304,7 @@ function showNumber(answer) {
   ui.all.replaceChildren();
   ui.seenImg.hidden = true;
   ui.processing.textContent = `${answer.processing_ms.toFixed(1)} ms`;
-  offerFeedback(null); // readings are not kept yet, so they cannot be corrected
+  offerFeedback(null); // until a digit is chosen (the first, below)
   const source = upload === null
     ? { width: Math.round(EXPORT_SIDE * padAspect()), height: EXPORT_SIDE }
     : { width: ui.preview.naturalWidth, height: ui.preview.naturalHeight };
