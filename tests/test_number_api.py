@@ -158,3 +158,23 @@ def test_a_sandbox_reply_of_the_wrong_shape_is_refused() -> None:
             number_image(bad, 1024)
     with pytest.raises(ValueError):
         number_image(body, 512)  # bigger than the side asked for
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_evaluate_reports_numbers_by_length_spacing_and_source(tmp_path: Path) -> None:
+    done = run_cli("evaluate", "--suite", "numbers", "--limit", "100", "--json", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["numbers"]
+    assert report["per_cell"] == 10
+    cells = {(c["spacing"], c["variant"]): c for c in report["cells"]}
+    assert set(cells) == {(s, v) for s in ("clear", "touching") for v in ("canvas", "photo")}
+    for cell in cells.values():
+        assert sorted(cell["by_length"]) == ["2", "3", "4", "5", "6"]  # JSON keys
+        assert all(v["numbers"] == 10 for v in cell["by_length"].values())
+        assert 0 <= cell["whole"] <= 1 and 0 <= cell["per_digit"] <= 1
+    assert cells[("clear", "canvas")]["whole"] >= 0.5  # far from chance: the suite reads
+    assert cells[("clear", "canvas")]["target"] == 0.98
+    text = run_cli("evaluate", "--suite", "numbers", "--limit", "100", home=tmp_path)
+    assert text.stdout.splitlines()[0].startswith("whole numbers, 10 per length and cell")
+    assert len(text.stdout.splitlines()) == 5

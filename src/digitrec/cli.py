@@ -204,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(evaluate, positional=True)
     evaluate.add_argument(
         "--suite",
-        choices=["all", "test", "realistic", "rejection"],
+        choices=["all", "test", "realistic", "rejection", "numbers"],
         default="all",
-        help="what to measure (default: all three)",
+        help="what to measure (default: all four)",
     )
     evaluate.add_argument("--limit", type=int, help="redrawn digits per variant (default 1000)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -444,6 +444,15 @@ def _print_suite(suite: str, r: dict[str, Any]) -> None:
         if r.get("manifest_test_accuracy") is not None:
             same = "agrees" if r["agrees_with_manifest"] else "DISAGREES"
             print(f"manifest says {r['manifest_test_accuracy'] * 100:.2f} %: {same}")
+    elif suite == "numbers":
+        print(f"whole numbers, {r['per_cell']} per length and cell: whole-number / per-digit")
+        for c in r["cells"]:
+            target = f"   target {_pct(c['target'])}" if c["target"] else ""
+            lengths = "  ".join(f"{n}: {v['whole'] * 100:.0f} %" for n, v in c["by_length"].items())
+            print(
+                f"  {c['spacing']:9s}{c['variant']:7s}{_pct(c['whole'])} / {_pct(c['per_digit'])}"
+                f"{target}   by length {lengths}"
+            )
     elif suite == "realistic":
         print(f"redrawn digits, {r['per_variant_n']} per variant: accuracy, flagged, ECE after")
         for name, v in r["variants"].items():

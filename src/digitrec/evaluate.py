@@ -1,12 +1,14 @@
 """`digitrec evaluate`: measure a stored model, through the same Predictor that serves it.
 
-Three suites, each a function of an ``Evaluator`` (a loaded model and MNIST):
+Four suites, each a function of an ``Evaluator`` (a loaded model and MNIST):
 
 - ``test``: accuracy and the confusion matrix on MNIST's 10,000 test images (already in
   MNIST layout, so only normalised), compared with the manifest; share flagged as not
   one digit; expected calibration error before and after the model's temperature.
 - ``realistic``: the same digits redrawn as real inputs arrive (realistic.py), through
   the full preprocessing path: accuracy, share flagged and calibration per variant.
+- ``numbers``: whole numbers of 2-6 test digits (clear or touching, canvas or photo)
+  read by ``numbers.read_number``: whole-number and per-digit accuracy by length.
 - ``rejection``: how well the verdict separates digits from held-apart non-digits that
   chose nothing in training: Fashion-MNIST (as the 28x28 images of the standard
   benchmark, and uploaded as PNG files through the serving path), glyphs of fonts never
@@ -47,7 +49,7 @@ from digitrec.rejection import (
 )
 from digitrec.report import accuracy, confusion_matrix, per_class_metrics
 
-SUITES = ("test", "realistic", "rejection")
+SUITES = ("test", "realistic", "rejection", "numbers")
 NEGATIVES_PER_SET = 2000  # held-apart generated negatives of each kind (default)
 
 
@@ -164,6 +166,35 @@ class Evaluator:
             report["agrees_with_manifest"] = bool(diff <= 1)
         return report
 
+    def numbers(self, per_cell: int, seed: int = 0) -> dict[str, Any]:
+        """Whole numbers of 2-6 MNIST test digits (``numbers.synth``), clear or touching,
+        as canvas exports and photos, read by ``read_number``: per cell and per length,
+        whole-number and per-digit accuracy against the issue's targets."""
+        from digitrec.numbers.scoring import LENGTHS, SPACINGS, TARGETS, VARIANTS, accuracy
+        from digitrec.numbers.synth import number_set
+
+        cells = []
+        for spacing in SPACINGS:
+            for variant in VARIANTS:
+                by_length = {}
+                for length in LENGTHS:
+                    made = number_set(
+                        self.mnist, per_cell, lengths=(length,), spacing=spacing,  # type: ignore[arg-type]
+                        variant=variant, seed=seed + length,
+                    )  # fmt: skip
+                    by_length[length] = accuracy(self.predictor, made)
+                cells.append(
+                    {
+                        "spacing": spacing,
+                        "variant": variant,
+                        "target": TARGETS.get((spacing, variant)),
+                        "whole": _weighted(by_length, "whole"),
+                        "per_digit": _weighted(by_length, "per_digit"),
+                        "by_length": by_length,
+                    }
+                )
+        return {"per_cell": per_cell, "cells": cells}
+
     @functools.cache  # noqa: B019 - one Evaluator per command; the cache goes with it
     def redrawn(self, limit: int, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
         """Per variant: outputs of the images served, their labels, and how many were
@@ -257,6 +288,12 @@ class Evaluator:
         }
 
 
+def _weighted(by_length: dict[int, dict[str, Any]], key: str) -> float:
+    """``key`` over every length together, each weighted by its count of numbers."""
+    n = sum(c["numbers"] for c in by_length.values())
+    return round(sum(c[key] * c["numbers"] for c in by_length.values()) / n, 4)
+
+
 def evaluate(
     settings: Settings, suites: tuple[str, ...] = SUITES, limit: int = 1000
 ) -> dict[str, Any]:
@@ -268,4 +305,6 @@ def evaluate(
         report["realistic"] = evaluator.realistic(limit)
     if "rejection" in suites:
         report["rejection"] = evaluator.rejection(limit)
+    if "numbers" in suites:
+        report["numbers"] = evaluator.numbers(max(10, limit // 10))
     return report
