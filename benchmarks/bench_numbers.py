@@ -6,7 +6,10 @@ paper, are read by
 
 - A, ``read_number``: connected components, broken digits joined, touching digits cut
   where the model reads the parts best;
-- B, ``read_number_projection``: the naive baseline, one piece per run of inked columns.
+- B, ``read_number_projection``: the naive baseline, one piece per run of inked columns;
+- C (``--ctc-seconds S``), ``numbers.ctc``: a small CNN + CTC reading the whole strip,
+  trained here for S seconds on numbers of MNIST *training* digits (per digit: 1 - edit
+  distance / length, as it gives no boxes).
 
 Per cell: whole-number accuracy (the number read, complete, equals the truth) and
 per-digit accuracy (each true digit's box is matched to the read piece overlapping it
@@ -14,7 +17,7 @@ most, IoU at least ``MATCH_IOU``; right when that piece reads the digit). Latenc
 of ``read_number`` on 4-digit canvas numbers against ``Predictor.predict_bytes`` on
 one-digit canvas images, same process and model, interleaved.
 
-    python benchmarks/bench_numbers.py [--n 300] [--seed 0] [--quick]
+    python benchmarks/bench_numbers.py [--n 300] [--seed 0] [--quick] [--ctc-seconds 240]
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from common import RESULTS, bundled_model, machine_info, ratio, save_results, summarize, table
 from digitrec.config import Settings
 from digitrec.data import load_mnist
 from digitrec.numbers.reader import READ, NumberReading, read_number, read_number_projection
 from digitrec.numbers.synth import Box, SynthNumber, number_set
 from digitrec.predict import Predictor
+from digitrec.realistic import transparent
 
 APPROACHES: dict[str, Callable[..., NumberReading]] = {
     "A_components": read_number,
@@ -38,6 +44,7 @@ APPROACHES: dict[str, Callable[..., NumberReading]] = {
 LENGTHS = (2, 3, 4, 5, 6)
 SPACINGS = ("clear", "touching")
 VARIANTS = ("canvas", "photo")
+CTC = "C_ctc"  # approach C's name in the results, when trained (--ctc-seconds)
 MATCH_IOU = 0.5  # a read piece stands for a true digit when their boxes overlap this much
 TARGETS = {  # whole-number accuracy the issue asks for, per spacing and variant
     ("clear", "canvas"): 0.98,
@@ -84,25 +91,81 @@ def accuracy(
     }
 
 
-def latency(predictor: Predictor, mnist: Any, runs: int, seed: int) -> dict[str, Any]:
-    """p50 of a 4-digit canvas number against one digit, interleaved."""
-    fours = [n.data for n in number_set(mnist, 20, lengths=(4,), seed=seed + 1)]
-    ones = [n.data for n in number_set(mnist, 20, lengths=(1,), seed=seed + 2)]
-    number_s: list[float] = []
-    digit_s: list[float] = []
-    for i in range(runs):
-        t0 = time.perf_counter()
-        read_number(fours[i % len(fours)], predictor)
-        t1 = time.perf_counter()
-        predictor.predict_bytes(ones[i % len(ones)])
-        t2 = time.perf_counter()
-        number_s.append(t1 - t0)
-        digit_s.append(t2 - t1)
-    number_ms, digit_ms = summarize(number_s), summarize(digit_s)
+def edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def train_ctc(mnist: Any, n_train: int, seconds: float, seed: int) -> tuple[Any, dict[str, Any]]:
+    """Approach C: a CNN + CTC trained on ``split="train"`` numbers of every kind."""
+    from digitrec.numbers import ctc  # PyTorch: only when asked for
+
+    started = time.perf_counter()
+    data: list[SynthNumber] = []
+    kinds = [(s, v) for s in SPACINGS for v in VARIANTS]
+    for k, (spacing, variant) in enumerate(kinds):
+        data += number_set(
+            mnist,
+            n_train // len(kinds),
+            split="train",
+            spacing=spacing,  # type: ignore[arg-type]
+            variant=variant,
+            seed=10_000 + seed * 10 + k,
+        )
+    strips = [ctc.strip(n.data) for n in data]
+    prepared = time.perf_counter() - started
+    model, info = ctc.train(strips, [n.text for n in data], seconds, seed)
+    info.update(numbers=len(data), prepare_s=round(prepared, 1), train_s=seconds)
+    return model, info
+
+
+def ctc_accuracy(model: Any, numbers: list[SynthNumber]) -> dict[str, Any]:
+    """Whole-number accuracy, and per digit 1 - edit distance / length (no boxes)."""
+    from digitrec.numbers import ctc
+
+    started = time.perf_counter()
+    texts = ctc.read(model, [ctc.strip(n.data) for n in numbers])
+    pairs = list(zip(texts, numbers, strict=True))
+    digits = sum(max(0, len(n.text) - edit_distance(t, n.text)) for t, n in pairs)
     return {
-        "four_digit_number_ms": number_ms,
-        "single_digit_ms": digit_ms,
-        "p50_ratio": ratio(number_ms["p50"], digit_ms["p50"]),
+        "numbers": len(numbers),
+        "whole": round(sum(t == n.text for t, n in pairs) / len(numbers), 4),
+        "per_digit": round(digits / sum(len(n.text) for n in numbers), 4),
+        "ms_per_number": round((time.perf_counter() - started) / len(numbers) * 1000, 2),
+    }
+
+
+def latency(predictor: Predictor, mnist: Any, runs: int, seed: int) -> dict[str, Any]:
+    """p50 of ``read_number`` on a 4-digit canvas number against ``predict_bytes`` on one
+    digit, interleaved: the digit as the page exports its 280x280 canvas (realistic.py's
+    ``transparent``), and, for comparison, a one-digit number of the generator (a small
+    image cropped round the digit)."""
+    fours = [n.data for n in number_set(mnist, 20, lengths=(4,), seed=seed + 1)]
+    rng = np.random.default_rng(seed + 2)
+    canvases = [transparent(mnist.test_images[i], rng) for i in range(20)]
+    ones = [n.data for n in number_set(mnist, 20, lengths=(1,), seed=seed + 2)]
+    calls: dict[str, tuple[Callable[[bytes], object], list[bytes]]] = {
+        "number": (lambda raw: read_number(raw, predictor), fours),
+        "canvas_digit": (predictor.predict_bytes, canvases),
+        "cropped_digit": (predictor.predict_bytes, ones),
+    }
+    times: dict[str, list[float]] = {key: [] for key in calls}
+    for i in range(runs):
+        for key, (call, inputs) in calls.items():
+            t0 = time.perf_counter()
+            call(inputs[i % len(inputs)])
+            times[key].append(time.perf_counter() - t0)
+    ms = {key: summarize(values) for key, values in times.items()}
+    return {
+        "four_digit_number_ms": ms["number"],
+        "single_digit_ms": ms["canvas_digit"],
+        "cropped_single_digit_ms": ms["cropped_digit"],
+        "p50_ratio": ratio(ms["number"]["p50"], ms["canvas_digit"]["p50"]),
+        "p50_ratio_to_cropped": ratio(ms["number"]["p50"], ms["cropped_digit"]["p50"]),
         "target_ratio": 3.0,
     }
 
@@ -110,28 +173,30 @@ def latency(predictor: Predictor, mnist: Any, runs: int, seed: int) -> dict[str,
 def report(results: dict[str, Any]) -> str:
     """A Markdown table: whole / per-digit accuracy per cell and approach, then totals."""
     lines = ["# Reading whole numbers (#13)", "", f"Command: `{results['command']}`", ""]
-    headers = ["spacing", "variant", "length"] + [f"{a} whole / digit" for a in APPROACHES]
+    names = results["approaches"]
+    headers = ["spacing", "variant", "length"] + [f"{a} whole / digit" for a in names]
     rows = []
     for cell in results["cells"]:
-        scores = [cell[a] for a in APPROACHES]
+        scores = [cell[a] for a in names]
         rows.append(
             [cell["spacing"], cell["variant"], cell["length"]]
             + [f"{s['whole']:.3f} / {s['per_digit']:.3f}" for s in scores]
         )
     lines += [_markdown(headers, rows), "", "## Lengths 2-6 together, against the targets", ""]
-    headers = ["spacing", "variant", "target"] + [f"{a} whole / digit" for a in APPROACHES]
+    headers = ["spacing", "variant", "target"] + [f"{a} whole / digit" for a in names]
     rows = [
         [t["spacing"], t["variant"], t["target"] if t["target"] is not None else "-"]
-        + [f"{t[a]['whole']:.3f} / {t[a]['per_digit']:.3f}" for a in APPROACHES]
+        + [f"{t[a]['whole']:.3f} / {t[a]['per_digit']:.3f}" for a in names]
         for t in results["totals"]
     ]
     lat = results["latency"]
     lines += [
         _markdown(headers, rows),
         "",
-        f"Latency p50: 4-digit canvas number {lat['four_digit_number_ms']['p50']} ms, "
-        f"one digit {lat['single_digit_ms']['p50']} ms: ratio {lat['p50_ratio']} "
-        f"(target at most {lat['target_ratio']}).",
+        f"Latency p50: 4-digit canvas number {lat['four_digit_number_ms']['p50']} ms; "
+        f"one digit on a 280x280 canvas {lat['single_digit_ms']['p50']} ms: ratio "
+        f"{lat['p50_ratio']} (target at most {lat['target_ratio']}); one digit cropped "
+        f"small {lat['cropped_single_digit_ms']['p50']} ms: ratio {lat['p50_ratio_to_cropped']}.",
         "",
     ]
     return "\n".join(lines)
@@ -149,11 +214,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-runs", type=int, default=400)
     parser.add_argument("--quick", action="store_true", help="30 numbers per cell, 60 runs")
+    parser.add_argument("--ctc-seconds", type=float, default=0, help="train approach C (0: no)")
+    parser.add_argument("--ctc-train", type=int, default=16000, help="training numbers for C")
     args = parser.parse_args()
     n, runs = (30, 60) if args.quick else (args.n, args.latency_runs)
     machine = machine_info()
     mnist = load_mnist(Settings(), progress=False)
     predictor = Predictor(bundled_model(), "onnx", 1)
+    ctc_model, ctc_info = None, None
+    if args.ctc_seconds > 0:
+        ctc_model, ctc_info = train_ctc(mnist, args.ctc_train, args.ctc_seconds, args.seed)
+        print(f"C_ctc trained: {ctc_info}")
+    names = [*APPROACHES, *([CTC] if ctc_model is not None else [])]
     cells, totals = [], []
     for s, spacing in enumerate(SPACINGS):
         for v, variant in enumerate(VARIANTS):
@@ -165,14 +237,16 @@ def main() -> None:
                 cell: dict[str, Any] = {"spacing": spacing, "variant": variant, "length": length}
                 for name, read in APPROACHES.items():
                     cell[name] = accuracy(predictor, numbers, read)
-                print(table(["cell", *APPROACHES], [[cell_name(cell), *_scores(cell)]]))
+                if ctc_model is not None:
+                    cell[CTC] = ctc_accuracy(ctc_model, numbers)
+                print(table(["cell", *names], [[cell_name(cell), *_scores(cell, names)]]))
                 cells.append(cell)
             total: dict[str, Any] = {
                 "spacing": spacing,
                 "variant": variant,
                 "target": TARGETS.get((spacing, variant)),
             }
-            for name in APPROACHES:
+            for name in names:
                 mine = [
                     c[name] for c in cells if (c["spacing"], c["variant"]) == (spacing, variant)
                 ]
@@ -188,7 +262,8 @@ def main() -> None:
         "cells": cells,
         "totals": totals,
         "latency": latency(predictor, mnist, runs, args.seed),
-        "ctc": "not done: approach B is the projection baseline (see the report)",
+        "approaches": names,
+        "ctc_training": ctc_info,
     }
     path = save_results("numbers", results, machine)
     results["command"] = " ".join(["python benchmarks/bench_numbers.py", *_argv()])
@@ -201,8 +276,8 @@ def cell_name(cell: dict[str, Any]) -> str:
     return f"{cell['spacing']}/{cell['variant']}/{cell['length']}"
 
 
-def _scores(cell: dict[str, Any]) -> list[str]:
-    return [f"{cell[a]['whole']:.3f}/{cell[a]['per_digit']:.3f}" for a in APPROACHES]
+def _scores(cell: dict[str, Any], names: list[str]) -> list[str]:
+    return [f"{cell[a]['whole']:.3f}/{cell[a]['per_digit']:.3f}" for a in names]
 
 
 def _argv() -> list[str]:

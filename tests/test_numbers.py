@@ -221,3 +221,31 @@ def test_components_read_better_than_projection(
     ours, baseline = right(read_number), right(read_number_projection)
     # Touching digits are one mark that the baseline cannot part: there A must win.
     assert ours > baseline if spacing == "touching" else ours >= baseline
+
+
+def test_at_most_two_batches_whatever_the_image(
+    predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = counting_infer(predictor, monkeypatch)
+    read(predictor, number("23", gap=-0.02))  # touching: the cut pass runs
+    assert len(calls) == 2
+    img = Image.new("L", (600, 600), 255)  # just under the limit: 60 marks
+    marks = ImageDraw.Draw(img)
+    for k in range(60):
+        x, y = 30 + 60 * (k % 10), 40 + 90 * (k // 10)
+        marks.line((x, y - 25, x + 20, y + 25), fill=0, width=6)
+    calls.clear()
+    read(predictor, png(img))
+    assert 1 <= len(calls) <= 2
+
+
+@pytest.mark.mnist
+def test_ctc_reads_strips_of_digits(mnist: Mnist) -> None:
+    from digitrec.numbers import ctc
+
+    numbers = number_set(mnist, 32, split="train", lengths=(2, 3), seed=5)
+    strips = [ctc.strip(n.data) for n in numbers]
+    assert all(s.shape[0] == ctc.STRIP_HEIGHT and s.max() <= 1 for s in strips)
+    model, info = ctc.train(strips, [n.text for n in numbers], seconds=1.0)
+    assert info["steps"] >= 1
+    assert all(text.isdigit() or text == "" for text in ctc.read(model, strips[:4]))

@@ -36,12 +36,20 @@ from digitrec.numbers.segment import (
     projection_groups,
 )
 from digitrec.predict import Predictor
-from digitrec.preprocess import MARK_LEVEL, Preprocessed, from_image, ink_map, mnist_layout
+from digitrec.preprocess import (
+    MARK_LEVEL,
+    Preprocessed,
+    from_image,
+    ink_map,
+    load,
+    mnist_layout,
+    open_image,
+)
 from digitrec.rejection import DIGIT_CLASSES, softmax
 
 Box = tuple[int, int, int, int]  # x, y, width, height in the uploaded image's pixels
 MAX_COMPONENTS = Settings.model_fields["number_max_components"].default
-WIDE = 0.9  # pieces wider than this (digit heights) are always tried cut...
+WIDE = 1.25  # pieces wider than this (digit heights) are always tried cut...
 SPLIT_MIN_WIDTH = 0.35  # ...never when narrower than this...
 CUT_ASPECT = 0.8  # ...else when read as several digits, or not as a digit and this squat
 PIECE_COST = math.log(0.7)  # each extra piece must earn it: fewer digits win near-ties
@@ -109,18 +117,25 @@ def read_number(
     top_k: int = 3,
     max_components: int = MAX_COMPONENTS,
 ) -> NumberReading:
-    """Read the whole number written in ``image`` (file bytes, or an image already
-    opened with ``Predictor.open``), left to right.
+    """Read the whole number written in ``image``, left to right.
 
-    Returns a ``NumberReading``: ``digits`` holds one ``NumberDigit`` per piece (box in
-    the uploaded image's pixels, digit, confidence, verdict, top-k, 28x28 input);
-    ``number`` the digits read; ``complete`` is False when a piece is not read as a digit
-    (its verdict stands in its place in ``digits``); ``confidence`` the product of the
-    pieces'. At most two batched forward passes, whatever the image.
+    ``image``: the uploaded file's bytes (decoded here under ``predictor.limits``), or
+    an image already opened with ``Predictor.open`` (boxes are then in its pixels,
+    which a big JPEG's reduced decoding may have made smaller than the file's).
+    ``top_k``: answers per piece (1-10). ``max_components``: marks allowed before the
+    image is refused (``Settings.number_max_components``).
 
-    Raises the upload errors of ``Predictor.open``, ``BlankImage`` when there is no ink,
-    ``TooManyComponents`` over ``max_components`` marks (``Settings.number_max_components``),
-    ``InvalidRequest`` for a bad ``top_k``.
+    Returns a ``NumberReading``: ``digits``, one ``NumberDigit`` per piece, left to
+    right (box ``(x, y, width, height)`` in the uploaded image's pixels, digit,
+    confidence, verdict, top-k, the 28x28 input); ``number``, the digits read (verdict
+    "digit" or "unsure"); ``complete``, False when a piece is not read as a digit (its
+    verdict, not_a_digit or several_digits, stands in its place in ``digits``);
+    ``confidence``, the product of the pieces'. At most two batched forward passes.
+
+    Raises the upload errors of ``Predictor.open`` (``DigitrecError`` subclasses),
+    ``BlankImage`` (422 blank_image) when there is no ink, ``TooManyComponents`` (422
+    too_many_components) over ``max_components`` marks, counted before any piece is
+    prepared or read, and ``InvalidRequest`` for a bad ``top_k``.
     """
     return _read(image, predictor, digit_groups, True, top_k, max_components)
 
@@ -156,8 +171,10 @@ def _read(
     max_components: int,
 ) -> NumberReading:
     started = time.perf_counter()
-    img = predictor.open(image) if isinstance(image, bytes) else image
-    width, height = img.size  # before ink_map reduces it to the working size
+    if isinstance(image, bytes):
+        img, (width, height) = _open(image, predictor)
+    else:
+        img, (width, height) = image, image.size
     comps = label_ink(ink_map(img), max_components)
     pieces = [p for g in segmenter(comps) if (p := _piece(g, group_ink(comps, g), predictor))]
     if not pieces:
@@ -182,6 +199,17 @@ def _read(
         model_version=predictor.version,
         processing_ms=round((time.perf_counter() - started) * 1000, 3),
     )
+
+
+def _open(raw: bytes, predictor: Predictor) -> tuple[Image.Image, tuple[int, int]]:
+    """``Predictor.open``'s two steps, keeping the size the file declares: big JPEGs are
+    decoded at a reduced scale, and boxes are given in the uploaded image's pixels."""
+    img = open_image(raw, predictor.limits)
+    width, height = img.size
+    load(img)
+    if (img.width > img.height) != (width > height):  # turned by its EXIF orientation
+        width, height = height, width
+    return img, (width, height)
 
 
 def _piece(group: Group, ink: np.ndarray, predictor: Predictor) -> _Piece | None:

@@ -37,6 +37,7 @@ NEAR_GAP = 0.15  # ...which joins a bigger piece at most this far away (digit he
 BESIDE_HEIGHT = 0.7  # a fragment this short within a taller piece's rows...
 BESIDE_GAP = 0.06  # ...at most this far beside it joins it (far closer than digits are)
 JOINED_WIDTH = 1.6  # pieces are never joined wider than this (a 5 with a long hat)
+BRIDGE = 0.12  # gaps up to this high (digit heights) are closed in joined pieces
 MAX_DIGIT_WIDTH = 1.3  # no candidate digit is wider than this (digit heights)
 MIN_DIGIT_WIDTH = 0.08  # ...nor narrower (a thin 1)
 CUT_MARGIN = 0.12  # candidate cuts keep this far from a piece's ends (digit heights)
@@ -209,6 +210,11 @@ def group_ink(
     own = np.isin(labels, list(group.labels))
     near = ndimage.binary_dilation(own, EIGHT_NEIGHBOURS) & ((labels == 0) | own)
     ink = np.where(near, comps.ink[box], 0).astype(np.float32)
+    if len(group.labels) > 1 and group.width <= MAX_DIGIT_WIDTH * comps.digit_height:
+        # A digit joined from pieces: bridge the gaps between them (a faint band, a
+        # lifted pen) as MNIST's unbroken strokes, by a vertical grey closing.
+        reach = max(3, round(BRIDGE * comps.digit_height))
+        ink = ndimage.grey_closing(ink, size=(reach, 1), mode="constant", cval=0.0)
     return ink[:, left:right]
 
 
