@@ -32,8 +32,9 @@ import numpy as np
 from common import RESULTS, bundled_model, machine_info, ratio, save_results, summarize, table
 from digitrec.config import Settings
 from digitrec.data import load_mnist
-from digitrec.numbers.reader import READ, NumberReading, read_number, read_number_projection
-from digitrec.numbers.synth import Box, SynthNumber, number_set
+from digitrec.numbers.reader import NumberReading, read_number, read_number_projection
+from digitrec.numbers.scoring import LENGTHS, SPACINGS, TARGETS, VARIANTS, accuracy
+from digitrec.numbers.synth import SynthNumber, number_set
 from digitrec.predict import Predictor
 from digitrec.realistic import transparent
 
@@ -41,54 +42,7 @@ APPROACHES: dict[str, Callable[..., NumberReading]] = {
     "A_components": read_number,
     "B_projection": read_number_projection,
 }
-LENGTHS = (2, 3, 4, 5, 6)
-SPACINGS = ("clear", "touching")
-VARIANTS = ("canvas", "photo")
 CTC = "C_ctc"  # approach C's name in the results, when trained (--ctc-seconds)
-MATCH_IOU = 0.5  # a read piece stands for a true digit when their boxes overlap this much
-TARGETS = {  # whole-number accuracy the issue asks for, per spacing and variant
-    ("clear", "canvas"): 0.98,
-    ("touching", "canvas"): 0.92,
-    ("clear", "photo"): 0.96,
-}
-
-
-def iou(a: Box, b: Box) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = min(ax + aw, bx + bw) - max(ax, bx)
-    h = min(ay + ah, by + bh) - max(ay, by)
-    inter = max(0, w) * max(0, h)
-    return inter / (aw * ah + bw * bh - inter) if inter else 0.0
-
-
-def digits_right(truth: SynthNumber, reading: NumberReading) -> int:
-    right = 0
-    for box, label in zip(truth.boxes, truth.text, strict=True):
-        overlaps = [(iou(box, d.box), d) for d in reading.digits]
-        best = max(overlaps, key=lambda o: o[0], default=(0.0, None))
-        piece = best[1]
-        if best[0] >= MATCH_IOU and piece is not None:
-            right += piece.verdict in READ and str(piece.digit) == label
-    return right
-
-
-def accuracy(
-    predictor: Predictor, numbers: list[SynthNumber], read: Callable[..., NumberReading]
-) -> dict[str, Any]:
-    whole = digits = total = 0
-    started = time.perf_counter()
-    for n in numbers:
-        reading = read(n.data, predictor)
-        whole += reading.complete and reading.number == n.text
-        digits += digits_right(n, reading)
-        total += len(n.text)
-    return {
-        "numbers": len(numbers),
-        "whole": round(whole / len(numbers), 4),
-        "per_digit": round(digits / total, 4),
-        "ms_per_number": round((time.perf_counter() - started) / len(numbers) * 1000, 2),
-    }
 
 
 def edit_distance(a: str, b: str) -> int:

@@ -9,6 +9,7 @@ and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -475,13 +476,22 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from digitrec.predict import Predictor
 
     predictor = Predictor.from_settings(settings)
+    read: Callable[[bytes], Any] = functools.partial(predictor.predict_bytes, top_k=settings.top_k)
+    show: Callable[[Path, Any], None] = _show_digit
     if args.number:
-        return _predict_numbers(args, settings, predictor)
+        from digitrec.numbers.reader import read_number
+
+        read = functools.partial(
+            read_number,
+            predictor=predictor,
+            top_k=settings.top_k,
+            max_components=settings.number_max_components,
+        )
+        show = _show_number
     failures = 0
     for path in args.images:
         try:
-            raw = _read_image_file(path, settings.max_upload_bytes)
-            result = predictor.predict_bytes(raw, settings.top_k)
+            result = read(_read_image_file(path, settings.max_upload_bytes))
         except DigitrecError as exc:
             failures += 1
             if args.json:
@@ -492,40 +502,24 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             emit_json({"file": str(path), **result.to_dict()})
         else:
-            top = "  ".join(f"{d} ({p * 100:.1f}%)" for d, p in result.top)
-            print(f"{path}: {_headline(result)}   top: {top}")
+            show(path, result)
     return 1 if failures else 0
 
 
-def _predict_numbers(args: argparse.Namespace, settings: Settings, predictor: Any) -> int:
-    """`predict --number`: the whole number in each image, as POST /api/v1/number reads it."""
-    from digitrec.numbers.reader import read_number
+def _show_digit(path: Path, result: Any) -> None:
+    top = "  ".join(f"{d} ({p * 100:.1f}%)" for d, p in result.top)
+    print(f"{path}: {_headline(result)}   top: {top}")
 
-    failures = 0
-    for path in args.images:
-        try:
-            raw = _read_image_file(path, settings.max_upload_bytes)
-            reading = read_number(
-                raw, predictor, top_k=settings.top_k, max_components=settings.number_max_components
-            )
-        except DigitrecError as exc:
-            failures += 1
-            if args.json:
-                emit_json({"file": str(path), **exc.to_dict()})
-            else:
-                print(f"{path}: error: {exc.message}", file=sys.stderr)
-            continue
-        if args.json:
-            emit_json({"file": str(path), **reading.to_dict()})
-            continue
-        read = reading.number or "nothing"
-        missing = "" if reading.complete else " (incomplete: a mark is not a digit)"
-        print(f"{path}: {read}{missing}   confidence {reading.confidence * 100:.1f}%")
-        for d in reading.digits:
-            top = "  ".join(f"{digit} ({p * 100:.1f}%)" for digit, p in d.top)
-            x, y, w, h = d.box
-            print(f"  at x={x} y={y} {w}x{h}: {_headline(d)}   top: {top}")
-    return 1 if failures else 0
+
+def _show_number(path: Path, reading: Any) -> None:
+    """`predict --number`: the number, then each digit with its box and top answers."""
+    read = reading.number or "nothing"
+    missing = "" if reading.complete else " (incomplete: a mark is not a digit)"
+    print(f"{path}: {read}{missing}   confidence {reading.confidence * 100:.1f}%")
+    for d in reading.digits:
+        top = "  ".join(f"{digit} ({p * 100:.1f}%)" for digit, p in d.top)
+        x, y, w, h = d.box
+        print(f"  at x={x} y={y} {w}x{h}: {_headline(d)}   top: {top}")
 
 
 def _headline(result: Any) -> str:
