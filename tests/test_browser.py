@@ -792,26 +792,27 @@ def test_dashboard_agrees_with_the_metrics_endpoint(
             time.sleep(0.5)
         assert _metrics_figures(server) == want  # the dashboard's polling is not traffic
 
-        tab = _open_dashboard(browser, server)
-        page = tab.page
-        expect(page.locator("#traffic-count")).to_have_text(f"{want['requests']:,}")
-        expect(page.locator("#traffic-errors")).to_have_text(f"{want['errors']:,}")
-        expect(page.locator("#error-rate")).to_have_text(
-            f"{want['errors'] / want['requests'] * 100:.1f}\u00a0%"
-        )
-        shown = page.locator("#digit-counts li .v").all_inner_texts()
-        assert shown == [f"{n:,}" for n in want["by_digit"]]
-        expect(page.locator("#draws-count")).to_have_text(f"{sum(want['by_digit']):,}")
-        online = page.locator("#online li").first
-        expect(online).to_have_attribute("data-corrections", str(want["corrections"]))
-        drawn = json.loads(page.locator("#chart-traffic").get_attribute("data-totals") or "[]")
-        per_minute = 60  # the chart draws requests and errors per second of each minute
-        assert [round(x * per_minute) for x in drawn] == [want["requests"], want["errors"]]
-        digits = json.loads(page.locator("#chart-digits").get_attribute("data-totals") or "[]")
-        assert digits == [sum(want["by_digit"])]
-        page.screenshot(path=artifacts / "dashboard-traffic.png", full_page=True)
-        page.context.close()
-        assert not tab.problems, tab.problems
+        for name, context in (("1280x800", DESKTOP), ("375x667", PHONE)):
+            tab = _open_dashboard(browser, server, **context)
+            page = tab.page
+            expect(page.locator("#traffic-count")).to_have_text(f"{want['requests']:,}")
+            expect(page.locator("#traffic-errors")).to_have_text(f"{want['errors']:,}")
+            expect(page.locator("#error-rate")).to_have_text(
+                f"{want['errors'] / want['requests'] * 100:.1f}\u00a0%"
+            )
+            shown = page.locator("#digit-counts li .v").all_inner_texts()
+            assert shown == [f"{n:,}" for n in want["by_digit"]]
+            expect(page.locator("#draws-count")).to_have_text(f"{sum(want['by_digit']):,}")
+            online = page.locator("#online li").first
+            expect(online).to_have_attribute("data-corrections", str(want["corrections"]))
+            drawn = json.loads(page.locator("#chart-traffic").get_attribute("data-totals") or "[]")
+            per_minute = 60  # the chart draws requests and errors per second of each minute
+            assert [round(x * per_minute) for x in drawn] == [want["requests"], want["errors"]]
+            digits = json.loads(page.locator("#chart-digits").get_attribute("data-totals") or "[]")
+            assert digits == [sum(want["by_digit"])]
+            page.screenshot(path=artifacts / f"dashboard-traffic-{name}.png", full_page=True)
+            page.context.close()
+            assert not tab.problems, tab.problems
     finally:
         server.stop()
 
