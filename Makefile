@@ -40,11 +40,12 @@ train: $(VENV)/.dev  ## train the default recipe (about 9 minutes on 2 cores)
 evaluate: $(VENV)/.dev  ## measure the newest model: MNIST test, redrawn digits, non-digits
 	$(BIN)/digitrec evaluate
 
-bench: $(VENV)/.dev  ## inference, HTTP, not-a-digit and prediction-log benchmarks -> benchmarks/results/
+bench: $(VENV)/.dev  ## inference, HTTP (golden PNG and a realistic mix), not-a-digit and prediction-log benchmarks -> benchmarks/results/
 	$(BIN)/python benchmarks/bench_inference.py
 	$(BIN)/python benchmarks/bench_http.py
 	$(BIN)/python benchmarks/bench_rejection.py
 	$(BIN)/python benchmarks/bench_logging.py
+	$(BIN)/python benchmarks/bench_realistic.py
 	$(BIN)/python benchmarks/summary.py
 
 walkthrough: $(VENV)/.dev  ## the lifecycle loop for real (A/B, corrections, retrain, promote, roll back)

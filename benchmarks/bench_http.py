@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,21 +111,26 @@ def server_cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+Bodies = Sequence[tuple[bytes, str]]  # (request body, its content type), sent in turn
+
+
 async def drive(
     url: str,
-    body: bytes,
-    content_type: str,
+    bodies: Bodies,
     concurrency: int,
     pid: int,
     duration: float | None = None,
     requests: int | None = None,
 ) -> Load:
-    """``concurrency`` clients, each sending the next request when its answer is in."""
-    request = build_request(url, "POST", PREDICT, body, content_type)
+    """``concurrency`` clients, each sending the next request when its answer is in; the
+    requests go through ``bodies`` in turn (one body: the same request every time)."""
+    built = [build_request(url, "POST", PREDICT, body, kind) for body, kind in bodies]
+    turn = itertools.count()
     connections = [Connection(url) for _ in range(concurrency)]
     load = Load(concurrency)
 
     async def one(connection: Connection) -> None:
+        request = built[next(turn) % len(built)]
         started = time.perf_counter()
         try:
             status, _ = await connection.send(request)
@@ -183,15 +189,13 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coroutine)
 
 
-def measure(server: ServerProcess, body: bytes, args: argparse.Namespace) -> dict[str, Any]:
-    content_type = "image/png"
-    answer = run(first_answer(server.url, body, content_type))
+def measure(server: ServerProcess, bodies: Bodies, args: argparse.Namespace) -> dict[str, Any]:
+    answer = run(first_answer(server.url, *bodies[0]))
     runs = [
         run(
             drive(
                 server.url,
-                body,
-                content_type,
+                bodies,
                 CONCURRENCY_LATENCY,
                 server.pid,
                 duration=args.duration,
@@ -200,7 +204,7 @@ def measure(server: ServerProcess, body: bytes, args: argparse.Namespace) -> dic
         )
     ]
     runs += [
-        run(drive(server.url, body, content_type, c, server.pid, duration=args.duration))
+        run(drive(server.url, bodies, c, server.pid, duration=args.duration))
         for c in CONCURRENCY_THROUGHPUT
     ]
     return {
@@ -214,7 +218,7 @@ def run_server(
     name: str,
     command: list[str],
     env: dict[str, str],
-    body: bytes,
+    bodies: Bodies,
     args: argparse.Namespace,
     home: Path,
 ) -> dict[str, Any]:
@@ -222,7 +226,7 @@ def run_server(
     server = ServerProcess(command, home / f"{name}.log", env=env)
     try:
         server.wait_ready()
-        result = measure(server, body, args)
+        result = measure(server, bodies, args)
     finally:
         result_code = server.stop()
     return {
@@ -361,7 +365,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         home = Path(tmp)
         servers = [
-            run_server(name, command, server_env(home / folder, settings), body, args, home)
+            run_server(
+                name,
+                command,
+                server_env(home / folder, settings),
+                [(body, "image/png")],
+                args,
+                home,
+            )
             for name, command, folder, settings in plan
         ]
     base = baseline_figures(servers)

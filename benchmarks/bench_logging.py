@@ -48,7 +48,14 @@ def main() -> None:
                 home = Path(tmp) / f"{name.replace(' ', '-')}-{r}"
                 env = server_env(home, settings)
                 runs[name].append(
-                    run_server(name, digitrec_serve_command(), env, body, args, Path(tmp))
+                    run_server(
+                        name,
+                        digitrec_serve_command(),
+                        env,
+                        [(body, "image/png")],
+                        args,
+                        Path(tmp),
+                    )
                 )
                 if name == "log on":
                     rows += logged_rows(home)

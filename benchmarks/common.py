@@ -139,15 +139,16 @@ def bundled_model() -> ModelEntry:
 
 
 def summarize(seconds: Sequence[float], scale: float = 1000.0) -> dict[str, float]:
-    """n, p50, p90, p99, mean, min, max of durations, in milliseconds by default."""
+    """n, p50, p90, p95, p99, mean, min, max of durations, in milliseconds by default."""
     a = np.asarray(seconds, dtype=np.float64) * scale
     if a.size == 0:
         return {"n": 0}
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
     return {
         "n": int(a.size),
         "p50": round(float(p50), 4),
         "p90": round(float(p90), 4),
+        "p95": round(float(p95), 4),
         "p99": round(float(p99), 4),
         "mean": round(float(a.mean()), 4),
         "min": round(float(a.min()), 4),

@@ -1,0 +1,189 @@
+"""Speed on realistic input (#17): our server against the Flask baseline on a mix of what
+people send, in the same run.
+
+The mix: MNIST test digits redrawn by ``digitrec.realistic`` as people send them, every
+variant whose image is at least ``MIN_SIDE`` pixels on its shorter side (canvas exports
+with transparency, opaque dark-on-light PNGs, JPEG screenshots, phone photos on paper up
+to 1600x1200, marker and ballpoint; light-on-dark files are not in it yet), in turn, as
+raw ``image/*`` bodies to ``POST /api/v1/predict`` (the baseline reads raw bodies only).
+For each server: latency p50/p95 at concurrency 1, requests per second at concurrency 8
+and 32, and the server's own CPU time per request (from its processes' CPU times,
+children included). Ours runs one worker per core, with its rejection, prediction log
+and metrics on (the defaults). In-process, each stage's share of the time on the mix.
+
+    python benchmarks/bench_realistic.py            # about 1 minute
+    python benchmarks/bench_realistic.py --quick    # about 30 seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from bench_http import flask_command, run_server
+from common import (
+    digitrec_serve_command,
+    machine_info,
+    ratio,
+    save_results,
+    server_env,
+    summarize,
+    table,
+)
+from digitrec.config import Settings
+from digitrec.data import load_mnist
+from digitrec.predict import Predictor
+from digitrec.realistic import VARIANTS
+
+MIN_SIDE = 200  # what people send is at least this big (a 28x28 file is not)
+KINDS = {"PNG": "image/png", "JPEG": "image/jpeg"}
+TARGETS = {  # issue #17, as ratios to the baseline in the same run
+    "server_cpu_per_request": 1 / 3,  # at most
+    "latency_p50": 1 / 2,  # at most
+    "throughput_c8": 3.0,  # at least
+}
+
+
+def realistic_mix(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` files: test digits in turn through every variant of at least ``MIN_SIDE``."""
+    mnist = load_mnist(Settings(), progress=False)
+    rng = np.random.default_rng(seed)
+    made = []
+    names = list(VARIANTS)
+    for i in range(n * 3):  # more than enough: small variants are skipped
+        name = names[i % len(names)]
+        raw = VARIANTS[name](mnist.test_images[i], rng)
+        img = Image.open(io.BytesIO(raw))
+        if min(img.size) < MIN_SIDE:
+            continue
+        made.append(
+            {
+                "variant": name,
+                "label": int(mnist.test_labels[i]),
+                "body": raw,
+                "content_type": KINDS[img.format or "PNG"],
+                "size": img.size,
+                "mode": img.mode,
+            }
+        )
+        if len(made) == n:
+            break
+    return made
+
+
+def stage_shares(mix: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
+    """In this process: each stage of the served pipeline timed on every file."""
+    predictor = Predictor.from_settings(Settings())
+    times: dict[str, list[float]] = {"open": [], "prepare": [], "infer": [], "answer": []}
+    for _ in range(rounds):
+        for item in mix:
+            t0 = time.perf_counter()
+            img = predictor.open(item["body"])
+            t1 = time.perf_counter()
+            prepared = predictor.prepare(img)
+            t2 = time.perf_counter()
+            logits = predictor.infer(prepared.tensor[None])
+            t3 = time.perf_counter()
+            predictor.answer(prepared, logits[0], 3, t0)
+            t4 = time.perf_counter()
+            for stage, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                times[stage].append(seconds)
+    total = sum(sum(v) for v in times.values())
+    return {
+        stage: {"ms": summarize(v), "share": round(sum(v) / total, 3)} for stage, v in times.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--quick", action="store_true", help="2 s per figure")
+    parser.add_argument("--n", type=int, default=300, help="files in the mix")
+    parser.add_argument("--output", type=Path, help="result file (default benchmarks/results/)")
+    args = parser.parse_args()
+    args.duration = 2.0 if args.quick else 8.0
+    args.latency_requests = 150 if args.quick else 600
+    mix = realistic_mix(args.n)
+    bodies = [(m["body"], m["content_type"]) for m in mix]
+    workers = str(os.cpu_count() or 1)
+    plan = [
+        ("digitrec", digitrec_serve_command(), {"DIGITREC_WORKERS": workers}),
+        ("flask-baseline", flask_command(), {}),
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench-realistic-") as tmp:
+        home = Path(tmp)
+        servers = [
+            run_server(name, command, server_env(home / name, settings), bodies, args, home)
+            for name, command, settings in plan
+        ]
+    ours, base = servers
+
+    def figure(server: dict[str, Any], run: str, key: str) -> float:
+        value = server["runs"][run][key]
+        return float(value["p50"] if isinstance(value, dict) else value)
+
+    ratios = {
+        "server_cpu_per_request": ratio(
+            figure(ours, "c8", "server_cpu_ms_per_request"),
+            figure(base, "c8", "server_cpu_ms_per_request"),
+        ),
+        "latency_p50": ratio(figure(ours, "c1", "latency_ms"), figure(base, "c1", "latency_ms")),
+        "throughput_c8": ratio(
+            figure(ours, "c8", "requests_per_s"), figure(base, "c8", "requests_per_s")
+        ),
+    }
+    met = {
+        key: value is not None
+        and (value >= TARGETS[key] if key == "throughput_c8" else value <= TARGETS[key])
+        for key, value in ratios.items()
+    }
+    results = {
+        "mix": {
+            "files": len(mix),
+            "variants": sorted({m["variant"] for m in mix}),
+            "bytes_mean": round(float(np.mean([len(m["body"]) for m in mix]))),
+            "sizes": sorted({f"{w}x{h}" for w, h in (m["size"] for m in mix)}),
+            "modes": sorted({m["mode"] for m in mix}),
+        },
+        "workers": int(workers),
+        "servers": servers,
+        "ratios_to_baseline": ratios,
+        "targets": TARGETS,
+        "met": met,
+        "stages_in_process": stage_shares(mix, rounds=1 if args.quick else 3),
+    }
+    rows = [
+        [
+            s["name"],
+            s["runs"]["c1"]["latency_ms"]["p50"],
+            s["runs"]["c1"]["latency_ms"]["p95"],
+            s["runs"]["c8"]["requests_per_s"],
+            s["runs"]["c32"]["requests_per_s"],
+            s["runs"]["c8"]["server_cpu_ms_per_request"],
+            s["answer"]["status"],
+        ]
+        for s in servers
+    ]
+    print(
+        table(
+            ["server", "p50 ms", "p95 ms", "req/s c8", "req/s c32", "CPU ms/req c8", "first"],
+            rows,
+        )
+    )
+    for key, value in ratios.items():
+        print(f"{key}: {value} (target {TARGETS[key]:.3g}) {'met' if met[key] else 'MISSED'}")
+    for stage, v in results["stages_in_process"].items():
+        print(f"stage {stage}: p50 {v['ms']['p50']} ms, {v['share'] * 100:.0f} % of the time")
+    path = save_results("bench_realistic", results, machine_info(), args.output)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
