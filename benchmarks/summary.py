@@ -465,6 +465,40 @@ def prediction_log(data: dict[str, Any]) -> str:
     )
 
 
+def realistic(data: dict[str, Any]) -> str:
+    """Ours against the baseline on the realistic mix, with the targets of #17."""
+    rows = [
+        [
+            s["name"],
+            s["runs"]["c8"]["server_cpu_ms_per_request"],
+            s["runs"]["c1"]["latency_ms"]["p50"],
+            s["runs"]["c1"]["latency_ms"].get("p95"),
+            s["runs"]["c8"]["requests_per_s"],
+            s["runs"]["c32"]["requests_per_s"],
+        ]
+        for s in data["servers"]
+    ]
+    table = md_table(
+        ["server", "CPU ms/request (c8)", "p50 ms (c1)", "p95 ms (c1)", "req/s c8", "req/s c32"],
+        rows,
+    )
+    ratios = "; ".join(
+        f"{key} {value} (target {data['targets'][key]:.3g}: "
+        f"{'met' if data['met'][key] else '**missed**'})"
+        for key, value in data["ratios_to_baseline"].items()
+    )
+    stages = ", ".join(
+        f"{stage} {v['share'] * 100:.0f} %" for stage, v in data["stages_in_process"].items()
+    )
+    mix = data["mix"]
+    return (
+        "## Speed on a realistic mix (`python benchmarks/bench_realistic.py`)\n\n"
+        f"{mix['files']} files ({', '.join(mix['variants'])}; {mix['bytes_mean']:,} bytes on "
+        f"average), ours with {data['workers']} worker(s).\n\n{table}\n\nRatios to the "
+        f"baseline: {ratios}. Time per stage in-process: {stages}.\n\n{machine_line(data)}\n"
+    )
+
+
 SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
     "bench_inference": (inference, "python benchmarks/bench_inference.py"),
     "bench_http": (http, "python benchmarks/bench_http.py"),
@@ -474,6 +508,7 @@ SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
     "attack": (attack, "make attack"),
     "bench_rejection": (rejection, "python benchmarks/bench_rejection.py"),
     "bench_logging": (prediction_log, "python benchmarks/bench_logging.py"),
+    "bench_realistic": (realistic, "python benchmarks/bench_realistic.py"),
 }
 
 
