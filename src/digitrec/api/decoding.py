@@ -23,14 +23,17 @@ import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from digitrec.config import Settings
-from digitrec.numbers.reader import NumberReading, read_number
 from digitrec.predict import Predictor
 from digitrec.preprocess import Preprocessed, check_structure, from_image
 from digitrec.sandbox import Sandbox, job_header, number_image, number_job_header
+
+if TYPE_CHECKING:  # reading numbers imports scipy: only when a number is read
+    from digitrec.numbers.reader import NumberReading
 
 log = logging.getLogger(__name__)
 # Decoded in-process up to this many declared pixels: a 1024x1024 RGBA PNG of noise took
@@ -142,6 +145,8 @@ def _read_number_if_light(
     predictor: Predictor, raw: bytes, top_k: int, max_components: int
 ) -> NumberReading | None:
     """A whole number read here if the file is light; None for the sandbox."""
+    from digitrec.numbers.reader import read_number
+
     if not check_structure(raw, predictor.limits).is_light(LIGHT_MAX_PIXELS):
         return None
     return read_number(raw, predictor, top_k=top_k, max_components=max_components)
@@ -151,6 +156,8 @@ def _read_number_reduced(
     predictor: Predictor, body: bytes, top_k: int, max_components: int
 ) -> NumberReading:
     """A number in the image the sandbox decoded and reduced; boxes in the file's pixels."""
+    from digitrec.numbers.reader import read_number
+
     (width, height), img = number_image(body, NUMBER_SIDE)
     sx, sy = width / img.width, height / img.height  # before reading: it may reduce img
     reading = read_number(img, predictor, top_k=top_k, max_components=max_components)

@@ -18,6 +18,7 @@ import functools
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -36,11 +37,13 @@ from digitrec.errors import (
     ValidationFailed,
 )
 from digitrec.feedback import Correction, OfflineAnswer, PredictionLog, PredictionRecord
-from digitrec.numbers.reader import NumberReading
 from digitrec.predict import Prediction, Predictor
 from digitrec.registry import Registry
 from digitrec.rejection import DIGIT_CLASSES
 from digitrec.traffic import TrafficRecorder
+
+if TYPE_CHECKING:
+    from digitrec.numbers.reader import NumberReading
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +235,10 @@ class Service:
         db, registry = self.db, Registry.from_settings(self.settings)
 
         def store() -> list[Correction]:
+            for ref in {answer.model for answer, _, _ in items}:  # a registry scan each
+                registry.resolve(ref)  # ModelNotFound (404) for an unknown version
             for answer, _, _ in items:
-                check_offline_answer(registry, answer)
+                check_offline_answer(answer)
             return feedback.record_offline_feedback(db, items, client_id=client_id)
 
         stored = await run_in_threadpool(store)
@@ -242,11 +247,10 @@ class Service:
         return stored
 
 
-def check_offline_answer(registry: Registry, answer: OfflineAnswer) -> None:
-    """Blocking: an offline answer must be one its model could give: a registered
-    version, ten probabilities adding up to one, the digit their largest, the confidence
-    the digit's probability, and a time that is not in the future."""
-    registry.resolve(answer.model)  # ModelNotFound (404) for an unknown version
+def check_offline_answer(answer: OfflineAnswer) -> None:
+    """An offline answer must be one a model could give (its version is checked by the
+    caller, once per version): ten probabilities adding up to one, the digit their
+    largest, the confidence the digit's probability, and a time not in the future."""
     probs = np.asarray(answer.probabilities, dtype=np.float64)
     problems = []
     if not (np.all((probs >= 0) & (probs <= 1)) and abs(probs.sum() - 1) <= OFFLINE_TOLERANCE):

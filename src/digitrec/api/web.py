@@ -33,6 +33,7 @@ GZIP_MIN_BYTES = 1024  # smaller files gain too little to be worth compressing
 # every download would let anyone make the server work hard for one cheap request.
 GZIP_ONCE_BYTES = 256 * 1024
 GZIP_ONCE_LEVEL = 6
+GZIP_ONCE_SUFFIXES = (".wasm", ".js", ".mjs")  # the only large static files
 NOT_GZIPPED = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/wasm")  # see GzipOnce
 
 web = APIRouter(include_in_schema=False)
@@ -190,7 +191,9 @@ def _accepts_gzip(scope: Scope) -> bool:
 def _big_static_file(path: str) -> Path | None:
     """The file under STATIC_DIR that ``path`` names, if it is one worth ``GzipOnce``."""
     relative = path.removeprefix("/static/")
-    if not relative or ".." in relative.split("/") or relative.startswith("/"):
+    if not relative.endswith(GZIP_ONCE_SUFFIXES) or ".." in relative.split("/"):
+        return None  # most requests end here, before any file system call
+    if relative.startswith("/"):
         return None
     file = STATIC_DIR / relative
     try:
