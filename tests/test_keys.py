@@ -170,6 +170,7 @@ def test_import_is_idempotent_and_never_undoes_a_revocation(db: Database, tmp_pa
     KeyStore(db).revoke(first)  # revoked in the database since the import
     before = {k["id"]: k for k in KeyStore(db).list()}
     data = json.loads((tmp_path / "keys.json.imported").read_text())
+    data["keys"][0]["revoked_at"] = REVOKED  # revoked later in the database than here
     data["keys"][2]["revoked_at"] = REVOKED  # revoked in a stale copy of the file
     path.write_text(json.dumps(data))
     store = KeyStore(db, path)
@@ -181,24 +182,37 @@ def test_import_is_idempotent_and_never_undoes_a_revocation(db: Database, tmp_pa
         store.authenticate(secrets[third])
 
 
+# Each process opens the database, then waits for the "go" file: all read the key file
+# at about the same time, so their inserts overlap.
 IMPORT = """
-import sys
+import sys, time
 from pathlib import Path
 from digitrec.db import Database
 from digitrec.keys import KeyStore
-KeyStore(Database(sys.argv[1]), Path(sys.argv[2])).open()
+store = KeyStore(Database(sys.argv[1]), Path(sys.argv[2]))
+store.db.migrate()
+Path(sys.argv[3] + ".ready" + sys.argv[4]).touch()
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.001)
+store.open()
 """
 
 
 def test_processes_importing_at_once_lose_nothing(database_url: str, tmp_path: Path) -> None:
-    path = tmp_path / "keys.json"
+    path, go = tmp_path / "keys.json", tmp_path / "go"
     secrets = write_key_file(path, count=40)
+    migrated = Database(database_url)
+    migrated.migrate()
+    migrated.dispose()
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", IMPORT, database_url, str(path)], stderr=subprocess.PIPE
+            [sys.executable, "-c", IMPORT, database_url, str(path), str(go), str(i)],
+            stderr=subprocess.PIPE,
         )
-        for _ in range(3)
+        for i in range(3)
     ]
+    until(lambda: len(list(tmp_path.glob("go.ready*"))) == 3, timeout=60, what="the processes")
+    go.touch()
     errors = [p.communicate(timeout=120)[1].decode() for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], errors
     assert sum("imported the API key file" in e for e in errors) == 1  # one of them renamed it
@@ -289,6 +303,21 @@ def test_a_key_file_is_imported_when_the_server_starts(
         assert status(client, secrets[first]) == 200
         assert status(client, secrets[revoked]) == 403
     assert (tmp_path / "keys.json.imported").exists()
+
+
+def test_an_app_started_twice_reads_the_keys_each_time(
+    tmp_path: Path, predictor: Predictor
+) -> None:
+    settings = Settings(home=tmp_path, require_api_key=True, rate_limit_per_minute=0)
+    store = KeyStore.from_settings(settings)
+    key_id, secret = store.create("twice")
+    app = create_app(settings, predictor)
+    with TestClient(app) as client:
+        assert status(client, secret) == 200
+    store.revoke(key_id)  # between the two lifespans
+    with TestClient(app) as client:
+        assert status(client, secret) == 403
+    store.close()
 
 
 def test_keys_are_kept_through_an_outage_and_logged_once(

@@ -205,10 +205,14 @@ class LiveKeys:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._store is not None:
-            await asyncio.to_thread(self._store.close)
-            self._store = None
-        self._records, self._failing = None, False
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        """Blocking: after any reload in flight (its thread outlives the cancelled task)."""
+        with self._refreshing:
+            if self._store is not None:
+                self._store.close()
+            self._store, self._records, self._failing = None, None, False
 
     async def _run(self) -> None:
         while True:
@@ -230,7 +234,11 @@ class LiveKeys:
             except DigitrecError as exc:
                 if not self._failing:
                     self._failing = True
-                    kept = "keeping the last ones" if self._records is not None else "none yet"
+                    kept = (
+                        "keeping the last ones read"
+                        if self._records is not None
+                        else "none read yet: requests with a key get 503"
+                    )
                     log.error("API keys cannot be read (%s; retrying): %s", kept, exc.message)
                 return
             if self._failing:
