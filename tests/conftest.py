@@ -66,6 +66,11 @@ def client(settings: Settings, predictor: Predictor) -> Iterator[TestClient]:
         yield test_client
 
 
+def reload_keys(client: TestClient) -> None:
+    """Make the app read the API keys now (a server does every ``keys_refresh_s``)."""
+    client.app.state.access.keys.refresh()  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

@@ -23,7 +23,7 @@ from fastapi import Request
 from digitrec.api.security import RateLimiter, WebTokens
 from digitrec.config import Settings
 from digitrec.errors import Forbidden, Unauthorized, ValidationFailed
-from digitrec.keys import KeyStore
+from digitrec.keys import LiveKeys
 
 WEB_TOKEN_HEADER = "x-web-token"  # noqa: S105 - a header name, not a secret
 # What a web-page token may call: what the pages themselves call (reading a digit, the
@@ -52,11 +52,18 @@ class Access:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = KeyStore(settings.keys_path)
+        self.keys = LiveKeys(settings)
         self.api_limiter = RateLimiter(settings.api_rate_limit)
         self.web_limiter = RateLimiter(settings.web_rate_limit)
         secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else None
         self.web_tokens = WebTokens(secret, ttl=settings.web_token_ttl_s)
+
+    async def start(self) -> None:
+        """In the app's lifespan: read the API keys, then keep them fresh in the background."""
+        await self.keys.start()
+
+    async def stop(self) -> None:
+        await self.keys.stop()
 
 
 def _access(request: Request) -> Access:

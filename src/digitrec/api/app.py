@@ -104,11 +104,14 @@ def create_app(
     does; tests start it on the first image that needs it)."""
     settings = settings or Settings()
     service = Service(settings, predictor, warm=warm)
+    access = Access(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        await access.start()
         yield
+        await access.stop()
         await service.stop()
         metrics.process_stopped()
 
@@ -122,7 +125,7 @@ def create_app(
         debug=False,
     )
     app.state.service = service
-    app.state.access = Access(settings)
+    app.state.access = access
     app.include_router(api)
     app.include_router(offline)
     app.include_router(stats)
