@@ -405,6 +405,11 @@ class Trainer:
             remove_stale_temporaries(self.run_dir)
         self.world.barrier()  # every rank reads the checkpoint rank 0 left, if any
         state = self._restore()
+        if self.world.from_main(state["epoch"]) != state["epoch"]:  # else: a hang, later
+            raise InvalidRequest(
+                f"rank {self.world.rank} found {self.run_dir / CHECKPOINT} at another epoch "
+                "than rank 0 (on several machines, resume from a folder they share)"
+            )
         log.info(
             "training %s (%d parameters) on %s: %d train / %d validation images",
             s.arch,
