@@ -101,9 +101,14 @@ class World:
         """The rank's device: its own GPU (``cuda:LOCAL_RANK``) when CUDA is asked for or
         ``auto`` finds it, else the CPU."""
         device = resolve_device(setting)
-        if self.size > 1 and device.type == "cuda":
-            return torch.device("cuda", self.local_rank)
-        return device
+        if self.size == 1 or device.type != "cuda":
+            return device
+        if self.local_rank >= torch.cuda.device_count():
+            raise InvalidRequest(
+                f"{self.local_size} processes on this machine but {torch.cuda.device_count()} "
+                "GPUs: start at most one process per GPU, or train on the CPU (--device cpu)"
+            )
+        return torch.device("cuda", self.local_rank)
 
     def threads(self, setting: int | None) -> int | None:
         """Intra-op threads: as set, else (with several ranks) the cores shared out."""

@@ -7,6 +7,10 @@ validation split, saves that epoch's weights and the checkpoint, and rewrites
 are seeded from ``(seed, epoch)`` (``epoch_seed``), so a run resumed from its last
 checkpoint after a kill ends with the same weights as an uninterrupted one.
 
+On several processes (``distributed.py``) each rank trains on its ``shard`` of the
+epoch's order, ``batch_size / N`` images a step, with its own augmentation and dropout
+streams, through DistributedDataParallel; rank 0 alone validates and writes.
+
 Given a ``FineTune`` (built by ``finetune.py``), the same loop fine-tunes a registered
 model instead: its architecture, weights and preprocessing to start from, ``finetune_epochs``
 at ``finetune_lr`` held constant then decayed, and users' corrections mixed into every batch.
