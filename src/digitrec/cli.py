@@ -74,8 +74,23 @@ def _share(text: str) -> float:
     return value
 
 
+def _processes(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("the number of processes must be 1 or more")
+    return value
+
+
 def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (id or folder)")
+    p.add_argument(
+        "--nproc",
+        type=_processes,
+        default=1,
+        metavar="N",
+        help="train on N processes of this machine (DistributedDataParallel; the batch "
+        "size stays the global one, split over them); as torchrun --nproc_per_node N",
+    )
     p.add_argument("--arch", default=S, help="architecture (default digitnet; tutorialnet too)")
     p.add_argument("--name", default=S, help="registry name of the model (default: the arch)")
     p.add_argument("--epochs", type=int, default=S, help="passes over the data (default 20)")
@@ -393,11 +408,21 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from digitrec.training import run_training
+    from digitrec.training.distributed import World, launch
+    from digitrec.training.runs import preflight
 
+    world = World.from_env()
+    if args.nproc > 1 and world.size == 1:  # start the ranks; each runs this command again
+        preflight(settings, args.resume, args.nproc)
+        return launch(args.argv, args.nproc)
+    if not world.is_main:  # rank 0 alone reports; the others speak only to fail
+        logging.getLogger().setLevel(logging.ERROR)
     with logging_redirect_tqdm():
         result = run_training(
             settings, resume=args.resume, progress=not (args.no_progress or args.quiet)
         )
+    if not world.is_main:
+        return 0
     m = result.metrics
     print(f"run folder: {result.run_dir}")
     if result.entry is not None:
@@ -716,6 +741,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the ranks `train` starts
     _configure_logging(args)
     try:
         settings = settings_from_args(args)

@@ -8,6 +8,8 @@ One file per question, each importing only the ones listed below it:
   validation split, epoch selection and ``evaluate``.
 - ``checkpoint.py``: which files hold the training state, and in what format?
 - ``augment.py``: how are training batches augmented?
+- ``distributed.py``: on several processes, which rank am I, which share of each epoch is
+  mine, and how does `digitrec train --nproc N` start the ranks?
 - ``device.py``: which device and precision, and how is the machine described?
 - ``provenance.py``: which source commit trained the model?
 

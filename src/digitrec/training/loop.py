@@ -7,6 +7,10 @@ validation split, saves that epoch's weights and the checkpoint, and rewrites
 are seeded from ``(seed, epoch)`` (``epoch_seed``), so a run resumed from its last
 checkpoint after a kill ends with the same weights as an uninterrupted one.
 
+On several processes (``distributed.py``) each rank trains on its ``shard`` of the
+epoch's order, ``batch_size / N`` images a step, with its own augmentation and dropout
+streams, through DistributedDataParallel; rank 0 alone validates and writes.
+
 Given a ``FineTune`` (built by ``finetune.py``), the same loop fine-tunes a registered
 model instead: its architecture, weights and preprocessing to start from, ``finetune_epochs``
 at ``finetune_lr`` held constant then decayed, and users' corrections mixed into every batch.
@@ -52,12 +56,8 @@ from digitrec.training.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from digitrec.training.device import (
-    autocast_context,
-    autocast_dtype,
-    describe_device,
-    resolve_device,
-)
+from digitrec.training.device import autocast_context, autocast_dtype, describe_device
+from digitrec.training.distributed import World, shard
 from digitrec.training.provenance import git_commit
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,10 @@ METRICS_COLUMNS = (
 )
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of an epoch's random draws; each rank of a run on several processes has
+    its own (rank 0 of a world of one has today's)."""
+    return (seed * 1_000_003 + epoch * 7919 + 17 + rank * 104_729) % (2**63)
 
 
 def split_indices(n: int, val_size: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,22 +170,28 @@ class Trainer:
         progress: bool = True,
         epoch_hook: EpochHook | None = None,
         finetune: FineTune | None = None,
+        world: World | None = None,
     ) -> None:
         self.settings = settings
         self.finetune = finetune
+        self.world = world if world is not None else World()
+        self.batch_size = self.world.check_batch(settings.batch_size)  # this rank's share
         self.commit = git_commit()  # the code that trains, read before anything else changes
         self.run_dir = Path(run_dir)
-        self.progress = progress
+        self.progress = progress and self.world.is_main
         self.epoch_hook = epoch_hook
         epochs = settings.finetune_epochs if finetune else settings.epochs
         self.epochs = 1 if settings.dry_run else epochs
         self.lr = settings.finetune_lr if finetune else settings.lr
         self.aug = AugmentConfig.from_settings(settings)
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
-        self.device = resolve_device(settings.device)
+        threads = self.world.threads(settings.threads)
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = self.world.device(settings.device)
         self.dtype = autocast_dtype(self.device, settings.mixed_precision)
-        self.data = data if data is not None else load_mnist(settings, progress=progress)
+        if data is None:  # rank 0 fetches MNIST if need be, the others then read the cache
+            data = self.world.main_first(lambda: load_mnist(settings, progress=self.progress))
+        self.data = data
         self._split()
         if finetune is not None:
             self.spec, self.classes = finetune.spec, finetune.classes
@@ -202,6 +210,12 @@ class Trainer:
         self.net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = copy.deepcopy(self.net) if settings.ema_decay > 0 else self.net
         self.model.requires_grad_(self.model is self.net)
+        # What the batches go through: with several ranks, DDP averages the gradients
+        # (and starts every rank from rank 0's weights and batch-norm statistics).
+        self.trained: nn.Module = self.net
+        if self.world.size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.trained = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         self.steps_done = 0
         # The averaged tensors (weights and batch-norm statistics; loading a checkpoint
         # copies into them in place, so they are listed once).
@@ -237,7 +251,7 @@ class Trainer:
         started = time.perf_counter()
         images, labels = training_pool(size, self.x_train.numpy(), s.seed, self.spec)
         self.x_neg, self.y_neg = torch.from_numpy(images), torch.from_numpy(labels)
-        self.negatives_per_batch = max(1, round(s.batch_size * s.negatives))
+        self.negatives_per_batch = max(1, round(self.batch_size * s.negatives))
         log.info("drew %d negatives in %.1f s", size, time.perf_counter() - started)
 
     def _mix_extra(self) -> None:
@@ -248,7 +262,7 @@ class Trainer:
         if ft is None or share <= 0 or not len(ft.images):
             return
         self.x_extra, self.y_extra = ft.images, ft.labels
-        self.extra_per_batch = max(1, round(self.settings.batch_size * share))
+        self.extra_per_batch = max(1, round(self.batch_size * share))
 
     def _build(self) -> nn.Module:
         if self.finetune is None:
@@ -270,7 +284,10 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=self.lr)
 
     def _steps_per_epoch(self) -> int:
-        steps = math.ceil(len(self.x_train) / self.settings.batch_size)
+        # A rank's shard is ceil(n / N) images; as the batch size is a multiple of N,
+        # ceil(ceil(n / N) / (batch / N)) == ceil(n / batch): one process's count.
+        mine = math.ceil(len(self.x_train) / self.world.size)
+        steps = math.ceil(mine / self.batch_size)
         return min(steps, self.settings.dry_run_batches) if self.settings.dry_run else steps
 
     def _scheduler(self) -> Any:
@@ -292,8 +309,11 @@ class Trainer:
     # -- one epoch --
     def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(epoch_seed(self.settings.seed, epoch))
-        order = torch.randperm(len(self.x_train), generator=gen)
-        bs = self.settings.batch_size
+        order = torch.randperm(len(self.x_train), generator=gen)  # the same on every rank
+        if self.world.size > 1:
+            order = shard(order, self.world.rank, self.world.size)
+            gen.manual_seed(epoch_seed(self.settings.seed, epoch, self.world.rank + 1))
+        bs = self.batch_size
         for step in range(self.steps_per_epoch):
             idx = order[step * bs : (step + 1) * bs]
             images, labels = self.x_train[idx], self.y_train[idx]
@@ -320,8 +340,9 @@ class Trainer:
         torch._foreach_lerp_(self._kept, self._live, 1 - decay)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        self.net.train()
-        torch.manual_seed(epoch_seed(self.settings.seed, epoch) + 1)  # dropout
+        self.trained.train()
+        rank = self.world.rank + 1 if self.world.size > 1 else 0
+        torch.manual_seed(epoch_seed(self.settings.seed, epoch, rank) + 1)  # dropout
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(
             self._batches(epoch),
@@ -334,7 +355,7 @@ class Trainer:
         for x, y in bar:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with autocast_context(self.device, self.dtype):
-                logits = self.net(x)
+                logits = self.trained(x)
                 loss = F.cross_entropy(
                     logits.float(), y, label_smoothing=self.settings.label_smoothing
                 )
@@ -348,7 +369,8 @@ class Trainer:
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
-        return {"train_loss": total_loss / seen, "train_accuracy": correct / seen}
+        total_loss, right, images = self.world.sum([total_loss, correct, seen], self.device)
+        return {"train_loss": total_loss / images, "train_accuracy": right / images}
 
     # -- the run --
     def evaluate_split(self, images: torch.Tensor, labels: torch.Tensor) -> Evaluation:
@@ -380,11 +402,18 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         """Train until ``settings.epochs``; return the per-epoch history."""
-        s = self.settings
-        with storage_errors(f"run folder {self.run_dir}"):
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.run_dir)
+        s, main = self.settings, self.world.is_main
+        if main:
+            with storage_errors(f"run folder {self.run_dir}"):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.run_dir)
+        self.world.barrier()  # every rank reads the checkpoint rank 0 left, if any
         state = self._restore()
+        if self.world.from_main(state["epoch"]) != state["epoch"]:  # else: a hang, later
+            raise InvalidRequest(
+                f"rank {self.world.rank} found {self.run_dir / CHECKPOINT} at another epoch "
+                "than rank 0 (on several machines, resume from a folder they share)"
+            )
         log.info(
             "training %s (%d parameters) on %s: %d train / %d validation images",
             s.arch,
@@ -397,6 +426,9 @@ class Trainer:
             start = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
             train_seconds = time.perf_counter() - start
+            state["epoch"] = epoch + 1
+            if not main:  # rank 0 alone validates (on the whole split) and writes
+                continue
             val = self.evaluate_split(self.x_val, self.y_val)
             row.update(
                 val_loss=val.loss,
@@ -410,7 +442,6 @@ class Trainer:
             state["history"].append(row)
             state["seconds"] += row["seconds"]
             save_weights(self.run_dir / EPOCH_WEIGHTS.format(epoch + 1), self.model)
-            state["epoch"] = epoch + 1
             self._write_metrics(state["history"])
             save_checkpoint(
                 self.run_dir / CHECKPOINT,

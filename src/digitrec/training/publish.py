@@ -101,6 +101,9 @@ def build_manifest(trainer: Trainer, run_id: str, metrics: dict[str, Any]) -> di
             "python": platform.python_version(),
         },
         "device": describe_device(trainer.device, trainer.dtype),
+        # How many processes trained it (not a setting: a run may resume on another
+        # number, and N processes at the same global batch train the same recipe).
+        "processes": trainer.world.describe(),
         "history": history_rows(history),
         "timings": {
             "train_seconds": round(trainer.state["seconds"], 2),

@@ -9,6 +9,8 @@ A run lives in its own folder (``<runs_dir>/<run id>/``): its resolved settings
 (``settings.json``), a checkpoint after every epoch, ``metrics.csv``, the report
 (confusion matrix, per-class metrics, plots) and finally a model version in the registry.
 ``--resume`` continues a killed run from its folder with the settings it started with.
+On several processes (``distributed.py``) every rank runs this; rank 0 alone names the
+run, writes its folder and registers the model, and the others return after the epochs.
 The test set is used only for the final report (and, in benchmarks, to time how fast
 accuracy targets are reached; it never steers training).
 """
@@ -29,6 +31,7 @@ from digitrec.errors import DigitrecError
 from digitrec.registry import ModelEntry
 from digitrec.storage import atomic_write_json, remove_stale_temporaries
 from digitrec.training.calibrate import calibrate
+from digitrec.training.distributed import World
 from digitrec.training.finetune import FeedbackRun
 from digitrec.training.loop import EpochHook, Evaluation, Trainer
 from digitrec.training.publish import register, write_report
@@ -56,22 +59,39 @@ def run_training(
     epoch_hook: EpochHook | None = None,
     register_model: bool = True,
 ) -> TrainResult:
-    """The whole of `digitrec train`: fit, select an epoch on validation, report, register."""
-    if resume:
-        run_dir = resolve_run(settings, resume)
-        settings = load_run_settings(run_dir, settings)
-        # A kill during registration leaves this run's hidden temporary model folder.
-        remove_stale_temporaries(settings.registry_dir / settings.model_name, run_dir.name)
+    """The whole of `digitrec train`: fit, select an epoch on validation, report, register.
+    Run by each rank when the launcher started several (``distributed.World.from_env``)."""
+    resumed = resolve_run(settings, resume) if resume else None
+    if resumed is not None:
+        settings = load_run_settings(resumed, settings)
+    world = World.from_env()
+    world.check_batch(settings.batch_size)  # before anything is written
+    with world.join(settings) as joined:
+        return _run(settings, joined, resumed, progress, data, epoch_hook, register_model)
+
+
+def _run(
+    settings: Settings,
+    world: World,
+    resumed: Path | None,
+    progress: bool,
+    data: Mnist | None,
+    epoch_hook: EpochHook | None,
+    register_model: bool,
+) -> TrainResult:
+    resume = resumed is not None
+    if resumed is not None:
+        run_dir = resumed
+        if world.is_main:
+            # A kill during registration leaves this run's hidden temporary model folder.
+            remove_stale_temporaries(settings.registry_dir / settings.model_name, run_dir.name)
     else:
-        run_dir = settings.runs_path / new_run_id()
-        while run_dir.exists():
-            time.sleep(1)
-            run_dir = settings.runs_path / new_run_id()
+        run_dir = world.from_main(new_run_dir(settings) if world.is_main else Path())
     feedback = None
     if settings.with_feedback:  # before anything is written: a refusal leaves no run folder
         feedback = FeedbackRun.prepare(settings, run_dir if resume else None)
         settings = feedback.settings
-    if not resume:
+    if not resume and world.is_main:
         atomic_write_json(run_dir / SETTINGS_FILE, settings.training_dict())
         if feedback is not None:
             feedback.save(run_dir)
@@ -82,8 +102,11 @@ def run_training(
         progress=progress,
         epoch_hook=epoch_hook,
         finetune=feedback.finetune if feedback is not None else None,
+        world=world,
     )
     history = trainer.fit()
+    if not world.is_main:
+        return TrainResult(run_dir, history)
     selected_epoch = trainer.load_selected()
     test = trainer.evaluate_split(trainer.x_test, trainer.y_test)
     metrics = write_report(run_dir, test, trainer.data.test_images, history)
@@ -99,7 +122,8 @@ def run_training(
         val_loss=chosen["val_loss"],
         epochs=len(history),
     )
-    atomic_write_json(run_dir / "report.json", {k: v for k, v in metrics.items()})
+    report = {**metrics, "processes": world.describe()}
+    atomic_write_json(run_dir / "report.json", report)
     result = TrainResult(run_dir, history, test, metrics=metrics)
     if register_model:
         result.entry = register(trainer, run_dir.name, metrics)
@@ -107,6 +131,14 @@ def run_training(
             run_dir / "model.json", {"model": result.entry.ref, "path": str(result.entry.path)}
         )
     return result
+
+
+def preflight(settings: Settings, resume: str | None, processes: int) -> None:
+    """Before ranks are started: refuse what each of them would refuse (an unknown or
+    finished run, a batch size that does not split), in one line rather than N."""
+    if resume:
+        settings = load_run_settings(resolve_run(settings, resume), settings)
+    World(size=processes).check_batch(settings.batch_size)
 
 
 def resolve_run(settings: Settings, ref: str) -> Path:
@@ -140,6 +172,14 @@ def load_run_settings(run_dir: Path, current: Settings) -> Settings:
         log.warning("resuming with the run's own settings; ignoring %s", ", ".join(ignored))
     merged = {**stored, **{k: getattr(current, k) for k in override}}
     return Settings(**{k: v for k, v in merged.items() if k in Settings.model_fields})
+
+
+def new_run_dir(settings: Settings) -> Path:
+    run_dir = settings.runs_path / new_run_id()
+    while run_dir.exists():
+        time.sleep(1)
+        run_dir = settings.runs_path / new_run_id()
+    return run_dir
 
 
 def new_run_id() -> str:
