@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
@@ -21,7 +22,7 @@ from digitrec.api.security import RateLimiter
 from digitrec.config import Settings
 from digitrec.errors import DependencyMissing, RateLimited
 from digitrec.predict import Predictor
-from tests.conftest import RedisServer
+from tests.conftest import LiveServer, RedisServer, parse_metrics, value
 
 MODEL = "/api/v1/model"  # a cheap route behind the API's rate limit
 PER_MINUTE = 6  # a bucket of 5 (the smallest), one token back every 10 s
@@ -154,3 +155,37 @@ def test_redis_url_without_the_package_is_a_start_up_error(
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(DependencyMissing, match=r"pip install 'digitrec\[redis\]'"):
         create_app(Settings(home=tmp_path, redis_url="redis://127.0.0.1:1/0"))
+
+
+@pytest.mark.server
+def test_two_workers_of_a_real_server_share_the_limit(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """`digitrec serve --workers 2`: each worker has its own Redis client, one count;
+    with Redis gone the workers count on their own, answer, and say so in /metrics."""
+    server = LiveServer(
+        tmp_path,
+        env={
+            "DIGITREC_REDIS_URL": redis_server.url,
+            "DIGITREC_RATE_LIMIT_PER_MINUTE": str(PER_MINUTE),
+            "DIGITREC_TRUST_PROXY_HEADERS": "true",
+        },
+        args=("--workers", "2"),
+    )
+    try:
+        server.wait_ready()
+
+        def get(client: str, path: str = MODEL) -> httpx.Response:
+            # A new connection each: the kernel spreads them over both workers.
+            return httpx.get(server.url + path, headers={"x-forwarded-for": client}, timeout=10)
+
+        codes = [get("10.0.3.1").status_code for _ in range(3 * CAPACITY)]
+        assert codes == [200] * CAPACITY + [429] * (2 * CAPACITY), codes
+        redis_server.stop()
+        codes = [get("10.0.3.2").status_code for _ in range(3 * CAPACITY)]
+        assert set(codes) == {200, 429} and codes[:CAPACITY] == [200] * CAPACITY, codes
+        scrape = parse_metrics(get("10.0.3.3", "/metrics").text)
+        assert value(scrape, "digitrec_rate_limit_fallbacks_total") >= 3 * CAPACITY
+    finally:
+        assert server.stop() == 0
+    assert "Traceback" not in server.log.read_text()
