@@ -148,7 +148,9 @@ class ModelSet:
         if not self.follows or self._task is not None:
             return
         try:
-            await self._apply(await run_in_threadpool(self._read_wanted))
+            wanted = await run_in_threadpool(self._read_wanted)
+            if self._changed(wanted):
+                await self._apply(wanted)
         except DigitrecError as exc:
             log.warning("keeping the models being served: %s", exc.message)
         self._task = asyncio.create_task(self._follow(), name="model-follower")
@@ -182,14 +184,17 @@ class ModelSet:
             await asyncio.sleep(self.settings.model_poll_s)
             try:
                 wanted = await run_in_threadpool(self._read_wanted)
-                if (
-                    self._wanted is None
-                    or wanted.refs != self._wanted.refs
-                    or (wanted.experiment != self._wanted.experiment)
-                ):
+                if self._changed(wanted):
                     await self._apply(wanted)
             except DigitrecError as exc:  # the database or a model is unavailable: keep on
                 log.warning("keeping the models being served: %s", exc.message)
+
+    def _changed(self, wanted: Wanted) -> bool:
+        return (
+            self._wanted is None
+            or wanted.refs != self._wanted.refs
+            or wanted.experiment != self._wanted.experiment
+        )
 
     def _swap(self, routing: Routing) -> None:
         """Serve ``routing`` from now on, and say so in the metrics at once."""
