@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c requirements.lock
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: serve test lint train evaluate bench walkthrough bench-train load attack fault docker-lint clean help
+.PHONY: serve test lint train evaluate bench bench-replicas walkthrough bench-train load attack fault docker-lint clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,6 +46,10 @@ bench: $(VENV)/.dev  ## inference, HTTP (golden PNG and a realistic mix), not-a-
 	$(BIN)/python benchmarks/bench_rejection.py
 	$(BIN)/python benchmarks/bench_logging.py
 	$(BIN)/python benchmarks/bench_realistic.py
+	$(BIN)/python benchmarks/summary.py
+
+bench-replicas: $(VENV)/.dev  ## requests/s through HAProxy with 1, 2 and 3 replicas on PostgreSQL and Redis
+	$(BIN)/python benchmarks/bench_replicas.py
 	$(BIN)/python benchmarks/summary.py
 
 walkthrough: $(VENV)/.dev  ## the lifecycle loop for real (A/B, corrections, retrain, promote, roll back)

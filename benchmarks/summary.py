@@ -499,6 +499,44 @@ def realistic(data: dict[str, Any]) -> str:
     )
 
 
+def replicas(data: dict[str, Any]) -> str:
+    rows = []
+    for config in data["configs"]:
+        for name, run in config["runs"].items():
+            cpu = run["cpu_ms_per_request"]
+            failed = sum(v for k, v in run["statuses"].items() if str(k) != "200")
+            rows.append(
+                [
+                    config["name"],
+                    name[1:],
+                    run["requests_per_s"],
+                    run["latency_ms"]["p50"],
+                    run["latency_ms"]["p95"],
+                    cpu["replicas"],
+                    cpu.get("haproxy", "-"),
+                    cpu["load generator"],
+                    failed + sum(run["transport_errors"].values()),
+                ]
+            )
+    headers = [
+        "configuration",
+        "concurrency",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "replicas CPU ms/req",
+        "HAProxy CPU ms/req",
+        "client CPU ms/req",
+        "failed",
+    ]
+    return (
+        "## Several replicas behind HAProxy (`make bench-replicas`)\n\n"
+        f"The realistic mix ({data['mix']['files']} files), {data['seconds_per_figure']} s per "
+        "figure; PostgreSQL, Redis and one worker per replica, all on this machine.\n\n"
+        f"{md_table(headers, rows)}\n\n{machine_line(data)}\n"
+    )
+
+
 SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
     "bench_inference": (inference, "python benchmarks/bench_inference.py"),
     "bench_http": (http, "python benchmarks/bench_http.py"),
@@ -509,6 +547,7 @@ SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
     "bench_rejection": (rejection, "python benchmarks/bench_rejection.py"),
     "bench_logging": (prediction_log, "python benchmarks/bench_logging.py"),
     "bench_realistic": (realistic, "python benchmarks/bench_realistic.py"),
+    "bench_replicas": (replicas, "make bench-replicas"),
 }
 
 

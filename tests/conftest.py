@@ -66,6 +66,11 @@ def client(settings: Settings, predictor: Predictor) -> Iterator[TestClient]:
         yield test_client
 
 
+def reload_keys(client: TestClient) -> None:
+    """Make the app read the API keys now (a server does every ``keys_refresh_s``)."""
+    client.app.state.access.keys.refresh()  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
@@ -310,7 +315,7 @@ class PostgresServer:
                     raise
 
     def resume(self) -> None:
-        """Start the server (again, after ``pause``: same port, same data)."""
+        """Start the server (again, after ``halt``: same port, same data)."""
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -318,7 +323,7 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
                   "-w", "-t", "60", "start")  # fmt: skip
 
-    def pause(self) -> None:
+    def halt(self) -> None:
         """Stop the server, keeping its data: an outage that ``resume`` ends."""
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
@@ -453,13 +458,14 @@ def store_answers(db: Database, records: list[PredictionRecord]) -> None:
 
 
 class RedisServer:
-    """A throw-away ``redis-server`` on 127.0.0.1: no persistence, its own folder. ``stop``
-    and ``start`` again give an outage that ends, on the same port (with empty data)."""
+    """A throw-away ``redis-server`` on 127.0.0.1: no persistence, its own folder (removed
+    by ``stop``). ``stop`` and ``start`` again give an outage that ends, on the same port
+    (with empty data)."""
 
-    def __init__(self) -> None:
+    def __init__(self, base: Path | None = None) -> None:
         import tempfile
 
-        self.base = Path(tempfile.mkdtemp(prefix="digitrec-redis-"))
+        self.base = base or Path(tempfile.mkdtemp(prefix="digitrec-redis-"))
         self.log = self.base / "redis.log"
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -471,6 +477,7 @@ class RedisServer:
     def start(self, timeout: float = 10) -> None:
         import socket
 
+        self.base.mkdir(parents=True, exist_ok=True)
         command = [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(self.base),
@@ -494,15 +501,12 @@ class RedisServer:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        import shutil
+
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
         self.process = None
-
-    def close(self) -> None:
-        import shutil
-
-        self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -522,7 +526,7 @@ def redis_server() -> Iterator[RedisServer]:
         server.start()
         yield server
     finally:
-        server.close()
+        server.stop()
 
 
 # --- Prometheus scrapes ---------------------------------------------------------------------

@@ -195,7 +195,8 @@ def test_keys_lifecycle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["keys", "create", "--name", "ci", *home]) == 0
     secret = capsys.readouterr().out.strip().splitlines()[-1]
     assert secret.startswith("dr_")
-    assert secret not in (tmp_path / "keys.json").read_text()  # only the hash is stored
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("digitrec.db*"))  # the database
+    assert secret.encode() not in stored  # only the hash is stored
     assert main(["keys", "list", "--json", *home]) == 0
     (key,) = json.loads(capsys.readouterr().out)
     assert main(["keys", "revoke", key["id"], *home]) == 0

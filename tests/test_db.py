@@ -19,7 +19,7 @@ from digitrec.db.tables import AliasEventRow, Base
 from digitrec.errors import DigitrecError, InvalidRequest, StorageError
 from tests.conftest import prediction_record, store_answers
 
-TABLES = {"alias_events", "experiments", "predictions", "corrections", "traffic"}
+TABLES = {"alias_events", "experiments", "predictions", "corrections", "traffic", "api_keys"}
 
 
 def test_migrate_creates_the_tables_and_twice_is_harmless(database_url: str) -> None:
@@ -32,14 +32,14 @@ def test_migrate_creates_the_tables_and_twice_is_harmless(database_url: str) -> 
     with again.engine.connect() as connection:
         assert set(inspect(connection).get_table_names()) >= TABLES
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0002",)
+            ("0003",)
         ]
     again.dispose()
 
 
 def test_an_older_database_is_upgraded_in_place(database_url: str) -> None:
-    """A database made by the previous release (0001) gains the traffic table and keeps
-    its rows."""
+    """A database made by an older release (0001) gains the traffic and API key tables
+    and keeps its rows."""
     from alembic import command
     from alembic.config import Config
 
@@ -53,10 +53,10 @@ def test_an_older_database_is_upgraded_in_place(database_url: str) -> None:
         command.upgrade(config, "0001")
     store_answers(db, [prediction_record()])
     with db.engine.connect() as connection:
-        assert "traffic" not in inspect(connection).get_table_names()
+        assert not {"traffic", "api_keys"} & set(inspect(connection).get_table_names())
     db.migrate()
     with db.engine.connect() as connection:
-        assert "traffic" in inspect(connection).get_table_names()
+        assert {"traffic", "api_keys"} <= set(inspect(connection).get_table_names())
         assert connection.execute(text("SELECT count(*) FROM predictions")).scalar() == 1
     db.dispose()
 

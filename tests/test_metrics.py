@@ -117,7 +117,7 @@ def test_an_answer_before_routing_keeps_its_route(settings: Settings, predictor:
 
 def test_metrics_need_a_key_when_keys_are_on(tmp_path: Path, predictor: Predictor) -> None:
     settings = Settings(home=tmp_path, require_api_key=True, rate_limit_per_minute=0)
-    _, secret = KeyStore(settings.keys_path).create("prometheus")
+    _, secret = KeyStore.from_settings(settings).create("prometheus")
     with TestClient(create_app(settings, predictor)) as client:
         refused = client.get("/metrics")
         assert refused.status_code == 401

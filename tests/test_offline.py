@@ -32,7 +32,7 @@ from digitrec.keys import KeyStore
 from digitrec.predict import Predictor
 from digitrec.preprocess import _border_strips, _median
 from digitrec.registry import ModelEntry
-from tests.conftest import REPORT_CSP, LiveServer
+from tests.conftest import REPORT_CSP, LiveServer, reload_keys
 from tests.handwriting import DIGITS, Point, placed, trace
 
 OFFLINE = "/api/v1/model/offline"
@@ -108,7 +108,7 @@ def test_runtime_is_served_as_webassembly_under_the_csp(client: TestClient) -> N
 def keyed(tmp_path: Path, predictor: Predictor) -> Iterator[tuple[TestClient, KeyStore]]:
     settings = Settings(home=tmp_path, require_api_key=True, rate_limit_per_minute=0)
     with TestClient(create_app(settings, predictor)) as test_client:
-        yield test_client, KeyStore(settings.keys_path)
+        yield test_client, KeyStore.from_settings(settings)
 
 
 @pytest.mark.parametrize("path", [OFFLINE, ONNX])
@@ -116,6 +116,7 @@ def test_access_as_for_the_model_card(keyed: tuple[TestClient, KeyStore], path: 
     client, store = keyed
     assert client.get(path).status_code == 401
     _, secret = store.create("offline")
+    reload_keys(client)
     assert client.get(path, headers={"Authorization": f"Bearer {secret}"}).status_code == 200
     token = client.get("/web/token", headers=BROWSER).json()["token"]
     assert client.get(path, headers={"X-Web-Token": token, **BROWSER}).status_code == 200

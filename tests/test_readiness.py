@@ -83,7 +83,7 @@ def test_readiness_follows_the_database(tmp_path: Path, private_postgres: Postgr
     the database answers. Down later: not ready (predictions still answered), then ready
     again."""
     url = private_postgres.url()
-    private_postgres.pause()
+    private_postgres.halt()
     server = LiveServer(tmp_path, env={"DIGITREC_DATABASE_URL": url, "DIGITREC_DB_CHECK_S": "0.3"})
     try:
         body = wait_readyz(server, 503, timeout=60)  # the model loads, the database is down
@@ -100,7 +100,7 @@ def test_readiness_follows_the_database(tmp_path: Path, private_postgres: Postgr
         finally:
             db.dispose()
 
-        private_postgres.pause()
+        private_postgres.halt()
         body = wait_readyz(server, 503)
         assert body["reason"].startswith("database unreachable: "), body
         assert predict_seven(server) == 200

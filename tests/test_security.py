@@ -13,9 +13,9 @@ from digitrec.api import create_app
 from digitrec.api.security import RateLimiter, WebTokens
 from digitrec.config import Settings
 from digitrec.errors import RateLimited
-from digitrec.keys import KeyStore
+from digitrec.keys import KeyStore, hash_key
 from digitrec.predict import Predictor
-from tests.conftest import encode, stroke_image
+from tests.conftest import encode, reload_keys, stroke_image
 
 PREDICT = "/api/v1/predict"
 PNG = encode(Image.fromarray(stroke_image()))
@@ -33,9 +33,10 @@ def keyed(tmp_path: Path, predictor: Predictor) -> Iterator[tuple[TestClient, Ke
     settings = Settings(
         home=tmp_path, require_api_key=True, rate_limit_per_minute=0, web_rate_limit_per_minute=0
     )
-    store = KeyStore(settings.keys_path)
+    store = KeyStore.from_settings(settings)
     with TestClient(create_app(settings, predictor)) as client:
         yield client, store
+    store.close()
 
 
 def test_keys_off_by_default(client: TestClient) -> None:
@@ -55,6 +56,7 @@ def test_key_required_when_on(keyed: tuple[TestClient, KeyStore]) -> None:
 def test_bearer_and_x_api_key_both_work(keyed: tuple[TestClient, KeyStore]) -> None:
     client, store = keyed
     _, secret = store.create("tester")
+    reload_keys(client)  # as a server does every keys_refresh_s
     assert post(client, {"Authorization": f"Bearer {secret}"}).status_code == 200
     assert post(client, {"X-API-Key": secret}).status_code == 200
     bad = post(client, {"X-API-Key": secret + "x"})
@@ -64,18 +66,21 @@ def test_bearer_and_x_api_key_both_work(keyed: tuple[TestClient, KeyStore]) -> N
 def test_revoked_key_is_forbidden_without_restart(keyed: tuple[TestClient, KeyStore]) -> None:
     client, store = keyed
     key_id, secret = store.create("leaver")
+    reload_keys(client)
     assert post(client, {"X-API-Key": secret}).status_code == 200
-    KeyStore(store.path).revoke(key_id)  # as `digitrec keys revoke` would, from outside
+    store.revoke(key_id)  # as `digitrec keys revoke` would, from outside
+    reload_keys(client)
     response = post(client, {"X-API-Key": secret})
     assert response.status_code == 403 and response.json()["error"]["code"] == "api_key_revoked"
 
 
 def test_keys_are_stored_only_as_hashes(tmp_path: Path) -> None:
-    store = KeyStore(tmp_path / "keys.json")
+    store = KeyStore.from_settings(Settings(home=tmp_path))
     _, secret = store.create("x")
-    text = (tmp_path / "keys.json").read_text()
-    assert secret not in text and secret[3:20] not in text
-    assert oct((tmp_path / "keys.json").stat().st_mode)[-3:] == "600"
+    store.close()
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("digitrec.db*"))  # WAL included
+    assert hash_key(secret).encode() in stored
+    assert secret.encode() not in stored and secret[3:20].encode() not in stored
 
 
 def test_web_page_works_for_visitors_when_keys_are_on(keyed: tuple[TestClient, KeyStore]) -> None:
@@ -161,7 +166,7 @@ def test_rate_limit_per_client_with_retry_after(tmp_path: Path, predictor: Predi
 
 def test_each_key_has_its_own_bucket(tmp_path: Path, predictor: Predictor) -> None:
     settings = Settings(home=tmp_path, require_api_key=True, rate_limit_per_minute=30)
-    store = KeyStore(settings.keys_path)
+    store = KeyStore.from_settings(settings)
     (_, first), (_, second) = store.create("a"), store.create("b")
     with TestClient(create_app(settings, predictor)) as client:
         for _ in range(6):

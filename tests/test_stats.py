@@ -133,7 +133,7 @@ def test_same_access_control_as_the_api(tmp_path: Path, predictor: Predictor) ->
     settings = Settings(
         home=tmp_path, require_api_key=True, rate_limit_per_minute=0, web_rate_limit_per_minute=0
     )
-    _, secret = KeyStore(settings.keys_path).create("dashboard")
+    _, secret = KeyStore.from_settings(settings).create("dashboard")
     browser = {"Sec-Fetch-Site": "same-origin"}
     with TestClient(create_app(settings, predictor)) as client:
         assert client.get(STATS).status_code == 401

@@ -32,7 +32,7 @@ S = argparse.SUPPRESS  # flags left out keep the environment's / default value
 
 def _add_paths(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("paths")
-    g.add_argument("--home", type=Path, default=S, help="root of models/, runs/ and keys.json")
+    g.add_argument("--home", type=Path, default=S, help="root of models/, runs/ and digitrec.db")
     g.add_argument("--models-dir", type=Path, default=S, help="model registry folder")
     g.add_argument("--data-dir", type=Path, default=S, help="MNIST cache folder")
 
@@ -323,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
         "keys",
         help="manage API keys",
         description="API keys for /api/v1 (enforced when "
-        "DIGITREC_REQUIRE_API_KEY=true). Only hashes are stored.",
+        "DIGITREC_REQUIRE_API_KEY=true), kept in the lifecycle database "
+        "(DIGITREC_DATABASE_URL); only hashes are stored. Servers see a change within "
+        "DIGITREC_KEYS_REFRESH_S.",
     )
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     kcreate = keys_sub.add_parser("create", help="create a key and print it once")
@@ -644,17 +646,20 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     from digitrec.keys import KeyStore
 
-    store = KeyStore(settings.keys_path)
-    if args.keys_command == "create":
-        key_id, secret = store.create(args.key_name)
-        print(f"created key {key_id} for {args.key_name!r}; it is shown only once:")
-        print(secret)
-        return 0
-    if args.keys_command == "revoke":
-        store.revoke(args.key_id)
-        print(f"revoked key {args.key_id}")
-        return 0
-    keys = store.list()
+    store = KeyStore.from_settings(settings)
+    try:
+        if args.keys_command == "create":
+            key_id, secret = store.create(args.key_name)
+            print(f"created key {key_id} for {args.key_name!r}; it is shown only once:")
+            print(secret)
+            return 0
+        if args.keys_command == "revoke":
+            store.revoke(args.key_id)
+            print(f"revoked key {args.key_id}")
+            return 0
+        keys = store.list()
+    finally:
+        store.close()
     if args.json:
         emit_json(keys)
         return 0

@@ -102,11 +102,13 @@ class Settings(TrainingSettings):
     model_config = SettingsConfigDict(env_prefix="DIGITREC_", extra="forbid")
 
     # --- paths ---------------------------------------------------------------
-    home: Path = Field(default_factory=_default_home)  # root for models/, runs/, keys.json
+    home: Path = Field(default_factory=_default_home)  # root for models/, runs/, digitrec.db
     data_dir: Path = Field(default_factory=_default_data_dir)  # MNIST IDX cache
     models_dir: Path | None = None  # model registry; default <home>/models
     runs_dir: Path | None = None  # training run folders; default <home>/runs
-    keys_file: Path | None = None  # hashed API keys; default <home>/keys.json
+    # The old API key file (keys now live in the database): imported once when the key
+    # store is first opened, then renamed <file>.imported; default <home>/keys.json
+    keys_file: Path | None = None
     # Fashion-MNIST test images: evaluation-only non-digits (Debian: dataset-fashion-mnist)
     fashion_mnist_dir: Path = Path("/usr/share/datasets/fashion-mnist")
 
@@ -164,6 +166,9 @@ class Settings(TrainingSettings):
 
     # --- access control -------------------------------------------------------------
     require_api_key: bool = False  # /api/v1/* needs a key from `digitrec keys create`
+    # Servers re-read the API keys from the database this often: a key created or
+    # revoked anywhere (CLI, another replica) works or is refused within this delay.
+    keys_refresh_s: float = Field(2.0, gt=0, le=300)
     # Rate limits apply when keys are required or a limit is set here; local use is free.
     rate_limit_per_minute: int | None = Field(None, ge=0)  # per key/client; keys on: 600
     web_rate_limit_per_minute: int | None = Field(None, ge=0)  # per page visitor; keys on: 120

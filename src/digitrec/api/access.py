@@ -24,7 +24,7 @@ from digitrec.api.ratelimit import RateLimits
 from digitrec.api.security import WebTokens
 from digitrec.config import Settings
 from digitrec.errors import Forbidden, Unauthorized, ValidationFailed
-from digitrec.keys import KeyStore
+from digitrec.keys import LiveKeys
 
 WEB_TOKEN_HEADER = "x-web-token"  # noqa: S105 - a header name, not a secret
 # What a web-page token may call: what the pages themselves call (reading a digit, the
@@ -53,10 +53,20 @@ class Access:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = KeyStore(settings.keys_path)
+        self.keys = LiveKeys(settings)
         self.limits = RateLimits(settings)  # in this process, or in Redis (started with the app)
         secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else None
         self.web_tokens = WebTokens(secret, ttl=settings.web_token_ttl_s)
+
+    async def start(self) -> None:
+        """In the app's lifespan: read the API keys, then keep them fresh in the background;
+        connect the rate limits to Redis where they are shared."""
+        await self.keys.start()
+        await self.limits.start()
+
+    async def stop(self) -> None:
+        await self.limits.stop()
+        await self.keys.stop()
 
 
 def _access(request: Request) -> Access:

@@ -111,13 +111,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await access.limits.start()
         await service.start()
+        await access.start()
         delayed_exit.install()  # SIGTERM: /readyz says "shutting down" before the drain
         yield
         delayed_exit.uninstall()
+        await access.stop()
         await service.stop()
-        await access.limits.stop()
         metrics.process_stopped()
 
     app = FastAPI(

@@ -2,7 +2,8 @@
 
 ``alias_events`` (where each alias points, as an append-only log), ``experiments`` (A/B
 tests), ``predictions`` (recent answers, kept so a user can correct them) and
-``corrections`` (users' corrections, which outlive their prediction). Every change here
+``corrections`` (users' corrections, which outlive their prediction), ``traffic``
+(requests per minute) and ``api_keys`` (API keys, as hashes). Every change here
 needs an Alembic migration in ``digitrec/db/migrations/versions/``; a test checks that
 the migrations build exactly these tables.
 """
@@ -32,6 +33,9 @@ REF_LENGTH = 200  # a model reference NAME:VERSION (two names of at most 64 char
 ID_LENGTH = 32  # a prediction id: uuid4 hex
 HASH_LENGTH = 16  # a client hash: the first 16 hex digits of a SHA-256
 WORD_LENGTH = 16  # short words: an arm, an action, a verdict, an outcome
+KEY_ID_LENGTH = 64  # an API key id: key_ and 8 hex digits (longer ones came from keys.json)
+KEY_NAME_LENGTH = 200  # who or what uses an API key
+SHA256_LENGTH = 64  # a SHA-256 in hex
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -162,3 +166,16 @@ class TrafficRow(Base):
     requests: Mapped[int] = mapped_column(Integer)
     client_errors: Mapped[int] = mapped_column(Integer)  # 4xx: the input or caller refused
     server_errors: Mapped[int] = mapped_column(Integer)  # 5xx: busy, not ready, failed
+
+
+class ApiKeyRow(Base):
+    """An API key: its SHA-256 only, never the secret. Revoking keeps the row, so a
+    revoked key is told apart from an unknown one (403, not 401)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(KEY_ID_LENGTH), primary_key=True)
+    name: Mapped[str] = mapped_column(String(KEY_NAME_LENGTH))
+    sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -1,0 +1,131 @@
+"""Requests per second through HAProxy with 1, 2 and 3 replicas on shared state (#15).
+
+One topology (tests/topology.py: PostgreSQL, Redis, three `digitrec serve` replicas with
+one worker each, HAProxy with deploy/haproxy.cfg), rate limits off, the prediction log,
+metrics and shared rate-limit machinery on. For 1, 2 and 3 replicas in front, a fresh
+HAProxy sends the realistic mix of bench_realistic.py (300 files people send) at
+concurrency 8 and 32; one replica straight, without the proxy, is the baseline in the
+same run. For each: requests per second, p50/p95 latency, and CPU per request of the
+replicas, of HAProxy and of the load generator, so what limits the figure is visible
+(on a 2-core machine all of them share the same two cores).
+
+    python benchmarks/bench_replicas.py            # about 2 minutes
+    python benchmarks/bench_replicas.py --quick    # about 1 minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench_http import drive, run, server_cpu_seconds
+from bench_realistic import realistic_mix
+from common import ROOT, machine_info, save_results, table
+
+sys.path.insert(0, str(ROOT))  # tests/topology.py starts the components
+from tests.topology import Proxy, Topology, topology_missing
+
+CONCURRENCY = (8, 32)
+
+
+def measure(
+    url: str, bodies: list[tuple[bytes, str]], pids: dict[str, list[int]], seconds: float
+) -> dict[str, Any]:
+    rows = {}
+    for concurrency in CONCURRENCY:
+        before = {name: sum(map(server_cpu_seconds, ids)) for name, ids in pids.items()}
+        load = run(drive(url, bodies, concurrency, pids["replicas"][0], duration=seconds))
+        after = {name: sum(map(server_cpu_seconds, ids)) for name, ids in pids.items()}
+        summary = load.summary()
+        n = summary["requests"] or 1
+        summary["cpu_ms_per_request"] = {
+            name: round((after[name] - before[name]) / n * 1000, 3) for name in pids
+        } | {"load generator": summary["client_cpu_ms_per_request"]}
+        rows[f"c{concurrency}"] = summary
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--quick", action="store_true", help="3 s per figure instead of 10")
+    parser.add_argument("--n", type=int, default=300, help="files in the mix")
+    parser.add_argument("--output", type=Path, help="result file (default benchmarks/results/)")
+    args = parser.parse_args()
+    reason = topology_missing()
+    if reason:
+        sys.exit(f"bench_replicas: {reason}")
+    seconds = 3.0 if args.quick else 10.0
+    mix = realistic_mix(args.n)
+    bodies = [(m["body"], m["content_type"]) for m in mix]
+    env = {"DIGITREC_RATE_LIMIT_PER_MINUTE": "0", "DIGITREC_WEB_RATE_LIMIT_PER_MINUTE": "0"}
+    configs = []
+    with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp:
+        topology = Topology(Path(tmp), replicas=3, env=env).start()
+        try:
+            if topology.proxy is not None:
+                topology.proxy.stop()  # each configuration gets its own proxy below
+            replicas = topology.replicas
+            print("  one replica, straight ...", file=sys.stderr, flush=True)
+            straight = measure(
+                replicas[0].url, bodies, {"replicas": [replicas[0].process.pid]}, seconds
+            )
+            configs.append({"name": "1 replica, no proxy", "replicas": 1, "runs": straight})
+            for n in (1, 2, 3):
+                print(f"  {n} behind haproxy ...", file=sys.stderr, flush=True)
+                proxy = Proxy([f"127.0.0.1:{r.port}" for r in replicas[:n]], Path(tmp) / f"p{n}")
+                try:
+                    proxy.wait_ready()
+                    pids = {
+                        "replicas": [r.process.pid for r in replicas[:n]],
+                        "haproxy": [proxy.process.pid],
+                    }
+                    runs = measure(proxy.url, bodies, pids, seconds)
+                finally:
+                    proxy.stop()
+                configs.append({"name": f"{n} behind HAProxy", "replicas": n, "runs": runs})
+        finally:
+            topology.stop()
+    results = {
+        "mix": {"files": len(mix), "variants": sorted({m["variant"] for m in mix})},
+        "seconds_per_figure": seconds,
+        "configs": configs,
+    }
+    rows = []
+    for config in configs:
+        for run_name, r in config["runs"].items():
+            cpu = r["cpu_ms_per_request"]
+            rows.append(
+                [
+                    config["name"],
+                    run_name[1:],
+                    r["requests_per_s"],
+                    r["latency_ms"]["p50"],
+                    r["latency_ms"]["p95"],
+                    cpu["replicas"],
+                    cpu.get("haproxy", "-"),
+                    cpu["load generator"],
+                    sum(v for k, v in r["statuses"].items() if k != 200)
+                    + sum(r["transport_errors"].values()),
+                ]
+            )
+    headers = [
+        "configuration",
+        "concurrency",
+        "req/s",
+        "p50 ms",
+        "p95 ms",
+        "replicas CPU ms/req",
+        "HAProxy CPU ms/req",
+        "client CPU ms/req",
+        "failed",
+    ]
+    text = table(headers, rows)
+    print(text)
+    save_results("bench_replicas", results, machine_info(), args.output)
+
+
+if __name__ == "__main__":
+    main()
