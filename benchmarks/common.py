@@ -419,11 +419,13 @@ def digitrec_serve_command(extra: Sequence[str] = ()) -> list[str]:
 
 
 def server_env(home: Path, settings: dict[str, str] | None = None) -> dict[str, str]:
-    """A fresh home (so the bundled model is served) and rate limits off."""
+    """A fresh home (so the bundled model is served), rate limits off, and no delay
+    before the drain on SIGTERM (there is no load balancer to tell)."""
     return {
         "DIGITREC_HOME": str(home),
         "DIGITREC_RATE_LIMIT_PER_MINUTE": "0",
         "DIGITREC_WEB_RATE_LIMIT_PER_MINUTE": "0",
+        "DIGITREC_SHUTDOWN_DELAY_S": "0",
         "OMP_WAIT_POLICY": "PASSIVE",
         **(settings or {}),
     }

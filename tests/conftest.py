@@ -167,6 +167,7 @@ class LiveServer:
             **os.environ,
             "DIGITREC_HOME": str(home),
             "DIGITREC_DATA_DIR": str(MNIST_CACHE),
+            "DIGITREC_SHUTDOWN_DELAY_S": "0",  # stop at once unless a test is about the delay
             **(env or {}),
         }
         self._command = [
@@ -306,17 +307,25 @@ class PostgresServer:
         )
         for attempt in range(3):  # a free port may be taken by the time the server binds it
             self.port = free_port()
-            options = (
-                f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            )
             try:
-                self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
-                          "-w", "-t", "60", "start")  # fmt: skip
+                self.resume()
                 return
             except RuntimeError:
                 if attempt == 2:
                     raise
+
+    def resume(self) -> None:
+        """Start the server (again, after ``halt``: same port, same data)."""
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
+                  "-w", "-t", "60", "start")  # fmt: skip
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data: an outage that ``resume`` ends."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         import shutil
@@ -365,14 +374,30 @@ def _postgres_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """PostgreSQL 15 from the machine image, started once for the session."""
+def _require_postgres() -> None:
     reason = _postgres_missing()
     if reason:
         if in_ci():
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """PostgreSQL 15 from the machine image, started once for the session."""
+    _require_postgres()
+    server = PostgresServer(PG_BIN)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of one test's own, for tests that stop and start it."""
+    _require_postgres()
     server = PostgresServer(PG_BIN)
     try:
         server.start()
@@ -427,6 +452,81 @@ def store_answers(db: Database, records: list[PredictionRecord]) -> None:
     for record in records:
         log.add(record)
     log.stop()  # never started: writes the queue here
+
+
+# --- Redis: the rate limits that workers and replicas share ---------------------------------------
+
+
+class RedisServer:
+    """A throw-away ``redis-server`` on 127.0.0.1: no persistence, its own folder (removed
+    by ``stop``). ``stop`` and ``start`` again give an outage that ends, on the same port
+    (with empty data)."""
+
+    def __init__(self, base: Path | None = None) -> None:
+        import tempfile
+
+        self.base = base or Path(tempfile.mkdtemp(prefix="digitrec-redis-"))
+        self.log = self.base / "redis.log"
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10) -> None:
+        import socket
+
+        self.base.mkdir(parents=True, exist_ok=True)
+        command = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.base),
+            "--logfile", str(self.log),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+                raise RuntimeError(f"redis-server did not start: {log}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        import shutil
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh Redis for one test (it starts in milliseconds); skipped where
+    redis-server is not installed, except in CI."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        reason = "redis-server is not installed (Debian: apt-get install redis-server)"
+        if in_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 # --- Prometheus scrapes ---------------------------------------------------------------------

@@ -41,10 +41,6 @@ GOLDEN_7 = Path(__file__).parent / "golden" / "canvas_transparent_7.png"
 # The oldest Kubernetes these manifests claim (autoscaling/v2 and policy/v1 are older), and
 # the newest that the installed kubernetes-validate knows.
 K8S_VERSIONS = ("1.30.0", "1.37.0")
-# Settings that sibling branches of #15 add (shared rate limits in Redis; /readyz 503 for a
-# while after SIGTERM). The deploy files set them already; until those branches land,
-# Settings does not know them and ignores the variables. Empty this set once they have.
-COMING = {"redis_url", "shutdown_delay_s"}
 SECRET = "k3Y-for-tests-only-0123456789-abcdefghijKLMN"  # stands in for a CHANGE-ME secret
 PLACEHOLDER = "CHANGE-ME"
 
@@ -68,8 +64,8 @@ def haproxy_binary() -> str:
 
 
 def setting_names() -> set[str]:
-    """Every DIGITREC_* variable that Settings reads (and those COMING)."""
-    return {f"DIGITREC_{name.upper()}" for name in (*Settings.model_fields, *COMING)}
+    """Every DIGITREC_* variable that Settings reads."""
+    return {f"DIGITREC_{name.upper()}" for name in Settings.model_fields}
 
 
 def settings_from(env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:

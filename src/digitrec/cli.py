@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from digitrec import __version__
-from digitrec.config import Settings
+from digitrec.config import LOG_DATEFMT, LOG_FORMAT, Settings
 from digitrec.errors import DigitrecError
 
 log = logging.getLogger("digitrec")
@@ -732,8 +732,8 @@ def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else default
     logging.basicConfig(
         level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+        format=LOG_FORMAT,
+        datefmt=LOG_DATEFMT,
         stream=sys.stderr,
     )
 

@@ -22,6 +22,9 @@ MIN_SECRET_DISTINCT = 8  # distinct characters: "aaaa..." is not a secret
 DEFAULT_API_RATE = 600  # requests/minute per key when keys are required
 DEFAULT_WEB_RATE = 120  # requests/minute per page visitor when keys are required
 TOP_K_MAX = 10  # answers per image at most: every digit
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the CLI's and the workers'
+LOG_DATEFMT = "%H:%M:%S"
+WORKER_LOG_LEVEL = "DIGITREC_WORKER_LOG_LEVEL"  # serve's log level, for --workers N processes
 
 
 def _default_home() -> Path:
@@ -141,10 +144,14 @@ class Settings(TrainingSettings):
     keepalive_timeout_s: float = Field(5.0, gt=0, le=600)  # idle keep-alive connections close
     max_connections: int = Field(512, ge=8, le=100_000)  # open connections per worker; then 503
     number_max_components: int = Field(64, ge=1, le=10_000)  # marks in a number image; then 422
+    # On SIGTERM /readyz answers 503 this long, requests still served, before the drain:
+    # time for a load balancer to take the replica out before its socket closes.
+    shutdown_delay_s: float = Field(5.0, ge=0, le=300)
 
     # --- model lifecycle: aliases, A/B tests, corrections (database) -----------------
     database_url: str | None = None  # SQLAlchemy URL; default: a SQLite file <home>/digitrec.db
     model_poll_s: float = Field(2.0, gt=0, le=300)  # servers re-read aliases and A/B this often
+    db_check_s: float = Field(2.0, gt=0, le=300)  # /readyz: the database is checked this often
     log_predictions: bool = True  # keep each answer (28x28 input included) for corrections
     # The 28x28 input (and any kept upload) of an answer is erased this long after it,
     # unless a correction keeps it: the window in which it can be corrected.
@@ -169,6 +176,9 @@ class Settings(TrainingSettings):
     web_token_ttl_s: int = Field(600, ge=30, le=86400)  # life of a web-page token
     secret_key: SecretStr | None = None  # signs web-page tokens; random per start if unset
     cors_origins: list[str] = Field(default_factory=list)  # CORS is off when empty
+    # Rate limits shared by every worker and replica (redis://host:6379/0); unset: each
+    # worker counts its own. Needs the 'redis' extra.
+    redis_url: str | None = None
     trust_proxy_headers: bool = False  # take the client address from X-Forwarded-For
     trusted_proxies: list[str] = Field(  # proxies whose X-Forwarded-For entries are believed
         default_factory=lambda: ["127.0.0.1", "::1"]

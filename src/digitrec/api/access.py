@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 
-from digitrec.api.security import RateLimiter, WebTokens
+from digitrec.api.ratelimit import RateLimits
+from digitrec.api.security import WebTokens
 from digitrec.config import Settings
 from digitrec.errors import Forbidden, Unauthorized, ValidationFailed
 from digitrec.keys import LiveKeys
@@ -53,16 +54,18 @@ class Access:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = LiveKeys(settings)
-        self.api_limiter = RateLimiter(settings.api_rate_limit)
-        self.web_limiter = RateLimiter(settings.web_rate_limit)
+        self.limits = RateLimits(settings)  # in this process, or in Redis (started with the app)
         secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else None
         self.web_tokens = WebTokens(secret, ttl=settings.web_token_ttl_s)
 
     async def start(self) -> None:
-        """In the app's lifespan: read the API keys, then keep them fresh in the background."""
+        """In the app's lifespan: read the API keys, then keep them fresh in the background;
+        connect the rate limits to Redis where they are shared."""
         await self.keys.start()
+        await self.limits.start()
 
     async def stop(self) -> None:
+        await self.limits.stop()
         await self.keys.stop()
 
 
@@ -167,17 +170,17 @@ async def guard(request: Request) -> Caller:
     secret = presented_key(request)
     if secret is not None:
         key = access.keys.authenticate(secret)
-        access.api_limiter.check(f"key:{key.id}")
+        await access.limits.api.check(f"key:{key.id}")
         return Caller("key", key.id)
     if _web_caller(request, access, client):
-        access.web_limiter.check(f"web:{client}")
+        await access.limits.web.check(f"web:{client}")
         return Caller("web", client)
     if access.settings.require_api_key:
         raise Unauthorized(
             "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             code="api_key_required",
         )
-    access.api_limiter.check(f"ip:{client}")
+    await access.limits.api.check(f"ip:{client}")
     return Caller("anonymous", client)
 
 
@@ -201,7 +204,7 @@ def is_cookie_id(value: str) -> bool:
     return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 
 
-def web_token_for(request: Request) -> str:
+async def web_token_for(request: Request) -> str:
     """Issue a web-page token to this client, if it is our page asking."""
     access = _access(request)
     if not access.settings.web_tokens:
@@ -210,7 +213,7 @@ def web_token_for(request: Request) -> str:
             code="web_tokens_off",
         )
     client = client_key(client_address(request))
-    access.web_limiter.check(f"web-token:{client}")
+    await access.limits.web.check(f"web-token:{client}")
     if not from_own_page(request):
         raise Forbidden("web-page tokens are only for this server's own page", code="cross_origin")
     return access.web_tokens.issue(client)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -32,9 +33,10 @@ from digitrec.api.security import (
     UnexpectedErrorMiddleware,
 )
 from digitrec.api.service import Service
+from digitrec.api.shutdown import DelayedExit
 from digitrec.api.stats import stats
 from digitrec.api.web import CompressPages, mount_static, web
-from digitrec.config import Settings
+from digitrec.config import LOG_DATEFMT, LOG_FORMAT, WORKER_LOG_LEVEL, Settings
 from digitrec.errors import DigitrecError, RateLimited
 from digitrec.predict import Predictor
 
@@ -105,12 +107,15 @@ def create_app(
     settings = settings or Settings()
     service = Service(settings, predictor, warm=warm)
     access = Access(settings)
+    delayed_exit = DelayedExit(service, settings.shutdown_delay_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
         await access.start()
+        delayed_exit.install()  # SIGTERM: /readyz says "shutting down" before the drain
         yield
+        delayed_exit.uninstall()
         await access.stop()
         await service.stop()
         metrics.process_stopped()
@@ -163,5 +168,9 @@ def create_app(
 
 
 def app_from_env() -> FastAPI:
-    """Factory for uvicorn workers: settings come from DIGITREC_* variables."""
+    """Factory for uvicorn workers: settings come from DIGITREC_* variables. A worker
+    process of ``--workers N`` logs as ``serve`` does (one worker runs in serve's own)."""
+    level = os.environ.get(WORKER_LOG_LEVEL)
+    if level and not logging.getLogger().handlers:
+        logging.basicConfig(level=int(level), format=LOG_FORMAT, datefmt=LOG_DATEFMT)
     return create_app(Settings(), warm=True)

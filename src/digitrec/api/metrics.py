@@ -102,6 +102,11 @@ REFUSED = Counter(
     "idle connections closed to make room (idle_closed_for_room)",
     ["reason"],
 )
+RATE_LIMIT_FALLBACKS = Counter(
+    "digitrec_rate_limit_fallbacks",
+    "Rate-limit checks counted in this process because Redis (DIGITREC_REDIS_URL) could "
+    "not be reached or failed: while it lasts, limits count per worker",
+)
 MODELS = Gauge(
     "digitrec_model_info",
     "The models being served: 1 for the current production model and A/B candidate, "
@@ -142,6 +147,10 @@ def record_correction(model_version: str, right: bool) -> None:
 def record_refusal(reason: str) -> None:
     """The HTTP layer refused a request or closed a connection (reason: an error code)."""
     REFUSED.labels(reason if _CODE.fullmatch(reason) else "other").inc()
+
+
+def record_rate_limit_fallback() -> None:
+    RATE_LIMIT_FALLBACKS.inc()
 
 
 def serving(production: tuple[str, str], candidate: tuple[str, str] | None) -> None:

@@ -25,7 +25,7 @@ from digitrec.api import metrics
 from digitrec.api.batching import MicroBatcher
 from digitrec.config import Settings
 from digitrec.db import Database
-from digitrec.errors import DigitrecError
+from digitrec.errors import DigitrecError, StorageError
 from digitrec.experiments import Experiment
 from digitrec.lifecycle import production_entry, served_entry
 from digitrec.predict import Predictor
@@ -34,6 +34,17 @@ from digitrec.registry import ModelEntry, Registry
 log = logging.getLogger(__name__)
 
 RETIRE_TIMEOUT_S = 60.0  # a retired model waits at most this long for its requests
+
+
+def entry_to_start(settings: Settings) -> ModelEntry:
+    """The model a server starts with: the pinned one, else production; the shipped one
+    while the database does not answer (the server is then not ready, and follows the
+    database once it answers: see ``Service``)."""
+    try:
+        return served_entry(settings)
+    except StorageError as exc:
+        log.warning("no database; starting with the shipped model: %s", exc.message)
+        return production_entry(Registry.from_settings(settings), None)
 
 
 @dataclass
@@ -130,6 +141,20 @@ class ModelSet:
         if self.follows:
             self._task = asyncio.create_task(self._follow(), name="model-follower")
 
+    async def follow(self, db: Database) -> None:
+        """Follow a database that answered only after start-up: serve what it asks for
+        now, then keep in step with it as if it had been there from the start."""
+        self.db = db
+        if not self.follows or self._task is not None:
+            return
+        try:
+            wanted = await run_in_threadpool(self._read_wanted)
+            if self._changed(wanted):
+                await self._apply(wanted)
+        except DigitrecError as exc:
+            log.warning("keeping the models being served: %s", exc.message)
+        self._task = asyncio.create_task(self._follow(), name="model-follower")
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -147,7 +172,7 @@ class ModelSet:
     def _read_wanted(self) -> Wanted:
         """Blocking: read the alias and the experiment, resolve them in the registry."""
         if self.db is None or self.settings.model:
-            return Wanted(served_entry(self.settings))
+            return Wanted(entry_to_start(self.settings))
         production = production_entry(self.registry, self.db)
         experiment = experiments.current(self.db)
         if experiment is None:
@@ -159,14 +184,17 @@ class ModelSet:
             await asyncio.sleep(self.settings.model_poll_s)
             try:
                 wanted = await run_in_threadpool(self._read_wanted)
-                if (
-                    self._wanted is None
-                    or wanted.refs != self._wanted.refs
-                    or (wanted.experiment != self._wanted.experiment)
-                ):
+                if self._changed(wanted):
                     await self._apply(wanted)
             except DigitrecError as exc:  # the database or a model is unavailable: keep on
                 log.warning("keeping the models being served: %s", exc.message)
+
+    def _changed(self, wanted: Wanted) -> bool:
+        return (
+            self._wanted is None
+            or wanted.refs != self._wanted.refs
+            or wanted.experiment != self._wanted.experiment
+        )
 
     def _swap(self, routing: Routing) -> None:
         """Serve ``routing`` from now on, and say so in the metrics at once."""

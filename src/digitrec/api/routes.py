@@ -232,12 +232,18 @@ async def healthz() -> Health:
 @health.get(
     "/readyz",
     response_model=Ready,
-    summary="A model is loaded and answering",
-    responses={503: {"model": Ready, "description": "no model is loaded, with why"}},
+    summary="Send requests here: a model is answering, the database too, not shutting down",
+    responses={
+        503: {
+            "model": Ready,
+            "description": "not now, with why: the model is loading or failed to load, the "
+            "database is unreachable, or the server is shutting down",
+        }
+    },
 )
 async def readyz(service: ServiceDep) -> Any:
-    if service.ready:
+    reason = service.not_ready()
+    if reason is None:
         p = service.predictor
         return Ready(ready=True, model=ModelRef(name=p.name, version=p.version))
-    reason = service.load_error or "the model is still loading"
     return JSONResponse(Ready(ready=False, reason=reason).model_dump(), status_code=503)

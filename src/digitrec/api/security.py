@@ -177,7 +177,8 @@ class RateLimiter:
     """Token buckets per caller: ``per_minute`` requests, bursts of up to a sixth of that.
 
     Buckets live in a bounded LRU, so a flood of distinct clients cannot grow memory.
-    ``per_minute = 0`` turns limiting off.
+    ``per_minute = 0`` turns limiting off. This is the count of one process; the same
+    bucket counted in Redis, shared by every worker and replica, is ``api.ratelimit``.
     """
 
     def __init__(self, per_minute: int, max_clients: int = 10_000) -> None:
@@ -194,13 +195,15 @@ class RateLimiter:
         tokens = min(self.capacity, tokens + (now - last) * self.rate)
         if tokens < 1:
             self.buckets[key] = (tokens, now)
-            wait = (1 - tokens) / self.rate
-            raise RateLimited(
-                f"too many requests: try again in {math.ceil(wait)} s", retry_after=wait
-            )
+            raise rate_limited((1 - tokens) / self.rate)
         self.buckets[key] = (tokens - 1, now)
         while len(self.buckets) > self.max_clients:
             self.buckets.popitem(last=False)
+
+
+def rate_limited(wait: float) -> RateLimited:
+    """The 429 for a caller whose bucket fills up again in ``wait`` seconds."""
+    return RateLimited(f"too many requests: try again in {math.ceil(wait)} s", retry_after=wait)
 
 
 class WebTokens:

@@ -7,10 +7,12 @@ own ``SO_REUSEPORT`` socket). Settings reach worker processes through ``DIGITREC
 variables; a random secret for web-page tokens is generated when none is configured,
 so that every worker accepts every other worker's tokens. What one connection may cost
 (``HttpLimits``) is built here, once, and bound into the protocol class that uvicorn
-pickles into every worker. SIGTERM, and SIGHUP with one worker, stop accepting new
-connections and let in-flight requests finish before the process exits; with several
-workers uvicorn's supervisor takes SIGHUP as a rolling restart (each new worker is ready
-before the old one gets SIGTERM).
+pickles into every worker. SIGTERM, and SIGHUP with one worker, first make ``/readyz``
+answer 503 for ``shutdown_delay_s`` while requests are still served (``api.shutdown``),
+then stop accepting new connections and let in-flight requests finish before the
+process exits; with several workers uvicorn's supervisor passes SIGTERM on to each, and
+takes SIGHUP as a rolling restart (each new worker is ready before the old one gets
+SIGTERM).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from typing import Any, cast
 import uvicorn
 
 from digitrec.api.metrics import multiprocess_folder
+from digitrec.api.models import entry_to_start
 from digitrec.api.protocol import HttpLimits, LimitedProtocol, report_refusals
-from digitrec.config import Settings
+from digitrec.api.ratelimit import redis_module
+from digitrec.config import WORKER_LOG_LEVEL, Settings
 from digitrec.errors import AddressUnavailable, ServerFailed
-from digitrec.lifecycle import served_entry
 
 log = logging.getLogger(__name__)
 GRACEFUL_SHUTDOWN_S = 15
@@ -59,8 +62,10 @@ def export_settings(settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     from uvicorn.supervisors import Multiprocess
 
-    entry = served_entry(settings)
+    entry = entry_to_start(settings)
     entry.verify()  # fail now, with the reason, rather than serve a broken model
+    if settings.redis_url:
+        redis_module()  # a missing package is a start-up error, not one per worker
     balanced = settings.workers > 1 and sys.platform.startswith("linux")
     # Bound before anything starts: a taken port is a one-line error, and port 0 becomes
     # the real port that every worker then uses.
@@ -69,6 +74,7 @@ def serve(settings: Settings) -> None:
     what = "pinned" if settings.model else "production, now"
     log.info("serving %s %s on http://%s:%d", what, entry.ref, settings.host, port)
     export_settings(settings)  # a pinned model stays pinned; else workers follow production
+    os.environ[WORKER_LOG_LEVEL] = str(logging.getLogger().getEffectiveLevel())
     limits = HttpLimits.from_settings(
         settings, max_connections=connections_that_fit(settings.max_connections)
     )

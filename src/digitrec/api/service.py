@@ -8,11 +8,17 @@ production, and a candidate during an A/B test) and keeps the reason when it can
 (``PredictionLog``), so a user can correct it. Everything that holds threads, processes
 or connections is created in ``start`` and released in ``stop``, so an app can be
 started again (a second lifespan, as tests do).
+
+``/readyz`` tells a load balancer the truth: not ready while the model loads, while the
+database does not answer (checked every ``db_check_s`` in a thread; predictions go on
+from the models already loaded) and while shutting down (``api.shutdown``). A database
+that cannot be reached at start-up is opened, migrated and followed once it answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 
 OFFLINE_TOLERANCE = 1e-3  # an offline answer's probabilities are rounded to 6 places
 OFFLINE_CLOCK_SKEW = timedelta(minutes=5)  # a phone's clock may run this far ahead
+DB_CHECK_TIMEOUT_S = 5.0  # a database check that takes longer counts as unreachable
 
 
 class Service:
@@ -65,18 +72,18 @@ class Service:
         self.models: ModelSet | None = None
         self.log: PredictionLog | None = None
         self.traffic: TrafficRecorder | None = None
+        self._late: Database | None = None  # opened by a check, to be used by the loop
+        self.shutting_down = False  # set by api.shutdown on SIGTERM: /readyz answers 503
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self.shutting_down = False
         self.decoder.start()
         if self.warm:
             await run_in_threadpool(self.decoder.warm)
-        self.db = await run_in_threadpool(self._open_database)
-        if self.db is not None and self.settings.log_predictions:
-            self.log = PredictionLog.from_settings(self.db, self.settings)
-            self.log.start()
-        if self.db is not None:
-            self.traffic = TrafficRecorder(self.db)
-            await self.traffic.start()
+        db = await run_in_threadpool(self._open_database)
+        if db is not None:
+            await self._use_database(db)
         self.models = ModelSet(self.settings, self.db)
         try:
             await self.models.start(self.given)
@@ -84,21 +91,92 @@ class Service:
             self.load_error = exc.message
             self.models = None
             log.error("not serving predictions: %s", exc.message)
+        self._watch = asyncio.create_task(self._watch_database(), name="database-check")
 
     def _open_database(self) -> Database | None:
         """The lifecycle database, migrated; None (and why) when it cannot be used:
-        predictions go on from the shipped or pinned model, corrections answer 503."""
+        predictions go on from the shipped or pinned model, corrections answer 503,
+        ``/readyz`` says why, and ``_watch_database`` tries again."""
         db = Database.from_settings(self.settings)
         try:
             db.migrate()
         except DigitrecError as exc:
+            if self.db_error is None:
+                log.error("no corrections, aliases or A/B tests: %s", exc.message)
             self.db_error = exc.message
-            log.error("no corrections, aliases or A/B tests: %s", exc.message)
             db.dispose()
             return None
         return db
 
+    async def _use_database(self, db: Database) -> None:
+        """Log answers and traffic to ``db`` from now on."""
+        self.db, self.db_error = db, None
+        if self.settings.log_predictions:
+            self.log = PredictionLog.from_settings(db, self.settings)
+            self.log.start()
+        self.traffic = TrafficRecorder(db)
+        await self.traffic.start()
+
+    async def _watch_database(self) -> None:
+        """Every ``db_check_s``: does the database answer? One that could not be
+        opened at start-up is opened (migrated) once it does, and then followed."""
+        probe: asyncio.Future[str | None] | None = None
+        try:
+            while True:
+                await asyncio.sleep(self.settings.db_check_s)
+                if probe is None:  # a check hung on a dead host is waited for, not repeated
+                    check = self._check_database if self.db is not None else self._open_late
+                    probe = asyncio.ensure_future(run_in_threadpool(check))
+                await asyncio.wait({probe}, timeout=DB_CHECK_TIMEOUT_S)
+                if not probe.done():
+                    error: str | None = f"no answer in {DB_CHECK_TIMEOUT_S:g} s"
+                else:
+                    error, probe = probe.result(), None
+                await self._database_answered(error)
+        finally:
+            if probe is not None:
+                probe.cancel()
+
+    async def _database_answered(self, error: str | None) -> None:
+        """Take in a check's outcome: ``error`` is why the database did not answer."""
+        if self.db is None:
+            if error is None and self._late is not None:
+                await self._use_late()
+        elif error is not None and self.db_error is None:
+            log.warning("the database does not answer: %s", error)
+            self.db_error = error
+        elif error is None and self.db_error is not None:
+            log.warning("the database answers again")
+            self.db_error = None
+
+    async def _use_late(self) -> None:
+        db, self._late = self._late, None
+        assert db is not None
+        await self._use_database(db)
+        log.warning("the database answers: corrections, aliases and A/B tests are on")
+        if self.models is not None:
+            await self.models.follow(db)
+
+    def _check_database(self) -> str | None:
+        """Blocking: why the database does not answer a trivial query, or None."""
+        assert self.db is not None
+        try:
+            self.db.ping()
+        except DigitrecError as exc:
+            return exc.message
+        return None
+
+    def _open_late(self) -> str | None:
+        """Blocking: open (migrate) the database that was unreachable so far."""
+        self._late = self._open_database()
+        return None if self._late is not None else self.db_error
+
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         if self.models is not None:
             await self.models.stop()
             self.models = None
@@ -108,14 +186,21 @@ class Service:
         if self.traffic is not None:
             await self.traffic.stop()
             self.traffic = None
-        if self.db is not None:
-            self.db.dispose()
-            self.db = None
+        for db in (self.db, self._late):
+            if db is not None:
+                db.dispose()
+        self.db = self._late = None
         await run_in_threadpool(self.decoder.stop)
 
-    @property
-    def ready(self) -> bool:
-        return self.models is not None and self.models.routing is not None
+    def not_ready(self) -> str | None:
+        """Why a load balancer should not send requests here now, or None."""
+        if self.shutting_down:
+            return "shutting down"
+        if self.models is None or self.models.routing is None:
+            return self.load_error or "the model is still loading"
+        if self.db_error is not None:
+            return f"database unreachable: {self.db_error}"
+        return None
 
     def routing(self) -> Routing:
         if self.models is None or self.models.routing is None:

@@ -71,7 +71,7 @@ async def web_token(request: Request) -> dict[str, Any]:
     """A signed token the page sends as X-Web-Token, so visitors need no API key (see
     ``deps``: short-lived, for this client and the routes the page calls only)."""
     access: Access = request.app.state.access
-    token = web_token_for(request)
+    token = await web_token_for(request)
     return {"token": token, "expires_in": access.web_tokens.ttl}
 
 

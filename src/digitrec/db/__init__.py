@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_S = 10.0  # SQLite: how long a writer waits for another writer's lock
 MIGRATION_LOCK = 0x6469676974726563  # PostgreSQL advisory lock held while migrating
+CONNECT_TIMEOUT_S = 3  # PostgreSQL: a dead host fails a connection (and a check) this soon
 logging.getLogger("alembic").setLevel(logging.WARNING)  # not a dozen lines at every start
 
 
@@ -62,6 +63,11 @@ class Database:
             _lock_schema(connection)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+    def ping(self) -> None:
+        """A trivial query: ``StorageError`` when the database does not answer."""
+        with self.errors(), self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
 
     def has_table(self, name: str) -> bool:
         """Does the schema have this table (read only: no migration)?"""
@@ -121,7 +127,8 @@ def _engine(url: URL, where: str) -> Engine:
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
     try:
-        return create_engine(url, pool_pre_ping=True)
+        connect = {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT_S}
+        return create_engine(url, pool_pre_ping=True, connect_args=connect)
     except ImportError as exc:
         raise DependencyMissing(
             f"the driver for {where} is not installed: pip install 'digitrec[postgres]' "
