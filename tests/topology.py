@@ -11,6 +11,7 @@ health checks keep them out and every request goes to the ones that run.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -34,6 +35,7 @@ from tests.conftest import (
 ROOT = Path(__file__).resolve().parent.parent
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
 PROXY_SLOTS = 3  # replicas deploy/haproxy.cfg names
+DOWN = re.compile(r"Server replicas/(\w+) is DOWN")  # HAProxy's log line
 
 
 def topology_missing() -> str | None:
@@ -55,12 +57,14 @@ class Proxy:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         closed = f"127.0.0.1:{free_port()}"  # nothing listens there: health checks fail
-        slots = [*replicas, *[closed] * (PROXY_SLOTS - len(replicas))]
+        self.unused = PROXY_SLOTS - len(replicas)
+        slots = [*replicas, *[closed] * self.unused]
         self.env = {
             **os.environ,
             "DIGITREC_PROXY_BIND": f"127.0.0.1:{self.port}",
             **{f"DIGITREC_REPLICA_{i + 1}": address for i, address in enumerate(slots)},
         }
+        base.mkdir(parents=True, exist_ok=True)
         self.log = base / "haproxy.log"
         self._log_file = self.log.open("wb")
         self.process = subprocess.Popen(
@@ -71,14 +75,16 @@ class Proxy:
         )
 
     def wait_ready(self, timeout: float = 30) -> None:
-        """Until a request through the proxy reaches a ready replica."""
+        """Until a request through the proxy reaches a ready replica and HAProxy has taken
+        the unused slots out (it counts a server up until its checks fail)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"haproxy exited: {self.log.read_text()[-2000:]}")
+            down = len(set(DOWN.findall(self.log.read_text(errors="replace"))))
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
-                    if response.status == 200:
+                    if response.status == 200 and down >= self.unused:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
