@@ -364,7 +364,8 @@ def _flatten_lighting(ink: np.ndarray) -> np.ndarray:
     paper = paper.resize((w, h), Image.Resampling.BILINEAR)
     level = np.asarray(paper, dtype=np.float32)
     level /= 255.0
-    return ink - level
+    ink -= level  # in place: ``ink_map``'s own array
+    return ink
 
 
 def _window(a: np.ndarray, size: int, op: Any) -> np.ndarray:
@@ -431,14 +432,16 @@ def ink_map(img: Image.Image) -> np.ndarray:
     else:
         border = np.concatenate(strips)
         level = _median(border)
-        ink = ink - level  # even background: remove its level
+        ink -= level  # even background: remove its level (in place: every ``ink`` is new)
     noise = 1.4826 * _median(np.abs(border - level))  # robust std of the paper
     return _stretch(ink, floor=min(0.25, 3 * noise))
 
 
 def _stretch(ink: np.ndarray, floor: float) -> np.ndarray:
-    """Map the paper to 0 and the strongest ink to 1; drop noise below ``floor``."""
-    ink = np.clip(ink, 0, None, dtype=np.float32)  # a new array: the steps below work in place
+    """Map the paper to 0 and the strongest ink to 1; drop noise below ``floor``; in place.
+
+    What is darker than the paper (below 0) is not clipped first: every step is monotonic,
+    so the last clip makes it 0 all the same, and the robust maximum is unchanged."""
     peak = _robust_max(ink)
     if peak < MIN_CONTRAST:
         raise BlankImage("the image looks blank: no ink stands out from the background")

@@ -147,9 +147,12 @@ def _read_number_if_light(
     """A whole number read here if the file is light; None for the sandbox."""
     from digitrec.numbers.reader import read_number
 
-    if not check_structure(raw, predictor.limits).is_light(LIGHT_MAX_PIXELS):
+    structure = check_structure(raw, predictor.limits)
+    if not structure.is_light(LIGHT_MAX_PIXELS):
         return None
-    return read_number(raw, predictor, top_k=top_k, max_components=max_components)
+    return read_number(
+        raw, predictor, top_k=top_k, max_components=max_components, checked=structure
+    )
 
 
 def _read_number_reduced(
