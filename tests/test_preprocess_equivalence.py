@@ -26,7 +26,7 @@ from digitrec.realistic import LIGHT_ON_DARK, VARIANTS, realistic_set
 
 FIXTURE = Path(__file__).parent / "golden" / "preprocess_fixture.npz"
 MAX_MAD = 16.0  # grey levels (of 255): mean absolute difference of any one picture
-MAX_MAD_MEAN = 1.0  # ... and over the whole corpus
+MAX_MAD_MEAN = 0.8  # ... and over the whole corpus (0.71 now; nearest-neighbour reduction: 0.96)
 SAME_ANSWER = 0.995  # share of files the model answers the same for
 
 

@@ -377,12 +377,12 @@ def _window(a: np.ndarray, size: int, op: Any) -> np.ndarray:
 
 def _erode3(mask: np.ndarray) -> np.ndarray:
     """Binary 3x3 erosion; pixels outside the image count as set (OpenCV's default)."""
-    return cv2.erode(mask.view(np.uint8), _SQUARE).view(bool)
+    return cv2.erode(mask.view(np.uint8), _SQUARE).view(bool) if mask.size else mask.copy()
 
 
 def _dilate3(mask: np.ndarray) -> np.ndarray:
     """Binary 3x3 dilation; pixels outside the image count as unset (OpenCV's default)."""
-    return cv2.dilate(mask.view(np.uint8), _SQUARE).view(bool)
+    return cv2.dilate(mask.view(np.uint8), _SQUARE).view(bool) if mask.size else mask.copy()
 
 
 def _robust_max(a: np.ndarray) -> float:
