@@ -121,10 +121,11 @@ async def drive(
     pid: int,
     duration: float | None = None,
     requests: int | None = None,
+    path: str = PREDICT,
 ) -> Load:
     """``concurrency`` clients, each sending the next request when its answer is in; the
     requests go through ``bodies`` in turn (one body: the same request every time)."""
-    built = [build_request(url, "POST", PREDICT, body, kind) for body, kind in bodies]
+    built = [build_request(url, "POST", path, body, kind) for body, kind in bodies]
     turn = itertools.count()
     connections = [Connection(url) for _ in range(concurrency)]
     load = Load(concurrency)
@@ -214,6 +215,17 @@ def measure(server: ServerProcess, bodies: Bodies, args: argparse.Namespace) -> 
     }
 
 
+def measure_path(
+    server: ServerProcess, path: str, bodies: Bodies, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Latency at concurrency 1 and requests/s at 8 for another endpoint than predict."""
+    runs = [
+        run(drive(server.url, bodies, 1, server.pid, args.duration, args.latency_requests, path)),
+        run(drive(server.url, bodies, 8, server.pid, args.duration, path=path)),
+    ]
+    return {f"c{r.concurrency}": r.summary() for r in runs}
+
+
 def run_server(
     name: str,
     command: list[str],
@@ -221,12 +233,16 @@ def run_server(
     bodies: Bodies,
     args: argparse.Namespace,
     home: Path,
+    paths: dict[str, Bodies] | None = None,
 ) -> dict[str, Any]:
+    """Start a server, measure it (and ``paths``: other endpoints and their bodies), stop it."""
     print(f"  {name} ...", file=sys.stderr, flush=True)
     server = ServerProcess(command, home / f"{name}.log", env=env)
     try:
         server.wait_ready()
         result = measure(server, bodies, args)
+        if paths:
+            result["paths"] = {p: measure_path(server, p, b, args) for p, b in paths.items()}
     finally:
         result_code = server.stop()
     return {

@@ -4,12 +4,15 @@ people send, in the same run.
 The mix: MNIST test digits redrawn by ``digitrec.realistic`` as people send them, every
 variant whose image is at least ``MIN_SIDE`` pixels on its shorter side (canvas exports
 with transparency, opaque dark-on-light PNGs, JPEG screenshots, phone photos on paper up
-to 1600x1200, marker and ballpoint; light-on-dark files are not in it yet), in turn, as
-raw ``image/*`` bodies to ``POST /api/v1/predict`` (the baseline reads raw bodies only).
+to 1600x1200, marker and ballpoint, and light on dark: a dark-mode canvas export and chalk
+on a blackboard), in turn, as raw ``image/*`` bodies to ``POST /api/v1/predict`` (the
+baseline reads raw bodies only).
 For each server: latency p50/p95 at concurrency 1, requests per second at concurrency 8
 and 32, and the server's own CPU time per request (from its processes' CPU times,
 children included). Ours runs one worker per core, with its rejection, prediction log
-and metrics on (the defaults). In-process, each stage's share of the time on the mix.
+and metrics on (the defaults); beside it, ``POST /api/v1/number`` with 4-digit numbers
+(``numbers.synth``, canvas and photo in turn; the baseline has no such endpoint). In
+this process: each stage's share of the time on the mix, and its time per variant.
 
     python benchmarks/bench_realistic.py            # about 1 minute
     python benchmarks/bench_realistic.py --quick    # about 30 seconds
@@ -40,10 +43,13 @@ from common import (
 )
 from digitrec.config import Settings
 from digitrec.data import load_mnist
+from digitrec.numbers.synth import number_set
 from digitrec.predict import Predictor
-from digitrec.realistic import VARIANTS
+from digitrec.realistic import LIGHT_ON_DARK, VARIANTS
 
 MIN_SIDE = 200  # what people send is at least this big (a 28x28 file is not)
+NUMBER = "/api/v1/number"
+NUMBER_FILES = 20  # 4-digit numbers of each kind (canvas, photo), sent in turn
 KINDS = {"PNG": "image/png", "JPEG": "image/jpeg"}
 TARGETS = {  # issue #17, as ratios to the baseline in the same run
     "server_cpu_per_request": 1 / 3,  # at most
@@ -57,10 +63,11 @@ def realistic_mix(n: int, seed: int = 0) -> list[dict[str, Any]]:
     mnist = load_mnist(Settings(), progress=False)
     rng = np.random.default_rng(seed)
     made = []
-    names = list(VARIANTS)
+    variants = {**VARIANTS, **LIGHT_ON_DARK}
+    names = list(variants)
     for i in range(n * 3):  # more than enough: small variants are skipped
         name = names[i % len(names)]
-        raw = VARIANTS[name](mnist.test_images[i], rng)
+        raw = variants[name](mnist.test_images[i], rng)
         img = Image.open(io.BytesIO(raw))
         if min(img.size) < MIN_SIDE:
             continue
@@ -79,10 +86,26 @@ def realistic_mix(n: int, seed: int = 0) -> list[dict[str, Any]]:
     return made
 
 
+def number_bodies(seed: int = 0) -> list[tuple[bytes, str]]:
+    """4-digit numbers of MNIST test digits, as a canvas export (PNG) and a photo (JPEG)."""
+    mnist = load_mnist(Settings(), progress=False)
+    made = [
+        number_set(mnist, NUMBER_FILES, lengths=(4,), variant=variant, seed=seed + k)
+        for k, variant in enumerate(("canvas", "photo"))
+    ]
+    return [
+        (n.data, KINDS["JPEG" if n.data[:2] == b"\xff\xd8" else "PNG"])
+        for pair in zip(*made, strict=True)
+        for n in pair
+    ]
+
+
 def stage_shares(mix: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
-    """In this process: each stage of the served pipeline timed on every file."""
+    """In this process: each stage of the served pipeline timed on every file; the
+    shares over the mix, and the mean milliseconds per stage for each variant."""
     predictor = Predictor.from_settings(Settings())
     times: dict[str, list[float]] = {"open": [], "prepare": [], "infer": [], "answer": []}
+    by_variant: dict[str, dict[str, list[float]]] = {}
     for _ in range(rounds):
         for item in mix:
             t0 = time.perf_counter()
@@ -94,12 +117,19 @@ def stage_shares(mix: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
             t3 = time.perf_counter()
             predictor.answer(prepared, logits[0], 3, t0)
             t4 = time.perf_counter()
+            mine = by_variant.setdefault(item["variant"], {stage: [] for stage in times})
             for stage, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 times[stage].append(seconds)
+                mine[stage].append(seconds)
     total = sum(sum(v) for v in times.values())
-    return {
+    shares: dict[str, Any] = {
         stage: {"ms": summarize(v), "share": round(sum(v) / total, 3)} for stage, v in times.items()
     }
+    shares["ms_by_variant"] = {
+        name: {stage: round(float(np.mean(v)) * 1000, 3) for stage, v in stages.items()}
+        for name, stages in by_variant.items()
+    }
+    return shares
 
 
 def main() -> None:
@@ -107,21 +137,36 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 s per figure")
     parser.add_argument("--n", type=int, default=300, help="files in the mix")
     parser.add_argument("--output", type=Path, help="result file (default benchmarks/results/)")
+    parser.add_argument(
+        "--stages", action="store_true", help="only the in-process times per stage (no server)"
+    )
     args = parser.parse_args()
     args.duration = 2.0 if args.quick else 8.0
     args.latency_requests = 150 if args.quick else 600
     mix = realistic_mix(args.n)
+    if args.stages:
+        print_stages(stage_shares(mix, rounds=3))
+        return
     bodies = [(m["body"], m["content_type"]) for m in mix]
     workers = str(os.cpu_count() or 1)
     plan = [
-        ("digitrec", digitrec_serve_command(), {"DIGITREC_WORKERS": workers}),
-        ("flask-baseline", flask_command(), {}),
+        ("digitrec", digitrec_serve_command(), {"DIGITREC_WORKERS": workers}, True),
+        ("flask-baseline", flask_command(), {}, False),
     ]
+    numbers = {NUMBER: number_bodies()}
     with tempfile.TemporaryDirectory(prefix="bench-realistic-") as tmp:
         home = Path(tmp)
         servers = [
-            run_server(name, command, server_env(home / name, settings), bodies, args, home)
-            for name, command, settings in plan
+            run_server(
+                name,
+                command,
+                server_env(home / name, settings),
+                bodies,
+                args,
+                home,
+                numbers if reads_numbers else None,
+            )
+            for name, command, settings, reads_numbers in plan
         ]
     ours, base = servers
 
@@ -177,12 +222,27 @@ def main() -> None:
             rows,
         )
     )
+    for s in servers:
+        for endpoint, runs in s.get("paths", {}).items():
+            print(
+                f"{s['name']} {endpoint} (4 digits): p50 {runs['c1']['latency_ms']['p50']} ms, "
+                f"{runs['c8']['requests_per_s']} req/s c8, "
+                f"{runs['c8']['server_cpu_ms_per_request']} CPU ms/req, {runs['c8']['statuses']}"
+            )
     for key, value in ratios.items():
         print(f"{key}: {value} (target {TARGETS[key]:.3g}) {'met' if met[key] else 'MISSED'}")
-    for stage, v in results["stages_in_process"].items():
-        print(f"stage {stage}: p50 {v['ms']['p50']} ms, {v['share'] * 100:.0f} % of the time")
+    print_stages(results["stages_in_process"])
     path = save_results("bench_realistic", results, machine_info(), args.output)
     print(f"\nwrote {path}")
+
+
+def print_stages(stages: dict[str, Any]) -> None:
+    for stage, v in stages.items():
+        if stage != "ms_by_variant":
+            print(f"stage {stage}: p50 {v['ms']['p50']} ms, {v['share'] * 100:.0f} % of the time")
+    names = ["open", "prepare", "infer", "answer"]
+    rows = [[name, *(ms[s] for s in names)] for name, ms in stages["ms_by_variant"].items()]
+    print(table(["variant (ms)", *names], rows))
 
 
 if __name__ == "__main__":

@@ -488,14 +488,23 @@ def realistic(data: dict[str, Any]) -> str:
         for key, value in data["ratios_to_baseline"].items()
     )
     stages = ", ".join(
-        f"{stage} {v['share'] * 100:.0f} %" for stage, v in data["stages_in_process"].items()
+        f"{stage} {v['share'] * 100:.0f} %"
+        for stage, v in data["stages_in_process"].items()
+        if stage != "ms_by_variant"
+    )
+    numbers = "".join(
+        f"\n\n`POST {endpoint}` ({s['name']}, 4-digit numbers, canvas and photo): p50 "
+        f"{runs['c1']['latency_ms']['p50']} ms (c1), {runs['c8']['requests_per_s']} req/s (c8), "
+        f"{runs['c8']['server_cpu_ms_per_request']} CPU ms/request."
+        for s in data["servers"]
+        for endpoint, runs in s.get("paths", {}).items()
     )
     mix = data["mix"]
     return (
         "## Speed on a realistic mix (`python benchmarks/bench_realistic.py`)\n\n"
         f"{mix['files']} files ({', '.join(mix['variants'])}; {mix['bytes_mean']:,} bytes on "
-        f"average), ours with {data['workers']} worker(s).\n\n{table}\n\nRatios to the "
-        f"baseline: {ratios}. Time per stage in-process: {stages}.\n\n{machine_line(data)}\n"
+        f"average), ours with {data['workers']} worker(s).\n\n{table}{numbers}\n\nRatios to "
+        f"the baseline: {ratios}. Time per stage in-process: {stages}.\n\n{machine_line(data)}\n"
     )
 
 

@@ -10,6 +10,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
@@ -30,7 +31,9 @@ from digitrec.preprocess import (
     _erode3,
     _ink_bbox,
     _median,
+    _morph_step,
     _robust_max,
+    _window,
     decode,
     ink_map,
     mnist_layout,
@@ -301,6 +304,42 @@ def test_robust_max_matches_its_definition(seed: int) -> None:
     elif w > 1:  # a bright pair: the brightest pixel has an equally bright neighbour
         a[y, max(0, x - 1) : max(0, x - 1) + 2] = 3.0
     assert _robust_max(a) == _robust_max_by_definition(a)
+
+
+def _window_by_definition(a: np.ndarray, size: int, reduce: Any) -> np.ndarray:
+    """Min or max over each size x size window, the edge repeated outwards."""
+    views = np.lib.stride_tricks.sliding_window_view(
+        np.pad(a, size // 2, mode="edge"), (size, size)
+    )
+    return np.asarray(reduce(views, axis=(-2, -1)))
+
+
+def _step_by_definition(a: np.ndarray, op: np.ufunc, square: bool) -> np.ndarray:
+    """One 3x3 square or cross step of ``op``, paper (0) outside the image."""
+    p = np.pad(a, 1)
+    cross = op.reduce([p[1:-1, 1:-1], p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]])
+    corners = op.reduce([p[:-2, :-2], p[:-2, 2:], p[2:, :-2], p[2:, 2:]])
+    return np.asarray(op(cross, corners)) if square else np.asarray(cross)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_morphology_matches_its_definition(seed: int) -> None:
+    """The OpenCV calls give exactly what the plain numpy definitions give."""
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(1, 40, size=2)
+    grey = rng.random((h, w)).astype(np.float32)
+    mask = grey > 0.6
+    edged = np.pad(mask, 1, mode="edge")  # erosion: outside counts as set; dilation: unset
+    erode = _step_by_definition(edged.astype(np.uint8), np.minimum, True)[1:-1, 1:-1]
+    assert (_erode3(mask) == erode.astype(bool)).all()
+    assert (_dilate3(mask) == _step_by_definition(mask, np.maximum, True)).all()
+    levels = (grey * 255).astype(np.uint8)
+    assert (_window(levels, 15, cv2.erode) == _window_by_definition(levels, 15, np.min)).all()
+    assert (_window(levels, 15, cv2.dilate) == _window_by_definition(levels, 15, np.max)).all()
+    for op, ufunc in ((cv2.erode, np.minimum), (cv2.dilate, np.maximum)):
+        for square in (True, False):
+            expected = _step_by_definition(grey, ufunc, square)
+            assert (_morph_step(grey, op, square) == expected).all()
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])

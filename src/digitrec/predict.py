@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from digitrec import imagecheck
 from digitrec.config import Settings
 from digitrec.errors import DependencyMissing, InvalidRequest, ModelInvalid
 from digitrec.preprocess import Limits, Preprocessed, decode, prepare
@@ -206,9 +207,10 @@ class Predictor:
         return self.entry.ref
 
     # -- the four stages --
-    def open(self, raw: bytes) -> Image.Image:
-        """Image file bytes -> decoded image, the upload limits checked first."""
-        return decode(raw, self.limits)
+    def open(self, raw: bytes, checked: imagecheck.Structure | None = None) -> Image.Image:
+        """Image file bytes -> decoded image, the upload limits checked first (``checked``:
+        the structure walk's result, when the caller has done it with ``self.limits``)."""
+        return decode(raw, self.limits, checked)
 
     def prepare(self, image: Image.Image) -> Preprocessed:
         """Decoded image -> model input, with this model's spec."""

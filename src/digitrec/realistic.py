@@ -204,6 +204,36 @@ def ballpoint_photo(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     return _encode(blue, "JPEG", quality=85)
 
 
+def dark_canvas(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A dark-mode canvas export: a light stroke on an opaque near-black fill, drawn at a
+    device pixel ratio of 2 (560x560), PNG with an alpha channel that is opaque throughout."""
+    ink = _on_canvas(_scaled(digit, 400), (2 * CANVAS, 2 * CANVAS), (80, 80))[..., None]
+    ground = rng.integers(10, 40, size=3)  # #121212 and its kin
+    pen = rng.integers(200, 256, size=3)  # white or a light colour
+    rgba = np.full((*ink.shape[:2], 4), 255, dtype=np.uint8)
+    rgba[..., :3] = np.rint(ground * (1 - ink) + pen * ink).astype(np.uint8)
+    return _encode(Image.fromarray(rgba))
+
+
+def chalk(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A phone photo of chalk on a blackboard: grainy light strokes on a dark green-grey
+    board lit from one side, sensor noise, blur, JPEG (800x600)."""
+    h, w = 600, 800
+    side = int(rng.integers(220, 320))
+    x, y = int(rng.integers(60, w - side - 60)), int(rng.integers(20, h - side - 20))
+    ink = _on_canvas(_scaled(digit, side), (w, h), (x, y))
+    ink *= rng.uniform(0.55, 1.0, size=(h, w))  # chalk leaves grain, not a solid line
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(angle) * xx / w + np.sin(angle) * yy / h
+    board = 0.14 + 0.12 * (ramp - ramp.min()) / (np.ptp(ramp) + 1e-6)  # lit from one side
+    grey = board * (1 - ink) + 0.85 * ink + rng.normal(0, 0.02, size=(h, w))
+    tint = np.array([0.8, 1.0, 0.85], dtype=np.float32)  # a green board
+    rgb = np.clip(grey[..., None] * tint * 255, 0, 255).astype(np.uint8)
+    img = Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(0.8))
+    return _encode(img, "JPEG", quality=85)
+
+
 VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "clean_png": clean_png,
     "off_centre": off_centre,
@@ -221,13 +251,26 @@ VARIANTS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
 }
 
 
+LIGHT_ON_DARK: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
+    "dark_canvas": dark_canvas,
+    "chalk": chalk,
+}
+
+
+Variants = dict[str, Callable[[np.ndarray, np.random.Generator], bytes]]
+
+
 def realistic_set(
-    images: np.ndarray, labels: np.ndarray, n: int, seed: int = 0
+    images: np.ndarray,
+    labels: np.ndarray,
+    n: int,
+    seed: int = 0,
+    variants: Variants = VARIANTS,
 ) -> list[tuple[str, int, bytes]]:
     """``(variant, label, file bytes)`` for the first ``n`` digits in every variant."""
     rng = np.random.default_rng(seed)
     return [
         (name, int(labels[i]), make(images[i], rng))
-        for name, make in VARIANTS.items()
+        for name, make in variants.items()
         for i in range(min(n, len(images)))
     ]

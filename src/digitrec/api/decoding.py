@@ -147,9 +147,12 @@ def _read_number_if_light(
     """A whole number read here if the file is light; None for the sandbox."""
     from digitrec.numbers.reader import read_number
 
-    if not check_structure(raw, predictor.limits).is_light(LIGHT_MAX_PIXELS):
+    structure = check_structure(raw, predictor.limits)
+    if not structure.is_light(LIGHT_MAX_PIXELS):
         return None
-    return read_number(raw, predictor, top_k=top_k, max_components=max_components)
+    return read_number(
+        raw, predictor, top_k=top_k, max_components=max_components, checked=structure
+    )
 
 
 def _read_number_reduced(
@@ -180,6 +183,7 @@ def _scaled_box(
 def _prepare_if_light(predictor: Predictor, raw: bytes) -> Preprocessed | None:
     """Prepared here if light; None for the sandbox. What needs no decoder to refuse is
     refused here either way, so a hostile file never costs a trip to the sandbox."""
-    if not check_structure(raw, predictor.limits).is_light(LIGHT_MAX_PIXELS):
+    structure = check_structure(raw, predictor.limits)
+    if not structure.is_light(LIGHT_MAX_PIXELS):
         return None
-    return predictor.prepare(predictor.open(raw))
+    return predictor.prepare(predictor.open(raw, structure))  # walked once, not twice

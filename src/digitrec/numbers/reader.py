@@ -24,6 +24,7 @@ from PIL import Image
 
 from digitrec.config import Settings
 from digitrec.errors import BlankImage
+from digitrec.imagecheck import Structure
 from digitrec.numbers.segment import (
     MAX_DIGIT_WIDTH,
     MIN_DIGIT_WIDTH,
@@ -116,6 +117,7 @@ def read_number(
     *,
     top_k: int = 3,
     max_components: int = MAX_COMPONENTS,
+    checked: Structure | None = None,
 ) -> NumberReading:
     """Read the whole number written in ``image``, left to right.
 
@@ -123,7 +125,8 @@ def read_number(
     an image already opened with ``Predictor.open`` (boxes are then in its pixels,
     which a big JPEG's reduced decoding may have made smaller than the file's).
     ``top_k``: answers per piece (1-10). ``max_components``: marks allowed before the
-    image is refused (``Settings.number_max_components``).
+    image is refused (``Settings.number_max_components``). ``checked``: the bytes'
+    structure walk (``preprocess.check_structure``), when the caller has done it.
 
     Returns a ``NumberReading``: ``digits``, one ``NumberDigit`` per piece, left to
     right (box ``(x, y, width, height)`` in the uploaded image's pixels, digit,
@@ -137,7 +140,7 @@ def read_number(
     too_many_components) over ``max_components`` marks, counted before any piece is
     prepared or read, and ``InvalidRequest`` for a bad ``top_k``.
     """
-    return _read(image, predictor, digit_groups, True, top_k, max_components)
+    return _read(image, predictor, digit_groups, True, top_k, max_components, checked)
 
 
 def read_number_projection(
@@ -169,10 +172,11 @@ def _read(
     cut: bool,
     top_k: int,
     max_components: int,
+    checked: Structure | None = None,
 ) -> NumberReading:
     started = time.perf_counter()
     if isinstance(image, bytes):
-        img, (width, height) = _open(image, predictor)
+        img, (width, height) = _open(image, predictor, checked)
     else:
         img, (width, height) = image, image.size
     comps = label_ink(ink_map(img), max_components)
@@ -201,10 +205,12 @@ def _read(
     )
 
 
-def _open(raw: bytes, predictor: Predictor) -> tuple[Image.Image, tuple[int, int]]:
+def _open(
+    raw: bytes, predictor: Predictor, checked: Structure | None
+) -> tuple[Image.Image, tuple[int, int]]:
     """``Predictor.open``'s two steps, keeping the size the file declares: big JPEGs are
     decoded at a reduced scale, and boxes are given in the uploaded image's pixels."""
-    img = open_image(raw, predictor.limits)
+    img = open_image(raw, predictor.limits, checked)
     width, height = img.size
     load(img)
     if (img.width > img.height) != (width > height):  # turned by its EXIF orientation

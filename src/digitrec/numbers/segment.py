@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from digitrec.errors import BlankImage, TooManyComponents
-from digitrec.preprocess import MARK_LEVEL, MIN_INK_PIXELS
+from digitrec.preprocess import MARK_LEVEL, MIN_INK_PIXELS, _dilate3
 
 EIGHT_NEIGHBOURS = np.ones((3, 3), bool)  # diagonal pixels join a stroke too
 SPECK_SHARE = 0.02  # components under this share of the largest one's area are specks
@@ -208,7 +208,7 @@ def group_ink(
     box = (slice(group.top, group.bottom), slice(group.left, group.right))
     labels = comps.labels[box]
     own = np.isin(labels, list(group.labels))
-    near = ndimage.binary_dilation(own, EIGHT_NEIGHBOURS) & ((labels == 0) | own)
+    near = _dilate3(own) & ((labels == 0) | own)  # EIGHT_NEIGHBOURS, in OpenCV
     ink = np.where(near, comps.ink[box], 0).astype(np.float32)
     if len(group.labels) > 1 and group.width <= MAX_DIGIT_WIDTH * comps.digit_height:
         # A digit joined from pieces: bridge the gaps between them (a faint band, a
