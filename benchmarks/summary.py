@@ -525,6 +525,7 @@ def replicas(data: dict[str, Any]) -> str:
                     run["latency_ms"]["p95"],
                     cpu["replicas"],
                     cpu.get("haproxy", "-"),
+                    cpu.get("postgres+redis", "-"),
                     cpu["load generator"],
                 ]
             )
@@ -538,6 +539,7 @@ def replicas(data: dict[str, Any]) -> str:
         "p95 ms",
         "replicas CPU ms/req",
         "HAProxy CPU ms/req",
+        "PostgreSQL+Redis CPU ms/req",
         "client CPU ms/req",
     ]
     return (

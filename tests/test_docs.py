@@ -175,3 +175,30 @@ def test_readme_quotes_what_keeping_answers_costs() -> None:
     rps = data["requests_per_s"]
     assert f"costs {data['cost'] * 100:.1f} % of throughput" in README
     assert f"{rps['log on']:.0f} against {rps['log off']:.0f} requests" in README
+
+
+def test_readme_replica_figures_are_the_ones_the_results_produce() -> None:
+    """The README's 1/2/3-replica table is the one ``summary.replicas`` renders from
+    ``bench_replicas.json``, and the costs quoted under it are that file's."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from summary import replicas
+    finally:
+        sys.path.pop(0)
+    data = json.loads((ROOT / "benchmarks" / "results" / "bench_replicas.json").read_text())
+    rendered = replicas(data)
+    table = "\n".join(line for line in rendered.splitlines() if line.startswith("|"))
+    assert table in README
+    two = next(c for c in data["configs"] if c["name"] == "2 behind HAProxy")["runs"]["c8"]
+    cpu = two["cpu_ms_per_request"]
+    busy = two["answered_per_s"] * sum(cpu.values()) / 1000
+    text = " ".join(README.split())
+    for quote in (
+        f"a replica spends {cpu['replicas']:.2f} ms of CPU per request",
+        f"HAProxy {cpu['haproxy']:.2f} ms, PostgreSQL and Redis together "
+        f"{cpu['postgres+redis']:.2f} ms, the load generator {cpu['load generator']:.2f} ms",
+        f"at {two['answered_per_s']:.0f} answers per second that is {busy:.2f} CPU-seconds",
+    ):
+        assert quote in text, quote
