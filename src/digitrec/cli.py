@@ -35,6 +35,9 @@ def _add_paths(p: argparse.ArgumentParser) -> None:
     g.add_argument("--home", type=Path, default=S, help="root of models/, runs/ and digitrec.db")
     g.add_argument("--models-dir", type=Path, default=S, help="model registry folder")
     g.add_argument("--data-dir", type=Path, default=S, help="MNIST cache folder")
+    g.add_argument(
+        "--datasets-dir", type=Path, default=S, help="imported datasets (default <home>/datasets)"
+    )
 
 
 def _add_model(p: argparse.ArgumentParser, positional: bool = False) -> None:
@@ -92,7 +95,16 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         "size stays the global one, split over them); as torchrun --nproc_per_node N",
     )
     p.add_argument("--arch", default=S, help="architecture (default digitnet; tutorialnet too)")
-    p.add_argument("--name", default=S, help="registry name of the model (default: the arch)")
+    p.add_argument(
+        "--dataset",
+        default=S,
+        help="mnist (default) or a dataset added by `digitrec data import`",
+    )
+    p.add_argument(
+        "--name",
+        default=S,
+        help="registry name of the model (default: the arch, then -DATASET when not mnist)",
+    )
     p.add_argument("--epochs", type=int, default=S, help="passes over the data (default 20)")
     p.add_argument("--batch-size", type=int, default=S, help="images per step (default 128)")
     p.add_argument("--lr", type=float, default=S, help="peak learning rate (default 3e-3)")
@@ -140,6 +152,57 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_dataset_commands(data_sub: Any) -> list[argparse.ArgumentParser]:
+    from digitrec.datasets import FORMATS
+    from digitrec.scripts import SCRIPTS
+
+    imp = data_sub.add_parser(
+        "import",
+        help="turn a dataset you have into one `train --dataset` uses",
+        description="Import IDX files (MNIST, MADBase), a CSV of pixels with a label "
+        "column (Kannada-MNIST) or a folder per digit of image files into a verified "
+        "dataset. Nothing is downloaded.",
+    )
+    imp.add_argument("--format", dest="import_format", required=True, choices=FORMATS)
+    imp.add_argument("path", type=Path, metavar="PATH", help="the folder or file to import")
+    imp.add_argument("--name", dest="dataset_name", required=True, help="the dataset's name")
+    imp.add_argument(
+        "--script", required=True, metavar="SCRIPT", help=f"its digits: {', '.join(SCRIPTS)}"
+    )
+    imp.add_argument("--force", action="store_true", help="replace a dataset of that name")
+    imp.add_argument(
+        "--test-share",
+        type=_share,
+        metavar="F",
+        help="without a test split: hold out this share of each digit (e.g. 0.15)",
+    )
+    imp.add_argument("--label-column", default="label", help="csv: the label column (label)")
+    imp.add_argument("--test-file", type=Path, metavar="FILE", help="csv: the test split's file")
+    for split in ("train", "test"):
+        for what in ("images", "labels"):
+            imp.add_argument(
+                f"--{split}-{what}",
+                dest=f"idx_{split}_{what}",
+                type=Path,
+                metavar="FILE",
+                help=f"idx: the {split} {what} file (default: found by name in PATH)",
+            )
+    imp.add_argument(
+        "--relayout",
+        action="store_true",
+        help="prepare 28x28 images in MNIST layout too, as uploads are (default: kept)",
+    )
+    imp.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    dlist = data_sub.add_parser("list", help="MNIST and the imported datasets")
+    dlist.add_argument("--json", action="store_true", help="print one JSON array")
+    show = data_sub.add_parser("show", help="an imported dataset's manifest, files verified")
+    show.add_argument("dataset_name", metavar="NAME")
+    show.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    remove = data_sub.add_parser("remove", help="delete an imported dataset")
+    remove.add_argument("dataset_name", metavar="NAME")
+    return [imp, dlist, show, remove]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="digitrec",
@@ -153,8 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser(
         "data",
-        help="fetch and inspect MNIST",
-        description="Fetch, verify and describe the MNIST files.",
+        help="fetch MNIST, import other datasets",
+        description="Fetch, verify and describe the MNIST files; import, list, show and "
+        "remove datasets of other scripts.",
     )
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     fetch = data_sub.add_parser(
@@ -194,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Where the MNIST files are, their sizes, MD5 verification and class counts.",
     )
     info.add_argument("--json", action="store_true", help="print one JSON object")
-    for p in (fetch, info):
+    data_parsers = [fetch, info, *_add_dataset_commands(data_sub)]
+    for p in data_parsers:
         _add_paths(p)
 
     train = sub.add_parser(
@@ -382,6 +447,9 @@ def emit_json(obj: Any) -> None:
 def cmd_data(args: argparse.Namespace, settings: Settings) -> int:
     from digitrec.data import describe, fetch_mnist
 
+    if args.data_command in ("import", "list", "show", "remove"):
+        return cmd_datasets(args, settings)
+
     if args.data_command == "fetch":
         paths = fetch_mnist(settings, source=args.source, progress=not args.quiet)
         print(f"MNIST ready in {settings.data_dir} ({len(paths)} files verified)")
@@ -402,6 +470,66 @@ def cmd_data(args: argparse.Namespace, settings: Settings) -> int:
     if not info["ready"]:
         print("run `digitrec data fetch` to download and verify the missing files")
     return 0 if info["ready"] else 1
+
+
+def cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
+    from digitrec import datasets
+
+    if args.data_command == "import":
+        options = datasets.ImportOptions(
+            label_column=args.label_column,
+            test_file=args.test_file,
+            idx_files={
+                datasets.FILES[split, what]: path
+                for (split, what) in datasets.FILES
+                if (path := getattr(args, f"idx_{split}_{what}")) is not None
+            },
+            test_share=args.test_share,
+            relayout=args.relayout,
+        )
+        manifest = datasets.import_dataset(
+            settings,
+            args.import_format,
+            args.path,
+            args.dataset_name,
+            args.script,
+            options,
+            force=args.force,
+        )
+        if args.json:
+            emit_json(manifest)
+        else:
+            print(_dataset_line(manifest))
+        return 0
+    if args.data_command == "list":
+        rows = datasets.list_datasets(settings)
+        if args.json:
+            emit_json(rows)
+            return 0
+        for row in rows:
+            state = "ready" if row["ready"] else row.get("error", "not fetched")
+            sizes = f"{row['train']:>7,d} train {row['test']:>7,d} test" if "train" in row else ""
+            print(f"{row['name']:20s} {row.get('script', '?'):13s} {sizes:30s} {state}")
+        return 0
+    if args.data_command == "show":
+        manifest = datasets.show_dataset(settings, args.dataset_name)
+        if args.json:
+            emit_json(manifest)
+        else:
+            print(_dataset_line(manifest))
+            print(f"  source: {manifest['source']['format']} {manifest['source']['path']}")
+            for split in datasets.SPLITS:
+                print(f"  {split} per digit: {manifest['splits'][split]['per_label']}")
+            print(f"  layout: {manifest['layout']}; files verified (SHA-256)")
+        return 0
+    folder = datasets.remove_dataset(settings, args.dataset_name)
+    print(f"removed dataset {args.dataset_name} ({folder})")
+    return 0
+
+
+def _dataset_line(m: dict[str, Any]) -> str:
+    train, test = m["splits"]["train"]["count"], m["splits"]["test"]["count"]
+    return f"dataset {m['name']} ({m['script']}): {train:,} train and {test:,} test images"
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:

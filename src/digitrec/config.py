@@ -25,6 +25,9 @@ TOP_K_MAX = 10  # answers per image at most: every digit
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the CLI's and the workers'
 LOG_DATEFMT = "%H:%M:%S"
 WORKER_LOG_LEVEL = "DIGITREC_WORKER_LOG_LEVEL"  # serve's log level, for --workers N processes
+MNIST = "mnist"  # the dataset name of MNIST itself: fetched, never imported (data.py)
+# Names of imported datasets (datasets.py): a folder name, safe in any file system and URL.
+DATASET_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 
 
 def _default_home() -> Path:
@@ -45,7 +48,8 @@ class TrainingSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DIGITREC_", extra="forbid")
 
-    # --- data split ------------------------------------------------------------
+    # --- data ------------------------------------------------------------------
+    dataset: str = Field(MNIST, pattern=DATASET_NAME_PATTERN)  # mnist, or an imported dataset
     val_size: int = Field(5000, ge=100, le=30000)  # images held out from the 60k for selection
     split_seed: int = 20240229  # fixed seed of the train/validation split
 
@@ -104,6 +108,7 @@ class Settings(TrainingSettings):
     # --- paths ---------------------------------------------------------------
     home: Path = Field(default_factory=_default_home)  # root for models/, runs/, digitrec.db
     data_dir: Path = Field(default_factory=_default_data_dir)  # MNIST IDX cache
+    datasets_dir: Path | None = None  # imported datasets (data import); default <home>/datasets
     models_dir: Path | None = None  # model registry; default <home>/models
     runs_dir: Path | None = None  # training run folders; default <home>/runs
     # The old API key file (keys now live in the database): imported once when the key
@@ -207,7 +212,9 @@ class Settings(TrainingSettings):
                 raise ValueError(f"not an IP address or network: {item!r}") from None
         return value
 
-    @field_validator("home", "data_dir", "models_dir", "runs_dir", "keys_file", mode="after")
+    @field_validator(
+        "home", "data_dir", "datasets_dir", "models_dir", "runs_dir", "keys_file", mode="after"
+    )
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
@@ -228,8 +235,16 @@ class Settings(TrainingSettings):
 
     @property
     def model_name(self) -> str:
-        """Registry name for a trained model."""
-        return self.name or self.arch
+        """Registry name for a trained model: ``name``, else the arch, suffixed with the
+        dataset when it is not MNIST (``digitnet-kannada``), so that a model of another
+        script never becomes the newest version of the MNIST model."""
+        if self.name:
+            return self.name
+        return self.arch if self.dataset == MNIST else f"{self.arch}-{self.dataset}"
+
+    @property
+    def datasets_path(self) -> Path:
+        return self.datasets_dir or self.home / "datasets"
 
     @property
     def registry_dir(self) -> Path:

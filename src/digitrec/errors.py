@@ -162,7 +162,7 @@ class ModelNotReady(DigitrecError):
 
 
 class DataUnavailable(DigitrecError):
-    """MNIST could not be found, fetched or verified."""
+    """A dataset (MNIST or an imported one) could not be found, fetched or verified."""
 
     code = "data_unavailable"
     exit_code = 4
