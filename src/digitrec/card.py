@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from digitrec.config import MNIST
 from digitrec.registry import ModelEntry
 from digitrec.storage import atomic_write_text
 
@@ -71,7 +72,8 @@ def render(entry: ModelEntry) -> str:
         "|---|---|",
         f"| Architecture | `{s['architecture']}` {m['architecture'].get('args')} |",
         f"| Parameters | {s['parameters']:,} |",
-        f"| Test accuracy | {acc * 100:.2f} % on {s['test_size']:,} MNIST test images |"
+        f"| Test accuracy | {acc * 100:.2f} % on {s['test_size']:,} "
+        f"{_dataset(m['data'])} test images |"
         if acc is not None
         else "| Test accuracy | not measured |",
         f"| Test errors | {metrics.get('test_errors')} |",
@@ -81,7 +83,7 @@ def render(entry: ModelEntry) -> str:
         f"| Commit | {m.get('git_commit') or 'unknown'} |",
         "",
         "## Training data",
-        f"MNIST, verified by MD5: {m['data']['train_size']:,} training images, "
+        f"{_data_name(m['data'])}: {m['data']['train_size']:,} training images, "
         f"{m['data']['val_size']:,} held out for model selection (split seed "
         f"{m['data']['split_seed']}), {m['data']['test_size']:,} test images used only for "
         "this report.",
@@ -104,6 +106,19 @@ def render(entry: ModelEntry) -> str:
         )
     lines += ["", *_rejection_lines(m), "", "## Limits", _limits(m), ""]
     return "\n".join(lines)
+
+
+def _dataset(data: dict[str, Any]) -> str:
+    """MNIST (also for models from before imported datasets), or the dataset's name."""
+    name = data.get("dataset", MNIST)
+    return "MNIST" if name == MNIST else f"`{name}`"
+
+
+def _data_name(data: dict[str, Any]) -> str:
+    """The dataset, its script when not MNIST, and how its files were checked."""
+    if data.get("dataset", MNIST) == MNIST:
+        return "MNIST, verified by MD5"
+    return f"Dataset {_dataset(data)} ({data.get('script')} digits), verified by SHA-256"
 
 
 def _feedback_lines(m: dict[str, Any]) -> list[str]:

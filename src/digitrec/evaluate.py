@@ -28,7 +28,8 @@ import numpy as np
 from digitrec import negatives
 from digitrec.calibration import reliability
 from digitrec.config import Settings
-from digitrec.data import Mnist, load_fashion_mnist_test, load_mnist
+from digitrec.data import Mnist, load_fashion_mnist_test
+from digitrec.datasets import dataset_of, load_dataset
 from digitrec.errors import DigitrecError
 from digitrec.predict import Predictor
 from digitrec.preprocess import (
@@ -119,7 +120,9 @@ class Evaluator:
     def __init__(self, settings: Settings, predictor: Predictor | None = None) -> None:
         self.settings = settings
         self.predictor = predictor or Predictor.from_settings(settings)
-        self.mnist: Mnist = load_mnist(settings, progress=False)
+        # The test split of the model's own dataset (MNIST unless it was trained on another).
+        manifest = self.predictor.entry.manifest
+        self.mnist: Mnist = load_dataset(settings, dataset_of(manifest), progress=False)
 
     @property
     def rule(self) -> Rejection:

@@ -87,7 +87,7 @@ def calibrate(trainer: Trainer, run_dir: Path, test_logits: np.ndarray) -> dict[
         "calibration": {
             "method": "temperature",
             "temperature": temperature,
-            "fitted_on": f"{len(val_labels)} MNIST validation digits",
+            "fitted_on": f"{len(val_labels)} {trainer.settings.dataset} validation digits",
             "test_ece_before": before["ece"],
             "test_ece_after": after["ece"],
             "test_reliability": after,

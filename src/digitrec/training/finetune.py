@@ -103,7 +103,7 @@ def run_settings(settings: Settings, entry: ModelEntry) -> Settings:
         "from_version": entry.ref,
     }
     data = manifest.get("data", {})
-    for key in ("val_size", "split_seed"):
+    for key in ("dataset", "val_size", "split_seed"):
         if key not in settings.model_fields_set and key in data:
             update[key] = data[key]
     if output_classes(entry) <= DIGIT_CLASSES:

@@ -15,9 +15,11 @@ Given a ``FineTune`` (built by ``finetune.py``), the same loop fine-tunes a regi
 model instead: its architecture, weights and preprocessing to start from, ``finetune_epochs``
 at ``finetune_lr`` held constant then decayed, and users' corrections mixed into every batch.
 
-Model selection uses the validation split (carved from the 60,000 training images with
-``split_seed`` by ``split_indices``); ``select_epoch`` picks the epoch whose weights are
-kept. ``evaluate`` scores a model on any split in float32, as the served model computes.
+The data is ``settings.dataset``: MNIST, or a dataset imported with `digitrec data
+import` (``datasets.load_dataset``), split the same way. Model selection uses the
+validation split (carved from the training images with ``split_seed`` by
+``split_indices``); ``select_epoch`` picks the epoch whose weights are kept. ``evaluate``
+scores a model on any split in float32, as the served model computes.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from digitrec.config import Settings
-from digitrec.data import Mnist, load_mnist
+from digitrec.data import Mnist
+from digitrec.datasets import load_dataset
 from digitrec.errors import InvalidRequest
 from digitrec.model import count_parameters, create_model
 from digitrec.negatives import training_pool
@@ -190,7 +193,7 @@ class Trainer:
         self.device = self.world.device(settings.device)
         self.dtype = autocast_dtype(self.device, settings.mixed_precision)
         if data is None:  # rank 0 fetches MNIST if need be, the others then read the cache
-            data = self.world.main_first(lambda: load_mnist(settings, progress=self.progress))
+            data = self.world.main_first(lambda: load_dataset(settings, progress=self.progress))
         self.data = data
         self._split()
         if finetune is not None:

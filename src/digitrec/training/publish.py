@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from digitrec import __version__
-from digitrec.data import MNIST_FILES
+from digitrec.datasets import data_section
 from digitrec.model import count_parameters, model_args
 from digitrec.registry import MANIFEST, ONNX, WEIGHTS, ModelEntry, Registry
 from digitrec.rejection import LABELS
@@ -85,8 +85,7 @@ def build_manifest(trainer: Trainer, run_id: str, metrics: dict[str, Any]) -> di
         **trainer.sections,
         "input": {"shape": [1, 1, 28, 28], "dtype": "float32", "layout": "NCHW"},
         "data": {
-            "source": "MNIST",
-            "md5": dict(MNIST_FILES),
+            **data_section(trainer.data),  # dataset name, script, source and file hashes
             "train_size": len(trainer.x_train),
             "val_size": len(trainer.x_val),
             "test_size": len(trainer.x_test),

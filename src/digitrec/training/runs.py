@@ -161,7 +161,7 @@ def load_run_settings(run_dir: Path, current: Settings) -> Settings:
     """The settings a run started with. Paths come from now; device and threads too, but
     only when given explicitly (another thread count can change the numbers slightly)."""
     stored = json.loads((run_dir / SETTINGS_FILE).read_text(encoding="utf-8"))
-    paths = {"home", "data_dir", "models_dir", "runs_dir"}
+    paths = {"home", "data_dir", "datasets_dir", "models_dir", "runs_dir"}
     override = paths | ({"device", "threads"} & current.model_fields_set)
     ignored = sorted(
         k
