@@ -145,7 +145,8 @@ def _rejection_lines(m: dict[str, Any]) -> list[str]:
     if cal:
         lines += [
             f"Confidence is calibrated by temperature scaling (T = {cal['temperature']}, "
-            f"fitted on {cal['fitted_on']}): expected calibration error on MNIST test "
+            f"fitted on {cal['fitted_on']}): expected calibration error on "
+            f"{_dataset(m['data'])} test "
             f"{cal['test_ece_before'] * 100:.2f} % before, {cal['test_ece_after'] * 100:.2f} % "
             "after.",
             "",

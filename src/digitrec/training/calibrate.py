@@ -18,6 +18,7 @@ import torch
 
 from digitrec import negatives
 from digitrec.calibration import fit_temperature, reliability
+from digitrec.config import MNIST
 from digitrec.evaluate import redrawn_sets
 from digitrec.preprocess import PreprocessSpec
 from digitrec.rejection import (
@@ -69,6 +70,10 @@ def validation_negatives(trainer: Trainer) -> dict[str, np.ndarray]:
     }
 
 
+def _dataset_label(name: str) -> str:
+    return "MNIST" if name == MNIST else name
+
+
 def calibrate(trainer: Trainer, run_dir: Path, test_logits: np.ndarray) -> dict[str, Any]:
     """Temperature, rejection method and thresholds, as manifest sections, plus the
     reliability diagram of the test set (report only) in the run folder."""
@@ -87,7 +92,7 @@ def calibrate(trainer: Trainer, run_dir: Path, test_logits: np.ndarray) -> dict[
         "calibration": {
             "method": "temperature",
             "temperature": temperature,
-            "fitted_on": f"{len(val_labels)} {trainer.settings.dataset} validation digits",
+            "fitted_on": f"{len(val_labels)} {_dataset_label(s.dataset)} validation digits",
             "test_ece_before": before["ece"],
             "test_ece_after": after["ece"],
             "test_reliability": after,

@@ -85,7 +85,9 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 def split_indices(n: int, val_size: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed train/validation split of ``range(n)``: same seed, same split, everywhere."""
     if not 0 < val_size < n:
-        raise InvalidRequest(f"validation size {val_size} must be between 1 and {n - 1}")
+        raise InvalidRequest(
+            f"validation size {val_size} must be between 1 and {n - 1} (set --val-size)"
+        )
     order = np.random.default_rng(split_seed).permutation(n)
     return np.sort(order[val_size:]), np.sort(order[:val_size])
 
