@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from digitrec import datasets
 from digitrec.cli import main
 from digitrec.config import Settings
 from digitrec.data import encode_idx
@@ -160,6 +161,22 @@ def test_csv_folder_round_trip(tmp_path: Path, splits) -> None:
     settings = home_settings(tmp_path)
     import_dataset(settings, "csv", write_csv(tmp_path / "kannada", splits), "kn", "kannada")
     assert_stored(settings, "kn", splits)
+
+
+def test_csv_read_in_small_chunks_gives_the_same_arrays_and_line_numbers(
+    tmp_path: Path, splits, monkeypatch
+) -> None:
+    monkeypatch.setattr(datasets, "CSV_CHUNK_ROWS", 7)
+    file = tmp_path / "train.csv"
+    file.write_text(csv_text(*splits["train"]))
+    images, labels = datasets.read_csv_file(file, "label")
+    np.testing.assert_array_equal(images, splits["train"][0])
+    np.testing.assert_array_equal(labels, splits["train"][1])
+    lines = file.read_text().splitlines()
+    lines[40] = lines[40].replace(",", ",x,", 1).rsplit(",", 1)[0]  # same count, not a number
+    file.write_text("\n".join(lines) + "\n")
+    with pytest.raises(datasets.InvalidDataset, match="line 41: a value is not a whole number"):
+        datasets.read_csv_file(file, "label")
 
 
 def test_one_csv_with_a_test_share_splits_each_digit_the_same_way(tmp_path: Path) -> None:

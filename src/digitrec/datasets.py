@@ -71,6 +71,7 @@ from digitrec.scripts import SCRIPTS, check_script
 from digitrec.storage import (
     atomic_directory,
     atomic_write_json,
+    remove_stale_temporaries,
     sha256_file,
     storage_errors,
 )
@@ -468,6 +469,7 @@ def import_dataset(
         raise InvalidRequest(
             f"dataset {name!r} already exists ({target}); --force replaces it", code="exists"
         )
+    remove_stale_temporaries(settings.datasets_path, name)  # of an import killed mid-way
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise InvalidDataset(f"no such file or folder: {path}")
