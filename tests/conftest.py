@@ -382,9 +382,7 @@ def _require_postgres() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """PostgreSQL 15 from the machine image, started once for the session."""
+def _running_postgres() -> Iterator[PostgresServer]:
     _require_postgres()
     server = PostgresServer(PG_BIN)
     try:
@@ -392,18 +390,18 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """PostgreSQL 15 from the machine image, started once for the session."""
+    yield from _running_postgres()
 
 
 @pytest.fixture
 def private_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL of one test's own, for tests that stop and start it."""
-    _require_postgres()
-    server = PostgresServer(PG_BIN)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from _running_postgres()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -48,6 +48,7 @@ from digitrec.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from digitrec.tasks import cancel
 
 if TYPE_CHECKING:
     from digitrec.config import Settings
@@ -200,11 +201,8 @@ class LiveKeys:
             self._task = asyncio.create_task(self._run(), name="api-keys-refresh")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         await asyncio.to_thread(self._close)
 
     def _close(self) -> None:

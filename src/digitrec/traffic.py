@@ -15,7 +15,6 @@ dashboard's own polling (``/api/v1/stats``). Pages, static files, health checks 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -27,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from digitrec.db import Database
 from digitrec.db.tables import TrafficRow, utcnow
 from digitrec.errors import DigitrecError
+from digitrec.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +145,7 @@ class TrafficRecorder:
         """Write what was counted, then stop."""
         if self._task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel(self._task)
         self._task = None
         self.counts.recorders -= 1
         await run_in_threadpool(self.flush)

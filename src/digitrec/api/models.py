@@ -30,6 +30,7 @@ from digitrec.experiments import Experiment
 from digitrec.lifecycle import production_entry, served_entry
 from digitrec.predict import Predictor
 from digitrec.registry import ModelEntry, Registry
+from digitrec.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +157,8 @@ class ModelSet:
         self._task = asyncio.create_task(self._follow(), name="model-follower")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         for task in list(self._retiring):
             task.cancel()
         if self.routing is not None:

@@ -18,7 +18,6 @@ that cannot be reached at start-up is opened, migrated and followed once it answ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -46,6 +45,7 @@ from digitrec.feedback import Correction, OfflineAnswer, PredictionLog, Predicti
 from digitrec.predict import Prediction, Predictor
 from digitrec.registry import Registry
 from digitrec.rejection import DIGIT_CLASSES
+from digitrec.tasks import cancel
 from digitrec.traffic import TrafficRecorder
 
 if TYPE_CHECKING:
@@ -172,11 +172,8 @@ class Service:
         return None if self._late is not None else self.db_error
 
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
+        await cancel(self._watch)
+        self._watch = None
         if self.models is not None:
             await self.models.stop()
             self.models = None
