@@ -181,8 +181,26 @@ def test_a_script_without_fonts_is_one_line(
     assert not (settings.datasets_path / "fonts-thai").exists()
 
 
-def test_ci_installs_every_script_font_package() -> None:
-    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ci_and_readme_name_every_script_font_package() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
     listed = set(ci[ci.index("PACKAGES=(") : ci.index("\n)\n")].split())
     needed = {p for packages in sd.SCRIPT_PACKAGES.values() for p in packages}
     assert needed <= listed, sorted(needed - listed)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert not [p for p in needed if p not in readme]
+
+
+def test_readme_font_lists_are_the_generators() -> None:
+    """The README's font lists are `digitrec data generate --script all --list-fonts`'s
+    output on a machine with .ci/run's packages: checked in CI, skipped where the fonts
+    installed differ."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = [sd.describe_fonts(s) for s in sd.installed_scripts()]
+    missing = [line for line in lines if f"\n{line}\n" not in readme]
+    if (missing or len(lines) < len(sd.SCRIPT_PACKAGES)) and not in_ci():
+        pytest.skip("the fonts installed here differ from .ci/run's; the README lists those")
+    assert len(lines) == len(sd.SCRIPT_PACKAGES)
+    assert not missing, f"regenerate the README's list: {missing}"

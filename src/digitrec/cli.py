@@ -228,6 +228,11 @@ def _add_generate(data_sub: Any) -> argparse.ArgumentParser:
     )
     gen.add_argument("--seed", type=int, default=sd.DEFAULT_SEED, help="random seed")
     gen.add_argument("--force", action="store_true", help="replace a dataset of that name")
+    gen.add_argument(
+        "--list-fonts",
+        action="store_true",
+        help="only list the font families each script is drawn from, trained on and held out",
+    )
     gen.add_argument("--json", action="store_true", help="print the manifests as JSON")
     return gen
 
@@ -571,6 +576,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
             "no script has fonts installed; see `digitrec data generate --help` for the "
             "scripts and .ci/run for their Debian packages"
         )
+    if args.list_fonts:
+        for script in scripts:
+            print(sd.describe_fonts(script))
+        return 0
     manifests = [
         sd.generate(settings, script, args.per_digit, args.seed, force=args.force)
         for script in scripts

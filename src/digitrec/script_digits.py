@@ -10,7 +10,8 @@ stored by ``datasets.save_dataset`` like an imported one):
   differently from the other set (some Persian fonts map U+0664 to the Persian four,
   which would teach the wrong shape under the Arabic label).
 - **Held-out fonts.** Fonts are grouped by family (weights and slants of one design are
-  one group: holding out Garuda-Bold while training on Garuda would test nothing new).
+  one group, as are the few families ``SAME_DESIGN`` names: holding out Garuda-Bold while
+  training on Garuda would test nothing new).
   The groups are ordered by a SHA-256 of the family's name and the first quarter (at
   least one) is held out: its fonts make the test split and never the train split. The
   manifest's ``source.fonts`` lists both groups with their files.
@@ -101,6 +102,15 @@ STYLE_WORDS = frozenset(
         *("oblique", "pro", "quran", "regular", "semibold", "slanted", "smooth", "thin"),
     }
 )
+# Families that are one design under several names (held out or trained on together).
+SAME_DESIGN = {
+    "mry kacstqurn": "kacstqurn",
+    "tlwg typewriter": "tlwg",  # TlwgMono's siblings
+    "tlwg typist": "tlwg",
+    "tlwg typo": "tlwg",
+}
+# Families left out: their digits are not shapes a hand writes.
+EXCLUDED_FAMILIES = frozenset({"kacsttitlel"})  # outlines: hollow strokes
 CANVAS = 128  # side of the ink maps digits are drawn on
 CHECK_SIZE = 48  # glyph size at which fonts are checked for distinct digits
 # The layout of the stored images: MNIST's, strokes as drawn (training measures the
@@ -178,7 +188,9 @@ def script_fonts(script: str) -> list[FontGroup]:
     groups: dict[str, list[Path]] = {}
     for path in font_files(("truetype", "opentype")):
         if draws_digits(path, script):
-            groups.setdefault(family_key(_family(path)), []).append(path)
+            key = family_key(_family(path))
+            if key not in EXCLUDED_FAMILIES:
+                groups.setdefault(SAME_DESIGN.get(key, key), []).append(path)
     return [FontGroup(k, tuple(v)) for k, v in sorted(groups.items())]
 
 
@@ -207,6 +219,15 @@ def require_fonts(script: str) -> FontSplit:
             f"out); install them: apt-get install {' '.join(SCRIPT_PACKAGES[script])}"
         )
     return split_fonts(groups)
+
+
+def describe_fonts(script: str) -> str:
+    """One line: the script, its digits, the families trained on and those held out."""
+    fonts = require_fonts(script)
+    digits = f"{digit_char(script, 0)}-{digit_char(script, 9)}"
+    trained = ", ".join(g.family for g in fonts.train)
+    held = ", ".join(g.family for g in fonts.held_out)
+    return f"{script} ({digits}): trained on {trained}; held out {held}"
 
 
 # --- drawing -------------------------------------------------------------------------------
