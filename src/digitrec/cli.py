@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from digitrec import __version__
 from digitrec.config import LOG_DATEFMT, LOG_FORMAT, Settings
-from digitrec.errors import DigitrecError
+from digitrec.errors import DataUnavailable, DigitrecError
 
 log = logging.getLogger("digitrec")
 S = argparse.SUPPRESS  # flags left out keep the environment's / default value
@@ -200,7 +200,41 @@ def _add_dataset_commands(data_sub: Any) -> list[argparse.ArgumentParser]:
     show.add_argument("--json", action="store_true", help="print the manifest as JSON")
     remove = data_sub.add_parser("remove", help="delete an imported dataset")
     remove.add_argument("dataset_name", metavar="NAME")
-    return [imp, dlist, show, remove]
+    return [imp, dlist, show, remove, _add_generate(data_sub)]
+
+
+def _add_generate(data_sub: Any) -> argparse.ArgumentParser:
+    from digitrec import script_digits as sd
+
+    gen = data_sub.add_parser(
+        "generate",
+        help="draw a script's digits from installed fonts as a dataset fonts-SCRIPT",
+        description="Render each digit of a script from the installed fonts that draw it, "
+        "made to look handwritten, into the dataset fonts-SCRIPT: the train split from "
+        "the training fonts, the test split from whole font families held out.",
+    )
+    gen.add_argument(
+        "--script",
+        required=True,
+        metavar="SCRIPT",
+        help=f"all (those with fonts installed) or one of {', '.join(sd.SCRIPT_PACKAGES)}",
+    )
+    gen.add_argument(
+        "--per-digit",
+        type=int,
+        default=sd.DEFAULT_PER_DIGIT,
+        metavar="N",
+        help=f"train images per digit (default {sd.DEFAULT_PER_DIGIT}; test: a quarter)",
+    )
+    gen.add_argument("--seed", type=int, default=sd.DEFAULT_SEED, help="random seed")
+    gen.add_argument("--force", action="store_true", help="replace a dataset of that name")
+    gen.add_argument(
+        "--list-fonts",
+        action="store_true",
+        help="only list the font families each script is drawn from, trained on and held out",
+    )
+    gen.add_argument("--json", action="store_true", help="print the manifests as JSON")
+    return gen
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,7 +481,7 @@ def emit_json(obj: Any) -> None:
 def cmd_data(args: argparse.Namespace, settings: Settings) -> int:
     from digitrec.data import describe, fetch_mnist
 
-    if args.data_command in ("import", "list", "show", "remove"):
+    if args.data_command in ("import", "list", "show", "remove", "generate"):
         return cmd_datasets(args, settings)
 
     if args.data_command == "fetch":
@@ -475,6 +509,8 @@ def cmd_data(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
     from digitrec import datasets
 
+    if args.data_command == "generate":
+        return cmd_generate(args, settings)
     if args.data_command == "import":
         options = datasets.ImportOptions(
             label_column=args.label_column,
@@ -518,12 +554,43 @@ def cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print(_dataset_line(manifest))
             print(f"  source: {manifest['source']['format']} {manifest['source']['path']}")
+            fonts = manifest["source"].get("fonts", {})  # generated datasets only
+            for group, what in (("train", "trained on"), ("held_out", "held out")):
+                if group in fonts:
+                    print(f"  fonts {what}: {', '.join(f['family'] for f in fonts[group])}")
             for split in datasets.SPLITS:
                 print(f"  {split} per digit: {manifest['splits'][split]['per_label']}")
             print(f"  layout: {manifest['layout']}; files verified (SHA-256)")
         return 0
     folder = datasets.remove_dataset(settings, args.dataset_name)
     print(f"removed dataset {args.dataset_name} ({folder})")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from digitrec import script_digits as sd
+
+    scripts = sd.installed_scripts() if args.script == "all" else [args.script]
+    if not scripts:
+        raise DataUnavailable(
+            "no script has fonts installed; see `digitrec data generate --help` for the "
+            "scripts and .ci/run for their Debian packages"
+        )
+    if args.list_fonts:
+        for script in scripts:
+            print(sd.describe_fonts(script))
+        return 0
+    manifests = [
+        sd.generate(settings, script, args.per_digit, args.seed, force=args.force)
+        for script in scripts
+    ]
+    if args.json:
+        emit_json(manifests)
+        return 0
+    for m in manifests:
+        print(_dataset_line(m))
+        held_out = m["source"]["fonts"]["held_out"]
+        print(f"  fonts held out: {', '.join(f['family'] for f in held_out)}")
     return 0
 
 

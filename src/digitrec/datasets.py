@@ -28,8 +28,10 @@ script, source format and path, counts per split and per digit, the SHA-256 of e
 creation time and digitrec version. A dataset is written into a temporary folder that is
 renamed into place (``storage.atomic_directory``): a failed import leaves nothing, and
 ``--force`` replaces an old one only once the new one is whole. Every load checks the
-hashes. Any producer of arrays (the font renderer of a later part, say) stores through
-``save_dataset`` the same way.
+hashes. Any producer of arrays stores through ``save_dataset`` the same way, saying in
+``source`` (free-form, but for its ``format`` and ``path``) what it drew from: the font
+renderer (``script_digits``, format ``generated``) records its seed, counts and the font
+families it trained on and held out there.
 
 ``load_dataset`` is what training reads: MNIST for the name ``mnist``, else the stored
 dataset, both as a ``Dataset`` (an ``Mnist`` with its provenance for the model manifest).
@@ -622,7 +624,7 @@ def load_dataset(settings: Settings, name: str | None = None, *, progress: bool 
         name=name,
         script=manifest["script"],
         provenance={
-            "source": f"imported dataset {name} ({manifest['source']['format']})",
+            "source": f"dataset {name} ({manifest['source']['format']})",
             "sha256": {file: f["sha256"] for file, f in manifest["files"].items()},
         },
     )
