@@ -466,11 +466,7 @@ def import_dataset(
     check_script(script)
     if fmt not in IMPORTERS:
         raise InvalidRequest(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
-    target = dataset_dir(settings, name)
-    if target.exists() and not force:
-        raise InvalidRequest(
-            f"dataset {name!r} already exists ({target}); --force replaces it", code="exists"
-        )
+    refuse_existing(settings, name, force)
     remove_stale_temporaries(settings.datasets_path, name)  # of an import killed mid-way
     path = Path(path).expanduser().resolve()
     if not path.exists():
@@ -506,6 +502,16 @@ def import_dataset(
 # --- the store ------------------------------------------------------------------------------
 
 
+def refuse_existing(settings: Settings, name: str, force: bool) -> None:
+    """Refuse to overwrite dataset ``name`` unless ``force``: checked before the work of
+    making a new one, and again when it is stored."""
+    target = dataset_dir(settings, name)
+    if target.exists() and not force:
+        raise InvalidRequest(
+            f"dataset {name!r} already exists ({target}); --force replaces it", code="exists"
+        )
+
+
 def save_dataset(
     settings: Settings,
     name: str,
@@ -523,8 +529,7 @@ def save_dataset(
         with atomic_directory(target) as tmp:
             manifest = _write(tmp, name, script, splits, source, layout or {})
             if target.exists():
-                if not force:
-                    raise InvalidRequest(f"dataset {name!r} already exists ({target})")
+                refuse_existing(settings, name, force)  # made meanwhile by another process
                 aside = target.with_name(f".{name}.replaced.tmp")
                 with storage_errors(str(target)):
                     target.rename(aside)

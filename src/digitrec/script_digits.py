@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from digitrec.config import Settings
-from digitrec.datasets import SPLITS, Split, save_dataset
+from digitrec.datasets import SPLITS, Split, refuse_existing, save_dataset
 from digitrec.errors import BlankImage, DataUnavailable, InvalidRequest
 from digitrec.negatives import FONT_ROOTS, _characters_in, _font, font_files, layout
 from digitrec.preprocess import PreprocessSpec, decode, prepare
@@ -368,8 +368,7 @@ def generate(
         raise InvalidRequest(f"--per-digit must be at least 1, not {per_digit}")
     fonts = require_fonts(script)
     name = dataset_name(script)
-    if not force and (settings.datasets_path / name).exists():
-        raise InvalidRequest(f"dataset {name!r} already exists; --force replaces it", code="exists")
+    refuse_existing(settings, name, force)
     log.info(
         "drawing %s digits: %d font families to train on, %d held out",
         script,

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from digitrec.api import metrics
-from digitrec.api.access import client_id, guard
+from digitrec.api.access import Caller, client_id, guard
 from digitrec.api.deps import CallerDep, ServiceDep
 from digitrec.api.inputs import read_image
 from digitrec.api.schemas import (
@@ -29,6 +29,7 @@ from digitrec.api.schemas import (
     Ready,
     error_responses,
 )
+from digitrec.api.service import Service
 from digitrec.card import summary
 from digitrec.config import TOP_K_MAX
 from digitrec.errors import ModelNotReady, ValidationFailed
@@ -64,6 +65,17 @@ _IMAGE_BODY = {
 }
 
 
+async def _upload(
+    request: Request, service: Service, caller: Caller, top_k: int | None
+) -> tuple[bytes, int, str | None]:
+    """What the reading routes share: the caller's A/B client id, a 503 before reading a
+    body that no model would answer, the upload's bytes and the answers wanted."""
+    client = client_id(request, caller)
+    service.routing()
+    raw, body_top_k = await read_image(request, service.settings.max_upload_bytes)
+    return raw, top_k or body_top_k or service.settings.top_k, client
+
+
 @api.post(
     "/predict",
     response_model=PredictionOut,
@@ -83,10 +95,7 @@ async def predict(
         bool, Query(description="also return the 28x28 image the model saw, as a PNG data URL")
     ] = False,
 ) -> dict[str, Any]:
-    client = client_id(request, caller)
-    service.routing()  # 503 before reading a body that no model would answer
-    raw, body_top_k = await read_image(request, service.settings.max_upload_bytes)
-    k = top_k or body_top_k or service.settings.top_k
+    raw, k, client = await _upload(request, service, caller, top_k)
     prediction = await service.predict(raw, k, client)
     metrics.answered_by(request, prediction.model_version)
     out = prediction.to_dict()
@@ -119,10 +128,7 @@ async def number(
     `too_many_components` for more marks than a number has. Files over a megapixel are
     decoded in the sandbox, under the same budget as /api/v1/predict's, and read at
     most 1024 pixels on the longer side."""
-    client = client_id(request, caller)
-    service.routing()  # 503 before reading a body that no model would answer
-    raw, body_top_k = await read_image(request, service.settings.max_upload_bytes)
-    k = top_k or body_top_k or service.settings.top_k
+    raw, k, client = await _upload(request, service, caller, top_k)
     reading, ids = await service.read_number(raw, k, client)
     metrics.answered_by(request, reading.model_version)
     out = reading.to_dict()
