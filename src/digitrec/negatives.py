@@ -106,12 +106,12 @@ def require_fonts(groups: tuple[str, ...], what: str) -> list[Path]:
 
 
 @functools.lru_cache(maxsize=256)
-def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
+def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
 @functools.lru_cache(maxsize=256)
-def _characters_in(path: str) -> frozenset[int]:
+def characters_in(path: str) -> frozenset[int]:
     """The code points a font has glyphs for (its character map)."""
     from fontTools.ttLib import TTFont  # comes with matplotlib, a training dependency
 
@@ -129,9 +129,9 @@ def _is_cjk_font(path: Path) -> bool:
 
 def glyph_ink(path: Path, ch: str, rng: np.random.Generator) -> np.ndarray | None:
     """One character in a random size, weight and slant; None if the font lacks it."""
-    if ord(ch) not in _characters_in(str(path)):
+    if ord(ch) not in characters_in(str(path)):
         return None  # it would draw its "missing glyph" box, which looks like a 0
-    font = _font(str(path), int(rng.integers(40, 72)))
+    font = load_font(str(path), int(rng.integers(40, 72)))
     img = Image.new("L", (CANVAS, CANVAS), 0)
     weight = int(rng.integers(0, 4))
     ImageDraw.Draw(img).text(

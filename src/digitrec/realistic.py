@@ -146,7 +146,7 @@ def _pen(digit: np.ndarray, side: int, width: float) -> Image.Image:
     return img
 
 
-def _centre_line(digit: np.ndarray, side: int) -> Image.Image:
+def centre_line(digit: np.ndarray, side: int) -> Image.Image:
     """The digit upscaled to ``side`` and thinned to the centre line of its strokes (1-2
     pixels): the pixels that survive at least as many 3x3 min filters as their
     neighbours (the ridge of the distance to the paper)."""
@@ -185,7 +185,7 @@ def ballpoint_photo(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """A ballpoint digit (~2 px stroke, ~150 px tall) in a 1600x1200 phone photo: paper
     lit unevenly by cool daylight, sensor noise, JPEG."""
     h, w = 1200, 1600
-    pen = _centre_line(digit, 210).filter(ImageFilter.GaussianBlur(0.6))
+    pen = centre_line(digit, 210).filter(ImageFilter.GaussianBlur(0.6))
     x, y = int(rng.integers(100, w - 310)), int(rng.integers(100, h - 310))
     # The lighting is a plane: made at 4x3 pixels and stretched (cheap at this size).
     angle = rng.uniform(0, 2 * np.pi)

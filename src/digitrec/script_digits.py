@@ -5,7 +5,7 @@ for each of them. ``generate`` turns one script's fonts into a dataset (``fonts-
 stored by ``datasets.save_dataset`` like an imported one):
 
 - **Fonts.** Every installed font (``negatives.font_files``) whose character map holds
-  the script's ten digits (``negatives._characters_in``), and that draws them as ten
+  the script's ten digits (``negatives.characters_in``), and that draws them as ten
   different, non-blank shapes -- and, for the two Arabic digit sets, draws 4, 5 and 6
   differently from the other set (some Persian fonts map U+0664 to the Persian four,
   which would teach the wrong shape under the Arabic label).
@@ -44,9 +44,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from digitrec.config import Settings
 from digitrec.datasets import SPLITS, Split, refuse_existing, save_dataset
 from digitrec.errors import BlankImage, DataUnavailable, InvalidRequest
-from digitrec.negatives import FONT_ROOTS, _characters_in, _font, font_files, layout
+from digitrec.negatives import FONT_ROOTS, characters_in, font_files, layout, load_font
 from digitrec.preprocess import PreprocessSpec, decode, prepare
-from digitrec.realistic import _centre_line, canvas_export, paper_photo
+from digitrec.realistic import canvas_export, centre_line, paper_photo
 from digitrec.scripts import SCRIPTS, check_script, digit_char
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def family_key(name: str) -> str:
 def _glyph(path: str, ch: str) -> bytes:
     img = Image.new("L", (2 * CHECK_SIZE, 2 * CHECK_SIZE), 0)
     ImageDraw.Draw(img).text(
-        (CHECK_SIZE, CHECK_SIZE), ch, fill=255, font=_font(path, CHECK_SIZE), anchor="mm"
+        (CHECK_SIZE, CHECK_SIZE), ch, fill=255, font=load_font(path, CHECK_SIZE), anchor="mm"
     )
     return img.tobytes() if img.getbbox() else b""
 
@@ -165,7 +165,7 @@ def _glyph(path: str, ch: str) -> bytes:
 def draws_digits(path: Path, script: str) -> bool:
     """Does the font map the script's ten digits to ten different, non-blank shapes
     (and, for a digit set with a twin, to shapes of its own)?"""
-    cmap = _characters_in(str(path))
+    cmap = characters_in(str(path))
     if not all(ord(digit_char(script, d)) in cmap for d in range(10)):
         return False
     shapes = [_glyph(str(path), digit_char(script, d)) for d in range(10)]
@@ -180,7 +180,7 @@ def draws_digits(path: Path, script: str) -> bool:
 
 @functools.lru_cache(maxsize=1024)
 def _family(path: Path) -> str:
-    return _font(str(path), CHECK_SIZE).getname()[0] or path.stem
+    return load_font(str(path), CHECK_SIZE).getname()[0] or path.stem
 
 
 def script_fonts(script: str) -> list[FontGroup]:
@@ -236,7 +236,7 @@ def describe_fonts(script: str) -> str:
 def _pen_line(glyph: Image.Image, rng: np.random.Generator) -> Image.Image:
     """The glyph redrawn along its centre line with a round pen of random width; the
     glyph itself when its strokes are too thin to find a line that spans it."""
-    line = _centre_line(np.asarray(glyph.filter(ImageFilter.MaxFilter(3))), CANVAS)
+    line = centre_line(np.asarray(glyph.filter(ImageFilter.MaxFilter(3))), CANVAS)
     box, line_box = glyph.getbbox(), line.getbbox()
     if not box or not line_box or _area(line_box) < 0.7 * _area(box):
         return glyph
@@ -278,7 +278,7 @@ def digit_ink(path: Path, ch: str, rng: np.random.Generator) -> np.ndarray:
     """One character drawn as by hand: an ink map (float, ink 1) ``CANVAS`` square."""
     img = Image.new("L", (CANVAS, CANVAS), 0)
     size = int(rng.integers(48, 84))
-    font = _font(str(path), size)
+    font = load_font(str(path), size)
     weight = round(rng.uniform(0, 2) * size / 64)  # a heavier pen, or none
     ImageDraw.Draw(img).text(
         (CANVAS / 2, CANVAS / 2), ch, fill=255, font=font, anchor="mm", stroke_width=weight
