@@ -46,6 +46,7 @@ bench: $(VENV)/.dev  ## inference, HTTP (golden PNG and a realistic mix), not-a-
 	$(BIN)/python benchmarks/bench_rejection.py
 	$(BIN)/python benchmarks/bench_logging.py
 	$(BIN)/python benchmarks/bench_realistic.py
+	$(BIN)/python benchmarks/bench_decoders.py
 	$(BIN)/python benchmarks/summary.py
 
 bench-replicas: $(VENV)/.dev  ## requests/s through HAProxy with 1, 2 and 3 replicas on PostgreSQL and Redis

@@ -109,6 +109,109 @@ def model_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+# --- an int8 model (#17: a candidate, measured before it is kept) ---------------------------
+
+CALIBRATION_DIGITS = 500  # MNIST training digits that set the int8 activation ranges
+
+
+def int8_candidate(entry: Any, budget_s: float, realistic_n: int) -> dict[str, Any]:
+    """The shipped ONNX model quantised to int8 (static, QDQ: weights int8, activations
+    uint8, ranges from ``CALIBRATION_DIGITS`` training digits), against the float model:
+    batch-1 time, MNIST test accuracy, verdicts that change, and accuracy on the realistic
+    redrawn digits (``realistic_n`` of each variant, prepared once by the serving path)."""
+    import tempfile
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from digitrec.config import Settings
+    from digitrec.data import load_mnist
+    from digitrec.evaluate import model_outputs, redrawn_sets
+    from digitrec.preprocess import normalize
+
+    mnist = load_mnist(Settings(), progress=False)
+    float_model = Predictor(entry, backend="onnx", threads=1)
+    int8_model = Predictor(entry, backend="onnx", threads=1)
+    session = float_model.backend.session  # type: ignore[attr-defined]
+    name = session.get_inputs()[0].name
+    calibration = normalize(
+        mnist.train_images[:CALIBRATION_DIGITS, None].astype(np.float32) / 255.0,
+        entry.preprocessing,
+    )
+
+    class Digits(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.rest = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.rest, None)
+            return None if x is None else {name: x[None]}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(entry.file("model.onnx")), str(pre))
+        quantize_static(
+            str(pre),
+            str(out),
+            Digits(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        int8_session = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+        int8_model.backend.session = int8_session  # type: ignore[attr-defined]
+        size_kb = {
+            "float": entry.file("model.onnx").stat().st_size // 1024,
+            "int8": out.stat().st_size // 1024,
+        }
+    one = calibration[:1].copy()
+    us = {
+        label: summarize(repeat(lambda p=p: p.infer(one), 200, budget_s, warmup=20), scale=1e6)[
+            "p50"
+        ]
+        for label, p in (("float", float_model), ("int8", int8_model))
+    }
+    outputs = {
+        label: model_outputs(p, mnist.test_images)
+        for label, p in (("float", float_model), ("int8", int8_model))
+    }
+    verdicts = {label: np.array(float_model.rejection.verdicts(o)) for label, o in outputs.items()}
+    redrawn = redrawn_sets(mnist.test_images, mnist.test_labels, realistic_n, entry.preprocessing)
+    images = np.concatenate([v[0] for v in redrawn.values()])
+    labels = np.concatenate([v[1] for v in redrawn.values()])
+
+    def accuracy(p: Predictor, x: np.ndarray, y: np.ndarray) -> float:
+        return round(float((model_outputs(p, x)[:, :10].argmax(1) == y).mean()) * 100, 2)
+
+    return {
+        "calibration_digits": CALIBRATION_DIGITS,
+        "us_batch1_p50": us,
+        "speedup": ratio(us["float"], us["int8"]),
+        "file_kb": size_kb,
+        "mnist_test_accuracy": {
+            label: round(float((o[:, :10].argmax(1) == mnist.test_labels).mean()) * 100, 2)
+            for label, o in outputs.items()
+        },
+        "verdicts_changed_mnist_test": round(
+            float((verdicts["float"] != verdicts["int8"]).mean()) * 100, 2
+        ),
+        "realistic_accuracy": {
+            "digits": len(labels),
+            "float": accuracy(float_model, images, labels),
+            "int8": accuracy(int8_model, images, labels),
+        },
+    }
+
+
 # --- preprocessing -------------------------------------------------------------------------
 
 
@@ -245,6 +348,12 @@ def print_report(results: dict[str, Any]) -> None:
         )
     )
     print(f"same weights: {results['backend_agreement']}")
+    q = results["int8"]
+    print(
+        f"int8 (static, QDQ) vs float ONNX at batch 1: {q['us_batch1_p50']} us ({q['speedup']}x); "
+        f"MNIST test {q['mnist_test_accuracy']} %, verdicts changed "
+        f"{q['verdicts_changed_mnist_test']} %; realistic {q['realistic_accuracy']}"
+    )
     print("\nPredictor.preprocess per input, milliseconds")
     print(
         table(
@@ -323,6 +432,7 @@ def main() -> None:
         "backend_agreement": agreement,
         "preprocess": preprocess_times(predictor, raws, budget),
         "jpeg_draft": jpeg_draft_check(raws["phone_jpeg"], budget),
+        "int8": int8_candidate(entry, budget, 100 if args.quick else 300),
         "profiles": {
             name: profile(predictor, raws[name], reps)
             for name, reps in (

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ from digitrec.config import Settings
 from digitrec.data import load_mnist
 from digitrec.numbers.synth import number_set
 from digitrec.predict import Predictor
+from digitrec.preprocess import WORK_SIDE
 from digitrec.realistic import LIGHT_ON_DARK, VARIANTS
 
 MIN_SIDE = 200  # what people send is at least this big (a 28x28 file is not)
@@ -100,10 +102,30 @@ def number_bodies(seed: int = 0) -> list[tuple[bytes, str]]:
     ]
 
 
+def decode_floor(body: bytes) -> None:
+    """The least a server that reads the pixels can do: Pillow's decoder alone, at the
+    smallest scale our preprocessing can use (big JPEGs in grey at 1/2..1/8, as ours)."""
+    img = Image.open(io.BytesIO(body))
+    if img.format == "JPEG":
+        shrink = min(1.0, WORK_SIDE / max(img.size))
+        img.draft("L", (max(1, int(img.width * shrink)), max(1, int(img.height * shrink))))
+    img.load()
+
+
+def baseline_decode(body: bytes) -> None:
+    """What the Flask baseline decodes: the whole image, then grey."""
+    Image.open(io.BytesIO(body)).convert("L")
+
+
 def stage_shares(mix: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
     """In this process: each stage of the served pipeline timed on every file; the
-    shares over the mix, and the mean milliseconds per stage for each variant."""
+    shares over the mix, and the mean milliseconds per stage for each variant. Beside
+    them, the floors: Pillow's decode alone (``decode_floor``), the baseline's decode, and
+    the ONNX Runtime session alone on the prepared input."""
     predictor = Predictor.from_settings(Settings())
+    session = getattr(predictor.backend, "session", None)
+    input_name = session.get_inputs()[0].name if session is not None else ""
+    floors: dict[str, list[float]] = {"decode": [], "baseline_decode": [], "model": []}
     times: dict[str, list[float]] = {"open": [], "prepare": [], "infer": [], "answer": []}
     by_variant: dict[str, dict[str, list[float]]] = {}
     for _ in range(rounds):
@@ -117,6 +139,17 @@ def stage_shares(mix: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
             t3 = time.perf_counter()
             predictor.answer(prepared, logits[0], 3, t0)
             t4 = time.perf_counter()
+            decode_floor(item["body"])
+            t5 = time.perf_counter()
+            baseline_decode(item["body"])
+            t6 = time.perf_counter()
+            if session is not None:
+                x = np.ascontiguousarray(prepared.tensor[None], dtype=np.float32)
+                t6 = time.perf_counter()
+                session.run(None, {input_name: x})
+            t7 = time.perf_counter()
+            for floor, seconds in zip(floors, (t5 - t4, t6 - t5, t7 - t6), strict=True):
+                floors[floor].append(seconds)
             mine = by_variant.setdefault(item["variant"], {stage: [] for stage in times})
             for stage, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 times[stage].append(seconds)
@@ -124,6 +157,9 @@ def stage_shares(mix: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
     total = sum(sum(v) for v in times.values())
     shares: dict[str, Any] = {
         stage: {"ms": summarize(v), "share": round(sum(v) / total, 3)} for stage, v in times.items()
+    }
+    shares["floors_ms_mean"] = {
+        name: round(float(np.mean(v)) * 1000, 4) for name, v in floors.items() if v
     }
     shares["ms_by_variant"] = {
         name: {stage: round(float(np.mean(v)) * 1000, 3) for stage, v in stages.items()}
@@ -152,6 +188,8 @@ def main() -> None:
     plan = [
         ("digitrec", digitrec_serve_command(), {"DIGITREC_WORKERS": workers}, True),
         ("flask-baseline", flask_command(), {}, False),
+        ("http-floor", floor_command(workers, "asgi"), {}, False),
+        ("fastapi-floor", floor_command(workers, "fastapi"), {}, False),
     ]
     numbers = {NUMBER: number_bodies()}
     with tempfile.TemporaryDirectory(prefix="bench-realistic-") as tmp:
@@ -168,7 +206,10 @@ def main() -> None:
             )
             for name, command, settings, reads_numbers in plan
         ]
-    ours, base = servers
+    ours, base, floor, framework = servers
+    for server in servers:
+        if server["answer"]["status"] != 200:  # a floor that answers errors measures nothing
+            raise SystemExit(f"{server['name']} answered {server['answer']}; see its log")
 
     def figure(server: dict[str, Any], run: str, key: str) -> float:
         value = server["runs"][run][key]
@@ -204,6 +245,13 @@ def main() -> None:
         "met": met,
         "stages_in_process": stage_shares(mix, rounds=1 if args.quick else 3),
     }
+    results["cost_against_floor"] = cost_against_floor(
+        results["stages_in_process"],
+        figure(ours, "c8", "server_cpu_ms_per_request"),
+        figure(base, "c8", "server_cpu_ms_per_request"),
+        figure(floor, "c8", "server_cpu_ms_per_request"),
+        figure(framework, "c8", "server_cpu_ms_per_request"),
+    )
     rows = [
         [
             s["name"],
@@ -232,15 +280,71 @@ def main() -> None:
     for key, value in ratios.items():
         print(f"{key}: {value} (target {TARGETS[key]:.3g}) {'met' if met[key] else 'MISSED'}")
     print_stages(results["stages_in_process"])
+    print_floors(results["cost_against_floor"])
     path = save_results("bench_realistic", results, machine_info(), args.output)
     print(f"\nwrote {path}")
 
 
+def floor_command(workers: str, app: str) -> list[str]:
+    script = str(Path(__file__).with_name("floor_asgi.py"))
+    return [sys.executable, script, "--port", "{port}", "--workers", workers, "--app", app]
+
+
+def cost_against_floor(
+    stages: dict[str, Any],
+    ours_cpu: float,
+    baseline_cpu: float,
+    http_floor_cpu: float,
+    fastapi_floor_cpu: float,
+) -> dict[str, Any]:
+    """Where our CPU per request goes (c8), each part against the least it can cost.
+
+    Decoding, preparing, the model and the answer are the in-process means on the mix;
+    the rest of the server's CPU per request is HTTP, the framework, middleware, the
+    prediction log, metrics and handing work between threads, against a bare ASGI app on
+    the same HTTP stack (``floor_asgi.py``; a bare FastAPI route beside it). The target is
+    a third of the baseline's."""
+    mean = {stage: float(stages[stage]["ms"]["mean"]) for stage in ("open", "prepare", "infer")}
+    mean["answer"] = float(stages["answer"]["ms"]["mean"])
+    floors = stages["floors_ms_mean"]
+    rest = ours_cpu - sum(mean.values())
+    rows = {
+        "decode": (mean["open"], floors["decode"]),
+        "prepare": (mean["prepare"], 0.0),  # no floor: the baseline skips this work
+        "model": (mean["infer"], floors.get("model", mean["infer"])),
+        "answer": (mean["answer"], 0.0),
+        "http_framework_rest": (rest, http_floor_cpu),
+    }
+    floor_sum = sum(f for _, f in rows.values())
+    return {
+        "parts_ms": {
+            name: {"ours": round(o, 3), "floor": round(f, 3)} for name, (o, f) in rows.items()
+        },
+        "server_cpu_ms": ours_cpu,
+        "baseline_cpu_ms": baseline_cpu,
+        "baseline_decode_ms": floors["baseline_decode"],
+        "fastapi_route_cpu_ms": fastapi_floor_cpu,
+        "target_ms": round(baseline_cpu * TARGETS["server_cpu_per_request"], 3),
+        "sum_of_floors_ms": round(floor_sum, 3),
+        "floors_within_target": floor_sum <= baseline_cpu * TARGETS["server_cpu_per_request"],
+    }
+
+
+def print_floors(cost: dict[str, Any]) -> None:
+    rows = [[name, v["ours"], v["floor"]] for name, v in cost["parts_ms"].items()]
+    print(table(["CPU ms per request", "ours", "floor"], rows))
+    print(
+        f"server CPU {cost['server_cpu_ms']} ms/req; target (baseline/3) {cost['target_ms']} ms; "
+        f"sum of the floors {cost['sum_of_floors_ms']} ms"
+    )
+
+
 def print_stages(stages: dict[str, Any]) -> None:
-    for stage, v in stages.items():
-        if stage != "ms_by_variant":
-            print(f"stage {stage}: p50 {v['ms']['p50']} ms, {v['share'] * 100:.0f} % of the time")
     names = ["open", "prepare", "infer", "answer"]
+    for stage in names:
+        v = stages[stage]
+        print(f"stage {stage}: p50 {v['ms']['p50']} ms, {v['share'] * 100:.0f} % of the time")
+    print(f"floors, mean ms: {stages['floors_ms_mean']}")
     rows = [[name, *(ms[s] for s in names)] for name, ms in stages["ms_by_variant"].items()]
     print(table(["variant (ms)", *names], rows))
 

@@ -203,3 +203,65 @@ def test_readme_replica_figures_are_the_ones_the_results_produce() -> None:
         f"at {two['answered_per_s']:.0f} answers per second that is {busy:.2f} CPU-seconds",
     ):
         assert quote in text, quote
+
+
+def _results(name: str) -> dict[str, Any]:
+    return dict(json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text()))
+
+
+def test_readme_realistic_mix_tables_are_the_ones_the_results_produce() -> None:
+    """The realistic mix comes first in the README's performance section, with the two
+    tables ``summary.realistic_tables`` renders from ``bench_realistic.json`` (ours
+    against the baseline and the targets; each part against its floor), and the figures
+    quoted about the floors and the candidates are the results files' own."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from summary import realistic_tables
+    finally:
+        sys.path.pop(0)
+    data = _results("bench_realistic")
+    assert realistic_tables(data) in README
+    section = README.split("## Measured performance")[1]
+    assert section.index("**On a realistic mix**") < section.index("**Training**")
+    text = " ".join(README.split())
+    cost = data["cost_against_floor"]
+    assert f"add up to {cost['sum_of_floors_ms']:.2f} ms of the target's " in text
+    assert f"{cost['target_ms']:.2f} ms" in text
+    q = _results("bench_inference")["int8"]
+    assert (
+        f"{q['us_batch1_p50']['float']:.0f} µs against {q['us_batch1_p50']['int8']:.0f} µs "
+        f"at batch 1 ({q['speedup']:.2f}x); MNIST test accuracy "
+        f"{q['mnist_test_accuracy']['float']:.2f} % against "
+        f"{q['mnist_test_accuracy']['int8']:.2f} %" in text
+    )
+    mix = _results("bench_decoders")["mix_mean_ms"]
+    assert f"Pillow {mix['pillow']:.2f} ms, OpenCV {mix['opencv']:.2f} ms" in text
+    assert f"the fastest for each kind of file {mix['best_of_each_variant']:.2f} ms" in text
+
+
+def inference_rows(data: dict[str, Any]) -> list[str]:
+    """The README's model and preprocessing rows, from ``bench_inference.json``."""
+    us = {(r["backend"], r["threads"], r["batch"]): r["us_per_image_p50"] for r in data["model"]}
+    pre = {r["input"]: r for r in data["preprocess"]}
+    canvas, phone = pre["canvas_png"], pre["phone_jpeg"]
+    return [
+        f"| model, batch 1: ONNX Runtime vs PyTorch eager (1 thread) | "
+        f"{us[('onnx', 1, 1)]:.0f} µs vs {us[('torch', 1, 1)]:.0f} µs per image "
+        f"({us[('torch', 1, 1)] / us[('onnx', 1, 1)]:.1f}x) |",
+        f"| model, batch 256, 2 threads: ONNX Runtime vs PyTorch | "
+        f"{us[('onnx', 2, 256)]:.0f} µs vs {us[('torch', 2, 256)]:.0f} µs per image "
+        f"({us[('torch', 2, 256)] / us[('onnx', 2, 256)]:.1f}x) |",
+        f"| preprocessing, 280x280 canvas PNG | {canvas['ms']['p50']:.2f} ms (PNG decode "
+        f"{canvas['stages_ms_p50']['decode']:.2f}, ink map "
+        f"{canvas['stages_ms_p50']['ink_map']:.2f}, layout "
+        f"{canvas['stages_ms_p50']['mnist_layout']:.2f}) |",
+        f"| preprocessing, 12-megapixel phone JPEG (decoded at 1/8 scale) | "
+        f"{phone['ms']['p50']:.1f} ms (decode {phone['stages_ms_p50']['decode']:.1f}) |",
+    ]
+
+
+def test_readme_inference_rows_are_the_ones_the_results_produce() -> None:
+    for row in inference_rows(_results("bench_inference")):
+        assert row in README
