@@ -48,6 +48,18 @@ def strip_ink(ink: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(img, np.float32), 0, 1)
 
 
+def ink_columns(ink: np.ndarray, shares: tuple[float, ...]) -> np.ndarray:
+    """Where places along ``strip_ink(ink)`` (shares of its width) are in ``ink``'s
+    columns: the strip is the ink's columns, padded, scaled evenly."""
+    marked = ink > MARK_LEVEL
+    rows, cols = np.flatnonzero(marked.any(1)), np.flatnonzero(marked.any(0))
+    if rows.size == 0:
+        return np.zeros(len(shares))
+    pad = round(PAD * (rows[-1] + 1 - rows[0]))
+    width = cols[-1] + 1 - cols[0] + 2 * pad
+    return cols[0] - pad + np.asarray(shares, np.float64) * width
+
+
 def batch_strips(strips: list[np.ndarray]) -> np.ndarray:
     """Strips -> (N, 1, STRIP_HEIGHT, width) zero-padded on the right to a multiple of
     ``STRIDE``."""
@@ -66,6 +78,7 @@ class SequenceReading:
     text: str  # the digits, left to right
     positions: tuple[float, ...]  # each digit's emission, share of the strip's width
     confidence: float  # product of the emitted steps' probabilities
+    digit_probs: tuple[np.ndarray, ...]  # each digit's step: the ten digits' shares
 
 
 def greedy_decode(log_probs: np.ndarray, width: int) -> SequenceReading:
@@ -73,13 +86,16 @@ def greedy_decode(log_probs: np.ndarray, width: int) -> SequenceReading:
     repeats merged and blanks dropped."""
     steps = max(1, width // STRIDE)
     best = log_probs[:steps].argmax(-1)
-    text, positions, logp = [], [], 0.0
+    text, positions, probs, logp = [], [], [], 0.0
     for t, b in enumerate(best.tolist()):
         if b != BLANK and (t == 0 or b != best[t - 1]):
             text.append(str(b))
             positions.append(round((t + 0.5) / steps, 4))
+            digits = np.exp(log_probs[t, :BLANK].astype(np.float64))
+            probs.append(digits / digits.sum())
             logp += float(log_probs[t, b])
-    return SequenceReading("".join(text), tuple(positions), round(float(np.exp(logp)), 6))
+    confidence = round(float(np.exp(logp)), 6)
+    return SequenceReading("".join(text), tuple(positions), confidence, tuple(probs))
 
 
 class SequenceReader:
@@ -119,8 +135,10 @@ class SequenceReader:
         return self.read_strips([strip_ink(ink) for ink in inks])
 
 
-def shipped_folder(root: Path = SHIPPED_ROOT) -> Path | None:
-    """The newest shipped version's folder (names sort by time), None when none ships."""
+def shipped_folder(root: Path | None = None) -> Path | None:
+    """The newest shipped version's folder (names sort by time) in ``root`` (default
+    ``SHIPPED_ROOT``), None when none ships."""
+    root = SHIPPED_ROOT if root is None else root
     folders = sorted(
         p.parent for p in root.glob(f"*/{MODEL_FILE}") if (p.parent / MANIFEST_FILE).is_file()
     )
