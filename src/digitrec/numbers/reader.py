@@ -7,12 +7,18 @@ through the model in one batch (``Predictor.infer``). A piece the model does not
 one digit and any piece too wide for one is then tried cut at its candidate columns:
 every candidate part of every such piece goes through the model in a second batch, and
 per piece the cutting whose parts read best as digits wins (dynamic programming over
-the cuts; the whole piece competes too). Approach D, the hybrid (what is served): the
-shipped sequence reader (``sequence``, a CRNN + CTC in ONNX Runtime) reads those pieces
-too, in one more batch, and says how many digits each holds; the best cutting into
-that many parts wins (A's best cutting, when none has that many). Without a shipped
-sequence reader, approach A alone. Each final piece gets its answer from
-``Predictor.answer``: the same top-k, probabilities and verdict as a single digit.
+the cuts; the whole piece competes too): approach A.
+
+Approach D, the hybrid, is what is served when the sequence reader ships
+(``sequence.shipped_reader``: a CRNN + CTC, ONNX Runtime). Pieces sharing columns are
+first joined into chains (``segment.chain_groups``: a broken digit's parts held by two
+touching neighbours). The pieces A would try cutting are read by the sequence reader in
+one batch; straight cuts halfway between the places it read two digits join A's
+candidates; the cutting into as many parts as it read digits wins, each part scored by
+how well the digit model reads it as the sequence reader's digit there (A's best
+cutting when there is no such cutting). Those parts take the sequence reader's digit
+and top-k; every other piece the digit model's, with its verdict. Without a shipped
+sequence reader, approach A alone. Each piece keeps its box and its 28x28 input.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from digitrec.numbers.segment import (
     MIN_DIGIT_WIDTH,
     Components,
     Group,
+    chain_groups,
     cut_candidates,
     digit_groups,
     group_ink,
@@ -67,7 +74,6 @@ PIECE_COST = math.log(0.7)  # each extra piece must earn it: fewer digits win ne
 CROSS_COST = 1.0  # log score lost per extra stroke a cut goes through (a 3 cut: 2)
 SQUAT = 1.0  # a piece wider than this share of its height is less likely one digit...
 SQUAT_COST = 2.0  # ...by this much (log score) per unit of width/height beyond it
-ASK_WIDTH = 0.75  # pieces this wide (digit heights) are read by the sequence reader too
 SURE = 0.5  # a digit the sequence reader gives at least this probability is a "digit"
 # Verdicts that count as a digit read: "unsure" may be one, and its top answer is shown.
 READ = ("digit", "unsure")  # each extra piece must earn it: fewer digits win near-ties
@@ -155,7 +161,8 @@ def read_number(
     prepared or read, and ``InvalidRequest`` for a bad ``top_k``.
     """
     sequence = shipped_reader()
-    return _read(image, predictor, digit_groups, True, top_k, max_components, checked, sequence)
+    segmenter = digit_groups if sequence is None else chain_groups
+    return _read(image, predictor, segmenter, True, top_k, max_components, checked, sequence)
 
 
 def read_number_components(
@@ -309,21 +316,15 @@ def _cut_touching(
     height = comps.digit_height
     verdicts = predictor.rejection.verdicts(logits)
     worth = [_worth_cutting(p, verdicts[i], height) for i, p in enumerate(pieces)]
-    inks = {
-        i: group_ink(comps, p.group)
-        for i, p in enumerate(pieces)
-        if worth[i] or (sequence is not None and _worth_asking(p, height))
-    }
+    inks = {i: group_ink(comps, p.group) for i, p in enumerate(pieces) if worth[i]}
     readings = _sequence_readings(sequence, inks)
     plans: dict[int, Plan] = {}
     extra: list[_Piece] = []
     for i, ink in inks.items():
-        reading = readings.get(i)
-        if worth[i] or (reading is not None and len(reading.text) > 1):
-            between = _between_digits(ink, reading)
-            plan = _candidate_parts(comps, pieces[i], ink, predictor, len(pieces), extra, between)
-            if plan[1]:
-                plans[i] = plan
+        between = _between_digits(ink, readings.get(i))
+        plan = _candidate_parts(comps, pieces[i], ink, predictor, len(pieces), extra, between)
+        if plan[1]:
+            plans[i] = plan
     if not extra:
         return pieces, logits, [None] * len(pieces)
     every = pieces + extra
@@ -410,11 +411,6 @@ def _crossings(ink: np.ndarray, bounds: list[np.ndarray]) -> np.ndarray:
         along = (ink[rows, path] > MARK_LEVEL).astype(np.int8)
         out[k] = np.count_nonzero(np.diff(np.concatenate(([0], along, [0]))) == 1)
     return out
-
-
-def _worth_asking(piece: _Piece, height: float) -> bool:
-    """Wide enough that it may be two touching digits the digit model read as one."""
-    return piece.right - piece.left >= ASK_WIDTH * height
 
 
 def _between_digits(ink: np.ndarray, reading: SequenceReading | None) -> list[int]:
