@@ -153,6 +153,17 @@ def checkpointer(
     return save
 
 
+def revalidate(out: Path, val: list[tuple[str, np.ndarray, str]]) -> None:
+    """Rewrite the validation figures of the model in ``out`` (its manifest otherwise
+    unchanged)."""
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest["validation"]["whole_number_accuracy"] = validate(out, val)
+    tmp = out / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(out / MANIFEST_FILE)
+    log.info("validation: %s", manifest["validation"]["whole_number_accuracy"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3000, help="training wall time")
@@ -161,12 +172,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="PyTorch threads")
     parser.add_argument("--val-n", type=int, default=100, help="validation numbers per kind")
     parser.add_argument("--pool", type=int, default=ctc.POOL, help="numbers held at once")
+    parser.add_argument(
+        "--validate-only", action="store_true", help="recompute --out's validation figures"
+    )
     parser.add_argument("--checkpoint-every", type=float, default=300, help="seconds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     train_digits, val_digits = held_out(load_mnist(Settings(), progress=False))
     val = validation_set(val_digits, args.val_n, args.seed + 1)
+    if args.validate_only:
+        revalidate(args.out, val)
+        return
     stream = ctc.NumberStream(train_digits, args.seed, args.pool)
     log.info("pool of %d numbers ready; training %.0f s", args.pool, args.seconds)
     save = checkpointer(args.out, args, val)

@@ -12,11 +12,11 @@ the cuts; the whole piece competes too): approach A.
 Approach D, the hybrid, is what is served when the sequence reader ships
 (``sequence.shipped_reader``: a CRNN + CTC, ONNX Runtime). Pieces sharing columns are
 first joined into chains (``segment.chain_groups``: a broken digit's parts held by two
-touching neighbours). The pieces A would try cutting are read by the sequence reader in
-one batch; straight cuts halfway between the places it read two digits join A's
-candidates; the cutting into as many parts as it read digits wins, each part scored by
-how well the digit model reads it as the sequence reader's digit there (A's best
-cutting when there is no such cutting). Those parts take the sequence reader's digit
+touching neighbours). The pieces A would try cutting are read by the sequence reader
+(one short forward pass each); straight cuts halfway between the places it read two
+digits join A's candidates; the cutting into as many parts as it read digits wins, each
+part scored by how well the digit model reads it as the sequence reader's digit there
+(A's best cutting when there is no such cutting). Those parts take the sequence reader's digit
 and top-k; every other piece the digit model's, with its verdict. Without a shipped
 sequence reader, approach A alone. Each piece keeps its box and its 28x28 input.
 """
@@ -311,8 +311,9 @@ def _cut_touching(
     sequence: SequenceReader | None,
 ) -> tuple[list[_Piece], np.ndarray, list[np.ndarray | None]]:
     """Try cutting the pieces that may hold touching digits; one more batch at most, and
-    one of ``sequence``. Returns the final pieces, their logits and, for each piece the
-    sequence reader read, its digit probabilities there (None: the digit model's)."""
+    ``sequence`` reading each of them. Returns the final pieces, their logits and, for
+    each piece the sequence reader read, its digit probabilities there (None: the digit
+    model's)."""
     height = comps.digit_height
     verdicts = predictor.rejection.verdicts(logits)
     worth = [_worth_cutting(p, verdicts[i], height) for i, p in enumerate(pieces)]
@@ -427,7 +428,7 @@ def _sequence_readings(
     sequence: SequenceReader | None, inks: dict[int, np.ndarray]
 ) -> dict[int, SequenceReading]:
     """What the sequence reader reads in each piece's ink (none where it reads no digit,
-    or without a sequence reader): one batch."""
+    or without a sequence reader)."""
     if sequence is None or not inks:
         return {}
     readings = sequence.read_inks(list(inks.values()))

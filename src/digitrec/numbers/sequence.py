@@ -124,11 +124,14 @@ class SequenceReader:
         return str(self.manifest.get("version", self.folder.name))
 
     def read_strips(self, strips: list[np.ndarray]) -> list[SequenceReading]:
-        """Strips (``strip_ink``) -> what each reads; one forward pass."""
-        if not strips:
-            return []
-        out = self.session.run(None, {self.input_name: batch_strips(strips)})[0]
-        return [greedy_decode(out[i], s.shape[1]) for i, s in enumerate(strips)]
+        """Strips (``strip_ink``) -> what each reads: one forward pass per strip, so a
+        reading never depends on the others (right padding would reach the GRU's
+        backward pass)."""
+        out = []
+        for s in strips:
+            log_probs = self.session.run(None, {self.input_name: batch_strips([s])})[0][0]
+            out.append(greedy_decode(log_probs, s.shape[1]))
+        return out
 
     def read_inks(self, inks: list[np.ndarray]) -> list[SequenceReading]:
         """Ink maps (float, ink 1) -> what each reads."""
