@@ -4,9 +4,11 @@ wins. Its file ships in the package; without it ``read_number`` is approach A.""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +57,17 @@ def test_the_sequence_reader_ships_with_its_manifest() -> None:
     assert manifest["strip"]["height"] == STRIP_HEIGHT
     assert manifest["training"]["steps"] > 0 and manifest["training"]["seed"] == 0
     assert (folder / sequence.MODEL_FILE).stat().st_size < 4_000_000  # a few MB at most
+
+
+def test_the_package_data_carries_it() -> None:
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    globs = project["tool"]["setuptools"]["package-data"]["digitrec"]
+    package = Path(sequence.__file__).parents[1]
+    shipped = [p for p in sequence.SHIPPED_ROOT.rglob("*") if p.is_file()]
+    assert shipped
+    for path in shipped:
+        relative = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(relative, g) for g in globs), relative
 
 
 @pytest.mark.mnist

@@ -36,6 +36,7 @@ from digitrec.config import Settings
 from digitrec.errors import BlankImage
 from digitrec.imagecheck import Structure
 from digitrec.numbers.segment import (
+    MAX_CUTS,
     MAX_DIGIT_WIDTH,
     MIN_DIGIT_WIDTH,
     Components,
@@ -416,8 +417,9 @@ def _crossings(ink: np.ndarray, bounds: list[np.ndarray]) -> np.ndarray:
 
 def _between_digits(ink: np.ndarray, reading: SequenceReading | None) -> list[int]:
     """Columns halfway between the places the sequence reader read two digits, inside
-    the piece (none without a reading of several digits)."""
-    if reading is None or len(reading.text) < 2:
+    the piece (none without a reading of several digits; none past ``MAX_CUTS`` digits,
+    which bounds the parts the digit model reads as A's own cuts do)."""
+    if reading is None or not 2 <= len(reading.text) <= MAX_CUTS + 1:
         return []
     at = ink_columns(ink, reading.positions)
     middles = np.rint((at[1:] + at[:-1]) / 2).astype(int)
