@@ -12,13 +12,17 @@ the cuts; the whole piece competes too): approach A.
 Approach D, the hybrid, is what is served when the sequence reader ships
 (``sequence.shipped_reader``: a CRNN + CTC, ONNX Runtime). Pieces sharing columns are
 first joined into chains (``segment.chain_groups``: a broken digit's parts held by two
-touching neighbours). The pieces A would try cutting are read by the sequence reader
-(one short forward pass each); straight cuts halfway between the places it read two
-digits join A's candidates; the cutting into as many parts as it read digits wins, each
-part scored by how well the digit model reads it as the sequence reader's digit there
-(A's best cutting when there is no such cutting). Those parts take the sequence reader's digit
-and top-k; every other piece the digit model's, with its verdict. Without a shipped
-sequence reader, approach A alone. Each piece keeps its box and its 28x28 input.
+touching neighbours). The pieces A would try cutting, and any piece at least
+``ASK_WIDTH`` wide, are read by the sequence reader (one short forward pass each); a
+wide piece it reads as one digit is left to the digit model. In the others, straight
+cuts halfway between the places it read two digits join A's candidates, and the
+cutting into as many parts as it read digits wins, each part scored by how well the
+digit model reads it as the sequence reader's digit there (A's best cutting when there
+is no such cutting). Those parts take the sequence reader's digit and top-k, from its
+reading of the whole strip when that has one digit per final piece (``_in_context``),
+else from its reading of the piece; every other piece keeps the digit model's answer
+and verdict. Without a shipped sequence reader, approach A alone. Each piece keeps its
+box and its 28x28 input.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ PIECE_COST = math.log(0.7)  # each extra piece must earn it: fewer digits win ne
 CROSS_COST = 1.0  # log score lost per extra stroke a cut goes through (a 3 cut: 2)
 SQUAT = 1.0  # a piece wider than this share of its height is less likely one digit...
 SQUAT_COST = 2.0  # ...by this much (log score) per unit of width/height beyond it
+ASK_WIDTH = 0.75  # pieces this wide (digit heights) are read by the sequence reader too
 SURE = 0.5  # a digit the sequence reader gives at least this probability is a "digit"
 # Verdicts that count as a digit read: "unsure" may be one, and its top answer is shown.
 READ = ("digit", "unsure")  # each extra piece must earn it: fewer digits win near-ties
@@ -223,6 +228,7 @@ def _read(
     read: list[np.ndarray | None] = [None] * len(pieces)
     if cut:
         pieces, logits, read = _cut_touching(comps, pieces, logits, predictor, sequence)
+        read = _in_context(sequence, comps.ink, read)
     scale = (width / comps.ink.shape[1], height / comps.ink.shape[0])
     answers = [
         predictor.answer(p.pre, row, top_k, started) for p, row in zip(pieces, logits, strict=True)
@@ -240,6 +246,20 @@ def _read(
         model_version=predictor.version,
         processing_ms=round((time.perf_counter() - started) * 1000, 3),
     )
+
+
+def _in_context(
+    sequence: SequenceReader | None, ink: np.ndarray, read: list[np.ndarray | None]
+) -> list[np.ndarray | None]:
+    """Where the sequence reader read pieces, it reads the whole strip too; when that
+    gives one digit per final piece, its digits (read with their neighbours in view)
+    replace its readings of those pieces. Pieces the digit model read keep its answer."""
+    if sequence is None or all(r is None for r in read):
+        return read
+    (whole,) = sequence.read_inks([ink])
+    if len(whole.text) != len(read):
+        return read
+    return [w if r is not None else None for w, r in zip(whole.digit_probs, read, strict=True)]
 
 
 def _number_digit(box: Box, answer: Prediction, read: np.ndarray | None, top_k: int) -> NumberDigit:
@@ -318,12 +338,16 @@ def _cut_touching(
     height = comps.digit_height
     verdicts = predictor.rejection.verdicts(logits)
     worth = [_worth_cutting(p, verdicts[i], height) for i, p in enumerate(pieces)]
-    inks = {i: group_ink(comps, p.group) for i, p in enumerate(pieces) if worth[i]}
+    ask = [sequence is not None and _worth_asking(p, height) for p in pieces]
+    inks = {i: group_ink(comps, p.group) for i, p in enumerate(pieces) if worth[i] or ask[i]}
     readings = _sequence_readings(sequence, inks)
     plans: dict[int, Plan] = {}
     extra: list[_Piece] = []
     for i, ink in inks.items():
-        between = _between_digits(ink, readings.get(i))
+        reading = readings.get(i)
+        if not worth[i] and (reading is None or len(reading.text) < 2):
+            continue  # one digit, as the digit model read it
+        between = _between_digits(ink, reading)
         plan = _candidate_parts(comps, pieces[i], ink, predictor, len(pieces), extra, between)
         if plan[1]:
             plans[i] = plan
@@ -413,6 +437,11 @@ def _crossings(ink: np.ndarray, bounds: list[np.ndarray]) -> np.ndarray:
         along = (ink[rows, path] > MARK_LEVEL).astype(np.int8)
         out[k] = np.count_nonzero(np.diff(np.concatenate(([0], along, [0]))) == 1)
     return out
+
+
+def _worth_asking(piece: _Piece, height: float) -> bool:
+    """Wide enough that it may be two touching digits the digit model read as one."""
+    return piece.right - piece.left >= ASK_WIDTH * height
 
 
 def _between_digits(ink: np.ndarray, reading: SequenceReading | None) -> list[int]:
