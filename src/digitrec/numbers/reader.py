@@ -18,15 +18,18 @@ wide piece it reads as one digit is left to the digit model. In the others, stra
 cuts halfway between the places it read two digits join A's candidates, and the
 cutting into as many parts as it read digits wins, each part scored by how well the
 digit model reads it as the sequence reader's digit there (A's best cutting when there
-is no such cutting). Those parts take the sequence reader's digit and top-k, from its
-reading of the whole strip when that has one digit per final piece (``_in_context``),
-else from its reading of the piece; every other piece keeps the digit model's answer
-and verdict. Without a shipped sequence reader, approach A alone. Each piece keeps its
+is no such cutting). Then the sequence reader reads the whole strip (``_in_context``):
+when it reads one digit per final piece, the parts it read take its digit and top-k
+from that reading, and every other piece keeps the digit model's answer and verdict;
+when it reads another count, the strip is cut straight down halfway between its digits
+and every part takes its digit (its reading of each piece stands when it reads no
+digit at all). Without a shipped sequence reader, approach A alone. Each piece has its
 box and its 28x28 input.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -37,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from digitrec.config import Settings
-from digitrec.errors import BlankImage
+from digitrec.errors import BlankImage, InvalidRequest
 from digitrec.imagecheck import Structure
 from digitrec.numbers.segment import (
     MAX_CUTS,
@@ -216,6 +219,10 @@ def _read(
     sequence: SequenceReader | None = None,
 ) -> NumberReading:
     started = time.perf_counter()
+    if not 1 <= top_k <= DIGIT_CLASSES:  # as Predictor.answer, before any work
+        raise InvalidRequest(
+            f"top_k must be between 1 and {DIGIT_CLASSES}", code="validation_error"
+        )
     if isinstance(image, bytes):
         img, (width, height) = _open(image, predictor, checked)
     else:
@@ -228,14 +235,13 @@ def _read(
     read: list[np.ndarray | None] = [None] * len(pieces)
     if cut:
         pieces, logits, read = _cut_touching(comps, pieces, logits, predictor, sequence)
-        read = _in_context(sequence, comps.ink, read)
+        pieces, logits, read = _in_context(sequence, comps, pieces, logits, read, predictor)
     scale = (width / comps.ink.shape[1], height / comps.ink.shape[0])
-    answers = [
-        predictor.answer(p.pre, row, top_k, started) for p, row in zip(pieces, logits, strict=True)
-    ]
     digits = tuple(
-        _number_digit(_box(p, scale), a, probs, top_k)
-        for p, a, probs in zip(pieces, answers, read, strict=True)
+        _number_digit(_box(p, scale), p, predictor.answer(p.pre, row, top_k, started))
+        if probs is None
+        else _sequence_digit(_box(p, scale), p, probs, top_k)
+        for p, row, probs in zip(pieces, logits, read, strict=True)
     )
     return NumberReading(
         digits=digits,
@@ -249,31 +255,61 @@ def _read(
 
 
 def _in_context(
-    sequence: SequenceReader | None, ink: np.ndarray, read: list[np.ndarray | None]
-) -> list[np.ndarray | None]:
-    """Where the sequence reader read pieces, it reads the whole strip too; when that
+    sequence: SequenceReader | None,
+    comps: Components,
+    pieces: list[_Piece],
+    logits: np.ndarray,
+    read: list[np.ndarray | None],
+    predictor: Predictor,
+) -> tuple[list[_Piece], np.ndarray, list[np.ndarray | None]]:
+    """Where the sequence reader read pieces, it reads the whole strip too. When that
     gives one digit per final piece, its digits (read with their neighbours in view)
-    replace its readings of those pieces. Pieces the digit model read keep its answer."""
+    replace its readings of those pieces, the digit model's answers stay. When it gives
+    another count, the strip is cut straight down halfway between its digits and each
+    part takes its digit (``_strip_pieces``; the digit model's logits of those parts are
+    never read, zeros stand in for them)."""
     if sequence is None or all(r is None for r in read):
-        return read
-    (whole,) = sequence.read_inks([ink])
-    if len(whole.text) != len(read):
-        return read
-    return [w if r is not None else None for w, r in zip(whole.digit_probs, read, strict=True)]
+        return pieces, logits, read
+    (whole,) = sequence.read_inks([comps.ink])
+    if len(whole.text) == len(read):
+        mixed = [w if r is not None else None for w, r in zip(whole.digit_probs, read, strict=True)]
+        return pieces, logits, mixed
+    parts = _strip_pieces(comps, whole, predictor)
+    if not whole.text or len(parts) != len(whole.text):
+        return pieces, logits, read
+    return parts, np.zeros((len(parts), logits.shape[1]), logits.dtype), list(whole.digit_probs)
 
 
-def _number_digit(box: Box, answer: Prediction, read: np.ndarray | None, top_k: int) -> NumberDigit:
-    """One piece's answer: the digit model's, or where the sequence reader read the
-    piece (touching digits), its digit and top-k at that place ("unsure" under
-    ``SURE``); the 28x28 input is the digit model's either way."""
-    if read is None:
-        return NumberDigit(
-            box, answer.digit, answer.confidence, answer.verdict, answer.top, answer.image
-        )
-    order = np.argsort(-read, kind="stable")[:top_k]
-    top = [(int(d), round(float(read[d]), 6)) for d in order]
+def _strip_pieces(comps: Components, whole: SequenceReading, predictor: Predictor) -> list[_Piece]:
+    """The ink cut straight down halfway between the places the sequence reader read
+    two digits: one piece per digit (fewer when a part holds no ink)."""
+    ink = comps.ink
+    rows, width = ink.shape
+    page = Group(frozenset(), 0, rows, 0, width)
+    at = ink_columns(ink, whole.positions)
+    cuts = [0, *np.rint((at[1:] + at[:-1]) / 2).astype(int).clip(0, width).tolist(), width]
+    columns = np.arange(width)[None, :]
+    parts = []
+    for a, b in itertools.pairwise(cuts):
+        part = _piece(page, np.where((columns >= a) & (columns < b), ink, 0), predictor)
+        if part is not None:
+            parts.append(part)
+    return parts
+
+
+def _number_digit(box: Box, piece: _Piece, answer: Prediction) -> NumberDigit:
+    """A piece as the digit model read it."""
+    a = answer
+    return NumberDigit(box, a.digit, a.confidence, a.verdict, a.top, piece.pre.image)
+
+
+def _sequence_digit(box: Box, piece: _Piece, probs: np.ndarray, top_k: int) -> NumberDigit:
+    """A piece as the sequence reader read it: its digit and top-k there ("unsure"
+    under ``SURE``); the 28x28 input the digit model would see."""
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    top = [(int(d), round(float(probs[d]), 6)) for d in order]
     verdict = "digit" if top[0][1] >= SURE else "unsure"
-    return NumberDigit(box, top[0][0], top[0][1], verdict, top, answer.image)
+    return NumberDigit(box, top[0][0], top[0][1], verdict, top, piece.pre.image)
 
 
 def _open(
