@@ -16,17 +16,21 @@ import numpy as np
 import pytest
 
 from digitrec.data import Mnist
+from digitrec.errors import InvalidRequest
 from digitrec.numbers import sequence
 from digitrec.numbers.reader import (
     _best_cutting,
     _reads_as,
+    _strip_pieces,
     read_number,
     read_number_components,
 )
+from digitrec.numbers.segment import label_ink
 from digitrec.numbers.sequence import (
     BLANK,
     STRIP_HEIGHT,
     SequenceReader,
+    SequenceReading,
     greedy_decode,
     shipped_reader,
     strip_ink,
@@ -124,6 +128,28 @@ def test_the_sequence_readers_digits_choose_where_to_cut() -> None:
     crossings = np.array([0, 1, 1, 0])
     assert _best_cutting(crossings, spans, lambda k, n: float(best[k]), 2) == [0, 1]
     assert _best_cutting(crossings, spans, _reads_as("17", digit_scores, best), 2) == [2, 3]
+
+
+def test_the_strip_is_cut_between_the_digits_read(predictor: Predictor) -> None:
+    ink = np.zeros((40, 130), np.float32)
+    ink[8:32, 10:40] = ink[8:32, 50:80] = ink[8:32, 90:120] = 1.0  # three blobs
+    comps = label_ink(ink, 64)
+    # Emissions at the blobs' centres, as shares of the strip (the ink padded by 15 %
+    # of its 24-pixel height: 4 columns each side, 118 columns in all).
+    centres = [(x - 10 + 4 + 0.5) / 118 for x in (25, 65, 105)]
+    probs = tuple(np.eye(10)[d] for d in (3, 1, 4))
+    reading = SequenceReading("314", tuple(centres), 1.0, probs)
+    parts = _strip_pieces(comps, reading, predictor)
+    assert [(p.left, p.right, p.top, p.bottom) for p in parts] == [
+        (10, 40, 8, 32),
+        (50, 80, 8, 32),
+        (90, 120, 8, 32),
+    ]
+
+
+def test_a_bad_top_k_is_refused_before_any_work(predictor: Predictor) -> None:
+    with pytest.raises(InvalidRequest):
+        read_number(b"not even an image", predictor, top_k=11)
 
 
 @pytest.mark.mnist
