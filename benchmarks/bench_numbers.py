@@ -1,15 +1,17 @@
-"""Reading whole numbers (#13): two segmentations compared on generated numbers.
+"""Reading whole numbers (#13): the approaches compared on generated numbers.
 
 Numbers of 2-6 MNIST *test* digits (``numbers.synth``, seeded), with clear gaps or
 touching / slightly overlapping neighbours, sent as a canvas export or photographed on
 paper, are read by
 
-- A, ``read_number``: connected components, broken digits joined, touching digits cut
-  where the model reads the parts best;
+- A, ``read_number_components``: connected components, broken digits joined, touching
+  digits cut where the model reads the parts best;
 - B, ``read_number_projection``: the naive baseline, one piece per run of inked columns;
-- C (``--ctc-seconds S``), ``numbers.ctc``: a small CNN + CTC reading the whole strip,
-  trained here for S seconds on numbers of MNIST *training* digits (per digit: 1 - edit
-  distance / length, as it gives no boxes).
+- C, the shipped sequence reader (``numbers.sequence``, a CNN + CTC trained by
+  ``scripts/train_number_reader.py`` on numbers of MNIST *training* digits) reading the
+  whole strip (per digit: 1 - edit distance / length, as it gives no boxes);
+- D, ``read_number`` (served): A, with C saying how many digits each piece that may
+  hold touching digits holds.
 
 Per cell: whole-number accuracy (the number read, complete, equals the truth) and
 per-digit accuracy (each true digit's box is matched to the read piece overlapping it
@@ -17,7 +19,7 @@ most, IoU at least ``MATCH_IOU``; right when that piece reads the digit). Latenc
 of ``read_number`` on 4-digit canvas numbers against ``Predictor.predict_bytes`` on
 one-digit canvas images, same process and model, interleaved.
 
-    python benchmarks/bench_numbers.py [--n 300] [--seed 0] [--quick] [--ctc-seconds 240]
+    python benchmarks/bench_numbers.py [--n 300] [--seed 0] [--quick]
 """
 
 from __future__ import annotations
@@ -32,17 +34,25 @@ import numpy as np
 from common import RESULTS, bundled_model, machine_info, ratio, save_results, summarize, table
 from digitrec.config import Settings
 from digitrec.data import load_mnist
-from digitrec.numbers.reader import NumberReading, read_number, read_number_projection
+from digitrec.numbers.reader import (
+    NumberReading,
+    read_number,
+    read_number_components,
+    read_number_projection,
+)
 from digitrec.numbers.scoring import LENGTHS, SPACINGS, TARGETS, VARIANTS, accuracy
+from digitrec.numbers.sequence import SequenceReader, shipped_reader
 from digitrec.numbers.synth import SynthNumber, number_set
 from digitrec.predict import Predictor
+from digitrec.preprocess import ink_map, load, open_image
 from digitrec.realistic import transparent
 
 APPROACHES: dict[str, Callable[..., NumberReading]] = {
-    "A_components": read_number,
+    "A_components": read_number_components,
     "B_projection": read_number_projection,
+    "D_hybrid": read_number,
 }
-CTC = "C_ctc"  # approach C's name in the results, when trained (--ctc-seconds)
+CTC = "C_ctc"  # approach C's name in the results
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -54,35 +64,10 @@ def edit_distance(a: str, b: str) -> int:
     return row[-1]
 
 
-def train_ctc(mnist: Any, n_train: int, seconds: float, seed: int) -> tuple[Any, dict[str, Any]]:
-    """Approach C: a CNN + CTC trained on ``split="train"`` numbers of every kind."""
-    from digitrec.numbers import ctc  # PyTorch: only when asked for
-
-    started = time.perf_counter()
-    data: list[SynthNumber] = []
-    kinds = [(s, v) for s in SPACINGS for v in VARIANTS]
-    for k, (spacing, variant) in enumerate(kinds):
-        data += number_set(
-            mnist,
-            n_train // len(kinds),
-            split="train",
-            spacing=spacing,  # type: ignore[arg-type]
-            variant=variant,
-            seed=10_000 + seed * 10 + k,
-        )
-    strips = [ctc.strip(n.data) for n in data]
-    prepared = time.perf_counter() - started
-    model, info = ctc.train(strips, [n.text for n in data], seconds, seed)
-    info.update(numbers=len(data), prepare_s=round(prepared, 1), train_s=seconds)
-    return model, info
-
-
-def ctc_accuracy(model: Any, numbers: list[SynthNumber]) -> dict[str, Any]:
+def ctc_accuracy(reader: SequenceReader, numbers: list[SynthNumber]) -> dict[str, Any]:
     """Whole-number accuracy, and per digit 1 - edit distance / length (no boxes)."""
-    from digitrec.numbers import ctc
-
     started = time.perf_counter()
-    texts = ctc.read(model, [ctc.strip(n.data) for n in numbers])
+    texts = [reader.read_inks([ink_map(load(open_image(n.data)))])[0].text for n in numbers]
     pairs = list(zip(texts, numbers, strict=True))
     digits = sum(max(0, len(n.text) - edit_distance(t, n.text)) for t, n in pairs)
     return {
@@ -99,11 +84,13 @@ def latency(predictor: Predictor, mnist: Any, runs: int, seed: int) -> dict[str,
     ``transparent``), and, for comparison, a one-digit number of the generator (a small
     image cropped round the digit)."""
     fours = [n.data for n in number_set(mnist, 20, lengths=(4,), seed=seed + 1)]
+    touching = number_set(mnist, 20, lengths=(4,), spacing="touching", seed=seed + 3)
     rng = np.random.default_rng(seed + 2)
     canvases = [transparent(mnist.test_images[i], rng) for i in range(20)]
     ones = [n.data for n in number_set(mnist, 20, lengths=(1,), seed=seed + 2)]
     calls: dict[str, tuple[Callable[[bytes], object], list[bytes]]] = {
         "number": (lambda raw: read_number(raw, predictor), fours),
+        "touching": (lambda raw: read_number(raw, predictor), [n.data for n in touching]),
         "canvas_digit": (predictor.predict_bytes, canvases),
         "cropped_digit": (predictor.predict_bytes, ones),
     }
@@ -116,10 +103,12 @@ def latency(predictor: Predictor, mnist: Any, runs: int, seed: int) -> dict[str,
     ms = {key: summarize(values) for key, values in times.items()}
     return {
         "four_digit_number_ms": ms["number"],
+        "four_touching_digits_ms": ms["touching"],
         "single_digit_ms": ms["canvas_digit"],
         "cropped_single_digit_ms": ms["cropped_digit"],
         "p50_ratio": ratio(ms["number"]["p50"], ms["canvas_digit"]["p50"]),
         "p50_ratio_to_cropped": ratio(ms["number"]["p50"], ms["cropped_digit"]["p50"]),
+        "p50_ratio_touching": ratio(ms["touching"]["p50"], ms["canvas_digit"]["p50"]),
         "target_ratio": 3.0,
     }
 
@@ -150,7 +139,12 @@ def report(results: dict[str, Any]) -> str:
         f"Latency p50: 4-digit canvas number {lat['four_digit_number_ms']['p50']} ms; "
         f"one digit on a 280x280 canvas {lat['single_digit_ms']['p50']} ms: ratio "
         f"{lat['p50_ratio']} (target at most {lat['target_ratio']}); one digit cropped "
-        f"small {lat['cropped_single_digit_ms']['p50']} ms: ratio {lat['p50_ratio_to_cropped']}.",
+        f"small {lat['cropped_single_digit_ms']['p50']} ms: ratio {lat['p50_ratio_to_cropped']}. "
+        f"A 4-digit canvas number whose digits touch {lat['four_touching_digits_ms']['p50']} ms: "
+        f"ratio {lat['p50_ratio_touching']}.",
+        "",
+        f"Sequence reader (C, and D's digit counts): {results['sequence_reader']}. "
+        f"Wall time of the run: {results['wall_s']} s.",
         "",
     ]
     return "\n".join(lines)
@@ -168,17 +162,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-runs", type=int, default=400)
     parser.add_argument("--quick", action="store_true", help="30 numbers per cell, 60 runs")
-    parser.add_argument("--ctc-seconds", type=float, default=0, help="train approach C (0: no)")
-    parser.add_argument("--ctc-train", type=int, default=16000, help="training numbers for C")
     args = parser.parse_args()
+    started = time.perf_counter()
     n, runs = (30, 60) if args.quick else (args.n, args.latency_runs)
     machine = machine_info()
     mnist = load_mnist(Settings(), progress=False)
     predictor = Predictor(bundled_model(), "onnx", 1)
-    ctc_model, ctc_info = None, None
-    if args.ctc_seconds > 0:
-        ctc_model, ctc_info = train_ctc(mnist, args.ctc_train, args.ctc_seconds, args.seed)
-        print(f"C_ctc trained: {ctc_info}")
+    ctc_model = shipped_reader()
     names = [*APPROACHES, *([CTC] if ctc_model is not None else [])]
     cells, totals = [], []
     for s, spacing in enumerate(SPACINGS):
@@ -217,13 +207,22 @@ def main() -> None:
         "totals": totals,
         "latency": latency(predictor, mnist, runs, args.seed),
         "approaches": names,
-        "ctc_training": ctc_info,
+        "sequence_reader": _sequence_info(ctc_model),
+        "wall_s": round(time.perf_counter() - started),
     }
     path = save_results("numbers", results, machine)
     results["command"] = " ".join(["python benchmarks/bench_numbers.py", *_argv()])
     (RESULTS / "numbers.md").write_text(report(results))
     print(report(results))
     print(f"wrote {path}")
+
+
+def _sequence_info(reader: SequenceReader | None) -> dict[str, Any] | None:
+    """The shipped sequence reader's version and how it was trained (its manifest)."""
+    if reader is None:
+        return None
+    m = reader.manifest
+    return {"version": reader.version, "training": m.get("training"), "data": m.get("data")}
 
 
 def cell_name(cell: dict[str, Any]) -> str:

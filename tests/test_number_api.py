@@ -15,7 +15,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from digitrec.data import Mnist
+from digitrec.numbers.reader import read_number_components
 from digitrec.numbers.synth import number_set
+from digitrec.predict import Predictor
 from digitrec.preprocess import WORK_SIDE
 from tests.conftest import encode, run_cli
 
@@ -100,6 +102,26 @@ def test_a_big_photo_is_read_in_the_sandbox_with_boxes_in_its_pixels(
         assert x + w <= big.width and y + h <= big.height
     sandbox = client.app.state.service.decoder.sandbox  # type: ignore[attr-defined]
     assert any(w.process is not None for w in sandbox.workers)  # it went there
+
+
+@pytest.mark.mnist
+def test_touching_numbers_are_read_with_the_sequence_reader(
+    client: TestClient, mnist: Mnist, predictor: Predictor
+) -> None:
+    numbers = number_set(mnist, 12, lengths=(2, 3), spacing="touching", seed=41)
+    png = {"content-type": "image/png"}
+    answers = [client.post(NUMBER, content=n.data, headers=png).json() for n in numbers]
+    served = [
+        a["complete"] and a["number"] == n.text for a, n in zip(answers, numbers, strict=True)
+    ]
+    alone = [read_number_components(n.data, predictor) for n in numbers]
+    a_right = [r.complete and r.number == n.text for r, n in zip(alone, numbers, strict=True)]
+    assert sum(served) >= 11 and sum(served) >= sum(a_right) + 4
+    for answer, n in zip(answers, numbers, strict=True):
+        if answer["number"] == n.text:  # each digit its own box, left to right, top 3
+            assert len(answer["digits"]) == len(n.text)
+            lefts = [d["box"][0] for d in answer["digits"]]
+            assert lefts == sorted(lefts) and all(len(d["top"]) == 3 for d in answer["digits"])
 
 
 def test_documented_in_openapi(client: TestClient) -> None:

@@ -237,15 +237,3 @@ def test_at_most_two_batches_whatever_the_image(
     calls.clear()
     read(predictor, png(img))
     assert 1 <= len(calls) <= 2
-
-
-@pytest.mark.mnist
-def test_ctc_reads_strips_of_digits(mnist: Mnist) -> None:
-    from digitrec.numbers import ctc
-
-    numbers = number_set(mnist, 32, split="train", lengths=(2, 3), seed=5)
-    strips = [ctc.strip(n.data) for n in numbers]
-    assert all(s.shape[0] == ctc.STRIP_HEIGHT and s.max() <= 1 for s in strips)
-    model, info = ctc.train(strips, [n.text for n in numbers], seconds=1.0)
-    assert info["steps"] >= 1
-    assert all(text.isdigit() or text == "" for text in ctc.read(model, strips[:4]))

@@ -2,6 +2,7 @@
 
 ``synth`` makes number images from MNIST digits with their ground truth, ``segment``
 cuts an ink map into one piece per digit, ``reader`` reads the pieces with the served
-single-digit model (``read_number``, what the API serves). ``ctc`` is the compared
-alternative, a CNN + CTC reading the whole strip (needs PyTorch; benchmark only).
+single-digit model (``read_number``, what the API serves), asking ``sequence`` (the
+shipped CNN + CTC sequence reader, ONNX Runtime) how many digits a piece of touching
+digits holds. ``ctc`` trains that sequence reader (needs PyTorch; training only).
 """

@@ -1,47 +1,52 @@
-"""Approach C for whole numbers (#13): one small CNN + CTC reads the whole strip.
+"""Approach C for whole numbers (#13): one small CNN + CTC reads a whole strip; training.
 
-No segmentation: the number's ink (``preprocess.ink_map``) is cropped, scaled to a strip
-``STRIP_HEIGHT`` pixels high, and a convolutional network followed by a bidirectional
-GRU emits one distribution over "blank" and the ten digits per column group; greedy CTC
-decoding gives the digits. Trained a few minutes on CPU on ``split="train"`` numbers of
-``synth`` (benchmarks/bench_numbers.py --ctc). Needs PyTorch: a benchmark comparison,
-not on the serving path.
+No segmentation: the number's ink (``preprocess.ink_map``) is laid out as a strip
+(``sequence.strip_ink``) and a convolutional network followed by a bidirectional GRU
+emits one distribution over "blank" and the ten digits per ``STRIDE`` columns; greedy
+CTC decoding gives the digits. Owns the network (``CRNN``), its training on numbers of
+``synth`` drawn fresh while it trains (``NumberStream``: MNIST *training* digits, clear
+and touching, canvas and photo, 1-6 digits) and the ONNX export that ``sequence``
+serves. Needs PyTorch: training and benchmarks only.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from digitrec.preprocess import MARK_LEVEL, ink_map, load, open_image
+from digitrec.data import Mnist
+from digitrec.numbers.sequence import (
+    BLANK,
+    STRIDE,
+    STRIP_HEIGHT,
+    batch_strips,
+    greedy_decode,
+    strip_ink,
+)
+from digitrec.numbers.synth import make_number
+from digitrec.preprocess import ink_map, load, open_image
 
-STRIP_HEIGHT = 32  # pixels of the strip the network reads
-MAX_STRIP_WIDTH = 320  # a wider strip is squeezed to this
-PAD = 0.15  # space kept round the ink, strip heights
-BLANK = 10  # CTC blank index after the ten digits
+LENGTHS = (1, 2, 3, 4, 5, 6)  # digits per training number, drawn evenly
+TOUCHING_SHARE = 0.6  # share of training numbers whose neighbours touch
+PHOTO_SHARE = 0.5  # share photographed on paper (the rest: canvas exports)
+POOL = 6144  # training numbers held at once...
+FRESH = 12  # ...of which this many are replaced by new ones every step
+BATCH = 32
+LR = 2e-3  # peak AdamW learning rate, cosine-decayed over the time budget
+WARMUP = 0.03  # share of the time budget spent warming the learning rate up
 
 
 def strip(raw: bytes) -> np.ndarray:
-    """Image bytes -> (STRIP_HEIGHT, width) float32 ink strip (ink 1)."""
-    ink = ink_map(load(open_image(raw)))
-    rows = np.flatnonzero((ink > MARK_LEVEL).any(1))
-    cols = np.flatnonzero((ink > MARK_LEVEL).any(0))
-    if rows.size == 0:
-        return np.zeros((STRIP_HEIGHT, STRIP_HEIGHT), np.float32)
-    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    pad = round(PAD * crop.shape[0])
-    crop = np.pad(crop, pad)
-    scale = STRIP_HEIGHT / crop.shape[0]
-    width = int(np.clip(round(crop.shape[1] * scale), STRIP_HEIGHT // 2, MAX_STRIP_WIDTH))
-    img = Image.fromarray(crop.astype(np.float32)).resize(
-        (width, STRIP_HEIGHT), Image.Resampling.BILINEAR
-    )
-    return np.clip(np.asarray(img, np.float32), 0, 1)
+    """Image bytes -> the strip ``sequence`` reads (ink 1)."""
+    return strip_ink(ink_map(load(open_image(raw))))
 
 
 class CRNN(nn.Module):
@@ -74,61 +79,135 @@ class CRNN(nn.Module):
         return self.head(out).log_softmax(-1)
 
 
-def _batch(strips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(s.shape[1] for s in strips)
-    width += -width % 4
-    x = np.zeros((len(strips), 1, STRIP_HEIGHT, width), np.float32)
-    for i, s in enumerate(strips):
-        x[i, 0, :, : s.shape[1]] = s
-    lengths = torch.tensor([max(1, s.shape[1] // 4) for s in strips])
-    return torch.from_numpy(x), lengths
+class NumberStream:
+    """Training numbers of MNIST *training* digits, drawn from a seeded generator: a
+    pool of ``POOL`` strips in which ``FRESH`` are replaced by new numbers each step, so
+    the network rarely sees one twice and the pool never has to be regenerated."""
+
+    def __init__(self, mnist: Mnist, seed: int, pool: int = POOL) -> None:
+        self.images, self.labels = mnist.train_images, mnist.train_labels
+        self.rng = np.random.default_rng(seed)
+        self.drawn = 0
+        pairs = [self.new() for _ in range(pool)]
+        self.strips = [s for s, _ in pairs]
+        self.texts = [t for _, t in pairs]
+
+    def new(self) -> tuple[np.ndarray, str]:
+        """One freshly generated number: its strip and its digits."""
+        rng = self.rng
+        picks = rng.integers(0, len(self.images), size=int(rng.choice(LENGTHS)))
+        spacing = "touching" if rng.random() < TOUCHING_SHARE else "clear"
+        variant = "photo" if rng.random() < PHOTO_SHARE else "canvas"
+        number = make_number(
+            [self.images[i] for i in picks],
+            [int(self.labels[i]) for i in picks],
+            rng,
+            spacing,  # type: ignore[arg-type]
+            variant,
+        )
+        self.drawn += 1
+        return strip(number.data), number.text
+
+    def batch(self) -> tuple[list[np.ndarray], list[str]]:
+        """Refresh ``FRESH`` pool entries, then draw a batch from the pool."""
+        pool = len(self.strips)
+        for k in self.rng.integers(0, pool, size=FRESH):
+            self.strips[k], self.texts[k] = self.new()
+        idx = self.rng.integers(0, pool, size=BATCH)
+        return [self.strips[i] for i in idx], [self.texts[i] for i in idx]
 
 
-def _batches(n: int, size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    while True:
-        order = rng.permutation(n)
-        for start in range(0, n - size + 1, size):
-            yield order[start : start + size]
+def ctc_loss(model: CRNN, strips: list[np.ndarray], texts: list[str]) -> torch.Tensor:
+    x = torch.from_numpy(batch_strips(strips))
+    lengths = torch.tensor([max(1, s.shape[1] // STRIDE) for s in strips])
+    targets = torch.tensor([int(c) for t in texts for c in t])
+    log_probs = model(x).transpose(0, 1)  # (T, N, C) for CTCLoss
+    return nn.functional.ctc_loss(
+        log_probs,
+        targets,
+        lengths,
+        torch.tensor([len(t) for t in texts]),
+        blank=BLANK,
+        zero_infinity=True,
+    )
+
+
+def learning_rate(progress: float) -> float:
+    """Linear warm-up, then cosine decay to zero, over the share of the budget spent."""
+    if progress < WARMUP:
+        return LR * progress / WARMUP
+    return LR * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - WARMUP) / (1 - WARMUP))))
 
 
 def train(
-    strips: list[np.ndarray], texts: list[str], seconds: float, seed: int = 0
-) -> tuple[CRNN, dict[str, float]]:
-    """Fit a CRNN on (strip, digits) pairs for about ``seconds`` of wall time."""
+    stream: NumberStream,
+    seconds: float,
+    seed: int = 0,
+    checkpoint: Callable[[CRNN, dict[str, Any]], None] | None = None,
+    every: float = 300.0,
+) -> tuple[CRNN, dict[str, Any]]:
+    """Fit a CRNN on ``stream`` for about ``seconds`` of wall time; ``checkpoint(model,
+    info)`` is called every ``every`` seconds and at the end (the model in eval mode)."""
     torch.manual_seed(seed)
     model = CRNN()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    loss_fn = nn.CTCLoss(blank=BLANK, zero_infinity=True)
-    rng = np.random.default_rng(seed)
-    started, steps, loss_value = time.perf_counter(), 0, float("nan")
-    model.train()
-    for idx in _batches(len(strips), 32, rng):
-        if time.perf_counter() - started > seconds:
-            break
-        x, lengths = _batch([strips[i] for i in idx])
-        targets = [torch.tensor([int(c) for c in texts[i]]) for i in idx]
-        log_probs = model(x).transpose(0, 1)  # (T, N, C) for CTCLoss
-        loss = loss_fn(
-            log_probs,
-            torch.cat(targets),
-            lengths,
-            torch.tensor([len(t) for t in targets]),
-        )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=1e-4)
+    started = last = time.perf_counter()
+    info: dict[str, Any] = {"steps": 0, "loss": float("nan")}
+    smooth = None
+    while (elapsed := time.perf_counter() - started) < seconds:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(elapsed / seconds)
+        model.train()
+        loss = ctc_loss(model, *stream.batch())
         optimizer.zero_grad()
         loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
-        steps, loss_value = steps + 1, float(loss.detach())
+        value = float(loss.detach())
+        smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
+        info = {"steps": info["steps"] + 1, "loss": round(smooth, 4), "seconds": round(elapsed)}
+        if checkpoint is not None and time.perf_counter() - last > every:
+            checkpoint(model.eval(), {**info, "numbers_drawn": stream.drawn})
+            last = time.perf_counter()
     model.eval()
-    return model, {"steps": steps, "last_loss": round(loss_value, 4)}
+    info["numbers_drawn"] = stream.drawn
+    if checkpoint is not None:
+        checkpoint(model, info)
+    return model, info
 
 
 def read(model: CRNN, strips: list[np.ndarray]) -> list[str]:
-    """Greedy CTC decoding of each strip."""
+    """Greedy CTC decoding of each strip (PyTorch)."""
     out = []
     with torch.inference_mode():
         for s in strips:
-            x, _ = _batch([s])
-            best = model(x)[0].argmax(-1).tolist()
-            digits = [b for i, b in enumerate(best) if b != BLANK and (i == 0 or b != best[i - 1])]
-            out.append("".join(str(d) for d in digits))
+            log_probs = model(torch.from_numpy(batch_strips([s])))[0].numpy()
+            out.append(greedy_decode(log_probs, s.shape[1]).text)
     return out
+
+
+def export_onnx(model: CRNN, path: Path) -> None:
+    """Write ``model`` as ONNX with dynamic batch and width (legacy TorchScript exporter:
+    one small graph with a GRU), to a temporary file then renamed. Its warnings (the
+    exporter's deprecation; a GRU exported from a batch of 1, which is what is done here
+    and what tests/test_number_hybrid.py checks against PyTorch) are silenced."""
+    model = model.eval()
+    example = torch.zeros(1, 1, STRIP_HEIGHT, 2 * STRIP_HEIGHT)
+    tmp = path.with_suffix(".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _export(model, example, tmp)
+    tmp.replace(path)
+
+
+def _export(model: CRNN, example: torch.Tensor, tmp: Path) -> None:
+    torch.onnx.export(
+        model,
+        (example,),
+        str(tmp),
+        dynamo=False,
+        input_names=["strip"],
+        output_names=["log_probs"],
+        dynamic_axes={"strip": {0: "batch", 3: "width"}, "log_probs": {0: "batch", 1: "steps"}},
+        opset_version=17,
+    )

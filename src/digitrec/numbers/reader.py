@@ -7,12 +7,29 @@ through the model in one batch (``Predictor.infer``). A piece the model does not
 one digit and any piece too wide for one is then tried cut at its candidate columns:
 every candidate part of every such piece goes through the model in a second batch, and
 per piece the cutting whose parts read best as digits wins (dynamic programming over
-the cuts; the whole piece competes too). Each final piece gets its answer from
-``Predictor.answer``: the same top-k, probabilities and verdict as a single digit.
+the cuts; the whole piece competes too): approach A.
+
+Approach D, the hybrid, is what is served when the sequence reader ships
+(``sequence.shipped_reader``: a CRNN + CTC, ONNX Runtime). Pieces sharing columns are
+first joined into chains (``segment.chain_groups``: a broken digit's parts held by two
+touching neighbours). The pieces A would try cutting, and any piece at least
+``ASK_WIDTH`` wide, are read by the sequence reader (one short forward pass each); a
+wide piece it reads as one digit is left to the digit model. In the others, straight
+cuts halfway between the places it read two digits join A's candidates, and the
+cutting into as many parts as it read digits wins, each part scored by how well the
+digit model reads it as the sequence reader's digit there (A's best cutting when there
+is no such cutting). Then the sequence reader reads the whole strip (``_in_context``):
+when it reads one digit per final piece, the parts it read take its digit and top-k
+from that reading, and every other piece keeps the digit model's answer and verdict;
+when it reads another count, the strip is cut straight down halfway between its digits
+and every part takes its digit (its reading of each piece stands when it reads no
+digit at all). Without a shipped sequence reader, approach A alone. Each piece has its
+box and its 28x28 input.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -23,20 +40,28 @@ import numpy as np
 from PIL import Image
 
 from digitrec.config import Settings
-from digitrec.errors import BlankImage
+from digitrec.errors import BlankImage, InvalidRequest
 from digitrec.imagecheck import Structure
 from digitrec.numbers.segment import (
+    MAX_CUTS,
     MAX_DIGIT_WIDTH,
     MIN_DIGIT_WIDTH,
     Components,
     Group,
+    chain_groups,
     cut_candidates,
     digit_groups,
     group_ink,
     label_ink,
     projection_groups,
 )
-from digitrec.predict import Predictor
+from digitrec.numbers.sequence import (
+    SequenceReader,
+    SequenceReading,
+    ink_columns,
+    shipped_reader,
+)
+from digitrec.predict import Prediction, Predictor
 from digitrec.preprocess import (
     MARK_LEVEL,
     Preprocessed,
@@ -57,6 +82,8 @@ PIECE_COST = math.log(0.7)  # each extra piece must earn it: fewer digits win ne
 CROSS_COST = 1.0  # log score lost per extra stroke a cut goes through (a 3 cut: 2)
 SQUAT = 1.0  # a piece wider than this share of its height is less likely one digit...
 SQUAT_COST = 2.0  # ...by this much (log score) per unit of width/height beyond it
+ASK_WIDTH = 0.75  # pieces this wide (digit heights) are read by the sequence reader too
+SURE = 0.5  # a digit the sequence reader gives at least this probability is a "digit"
 # Verdicts that count as a digit read: "unsure" may be one, and its top answer is shown.
 READ = ("digit", "unsure")  # each extra piece must earn it: fewer digits win near-ties
 
@@ -133,14 +160,30 @@ def read_number(
     confidence, verdict, top-k, the 28x28 input); ``number``, the digits read (verdict
     "digit" or "unsure"); ``complete``, False when a piece is not read as a digit (its
     verdict, not_a_digit or several_digits, stands in its place in ``digits``);
-    ``confidence``, the product of the pieces'. At most two batched forward passes.
+    ``confidence``, the product of the pieces'. At most two batched forward passes of
+    the digit model and one of the shipped sequence reader (``sequence.shipped_reader``,
+    loaded on first use; without it, approach A alone: ``read_number_components``).
 
     Raises the upload errors of ``Predictor.open`` (``DigitrecError`` subclasses),
     ``BlankImage`` (422 blank_image) when there is no ink, ``TooManyComponents`` (422
     too_many_components) over ``max_components`` marks, counted before any piece is
     prepared or read, and ``InvalidRequest`` for a bad ``top_k``.
     """
-    return _read(image, predictor, digit_groups, True, top_k, max_components, checked)
+    sequence = shipped_reader()
+    segmenter = digit_groups if sequence is None else chain_groups
+    return _read(image, predictor, segmenter, True, top_k, max_components, checked, sequence)
+
+
+def read_number_components(
+    image: bytes | Image.Image,
+    predictor: Predictor,
+    *,
+    top_k: int = 3,
+    max_components: int = MAX_COMPONENTS,
+) -> NumberReading:
+    """Approach A alone (benchmark, and what ``read_number`` does when no sequence
+    reader ships): touching digits cut where the digit model reads the parts best."""
+    return _read(image, predictor, digit_groups, True, top_k, max_components)
 
 
 def read_number_projection(
@@ -173,8 +216,13 @@ def _read(
     top_k: int,
     max_components: int,
     checked: Structure | None = None,
+    sequence: SequenceReader | None = None,
 ) -> NumberReading:
     started = time.perf_counter()
+    if not 1 <= top_k <= DIGIT_CLASSES:  # as Predictor.answer, before any work
+        raise InvalidRequest(
+            f"top_k must be between 1 and {DIGIT_CLASSES}", code="validation_error"
+        )
     if isinstance(image, bytes):
         img, (width, height) = _open(image, predictor, checked)
     else:
@@ -184,15 +232,16 @@ def _read(
     if not pieces:
         raise BlankImage("the image looks blank: no mark is big enough to read")
     logits = predictor.infer(np.stack([p.pre.tensor for p in pieces]))
+    read: list[np.ndarray | None] = [None] * len(pieces)
     if cut:
-        pieces, logits = _cut_touching(comps, pieces, logits, predictor)
+        pieces, logits, read = _cut_touching(comps, pieces, logits, predictor, sequence)
+        pieces, logits, read = _in_context(sequence, comps, pieces, logits, read, predictor)
     scale = (width / comps.ink.shape[1], height / comps.ink.shape[0])
-    answers = [
-        predictor.answer(p.pre, row, top_k, started) for p, row in zip(pieces, logits, strict=True)
-    ]
     digits = tuple(
-        NumberDigit(_box(p, scale), a.digit, a.confidence, a.verdict, a.top, a.image)
-        for p, a in zip(pieces, answers, strict=True)
+        _number_digit(_box(p, scale), p, predictor.answer(p.pre, row, top_k, started))
+        if probs is None
+        else _sequence_digit(_box(p, scale), p, probs, top_k)
+        for p, row, probs in zip(pieces, logits, read, strict=True)
     )
     return NumberReading(
         digits=digits,
@@ -203,6 +252,64 @@ def _read(
         model_version=predictor.version,
         processing_ms=round((time.perf_counter() - started) * 1000, 3),
     )
+
+
+def _in_context(
+    sequence: SequenceReader | None,
+    comps: Components,
+    pieces: list[_Piece],
+    logits: np.ndarray,
+    read: list[np.ndarray | None],
+    predictor: Predictor,
+) -> tuple[list[_Piece], np.ndarray, list[np.ndarray | None]]:
+    """Where the sequence reader read pieces, it reads the whole strip too. When that
+    gives one digit per final piece, its digits (read with their neighbours in view)
+    replace its readings of those pieces, the digit model's answers stay. When it gives
+    another count, the strip is cut straight down halfway between its digits and each
+    part takes its digit (``_strip_pieces``; the digit model's logits of those parts are
+    never read, zeros stand in for them)."""
+    if sequence is None or all(r is None for r in read):
+        return pieces, logits, read
+    (whole,) = sequence.read_inks([comps.ink])
+    if len(whole.text) == len(read):
+        mixed = [w if r is not None else None for w, r in zip(whole.digit_probs, read, strict=True)]
+        return pieces, logits, mixed
+    parts = _strip_pieces(comps, whole, predictor)
+    if not whole.text or len(parts) != len(whole.text):
+        return pieces, logits, read
+    return parts, np.zeros((len(parts), logits.shape[1]), logits.dtype), list(whole.digit_probs)
+
+
+def _strip_pieces(comps: Components, whole: SequenceReading, predictor: Predictor) -> list[_Piece]:
+    """The ink cut straight down halfway between the places the sequence reader read
+    two digits: one piece per digit (fewer when a part holds no ink)."""
+    ink = comps.ink
+    rows, width = ink.shape
+    page = Group(frozenset(), 0, rows, 0, width)
+    at = ink_columns(ink, whole.positions)
+    cuts = [0, *np.rint((at[1:] + at[:-1]) / 2).astype(int).clip(0, width).tolist(), width]
+    columns = np.arange(width)[None, :]
+    parts = []
+    for a, b in itertools.pairwise(cuts):
+        part = _piece(page, np.where((columns >= a) & (columns < b), ink, 0), predictor)
+        if part is not None:
+            parts.append(part)
+    return parts
+
+
+def _number_digit(box: Box, piece: _Piece, answer: Prediction) -> NumberDigit:
+    """A piece as the digit model read it."""
+    a = answer
+    return NumberDigit(box, a.digit, a.confidence, a.verdict, a.top, piece.pre.image)
+
+
+def _sequence_digit(box: Box, piece: _Piece, probs: np.ndarray, top_k: int) -> NumberDigit:
+    """A piece as the sequence reader read it: its digit and top-k there ("unsure"
+    under ``SURE``); the 28x28 input the digit model would see."""
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    top = [(int(d), round(float(probs[d]), 6)) for d in order]
+    verdict = "digit" if top[0][1] >= SURE else "unsure"
+    return NumberDigit(box, top[0][0], top[0][1], verdict, top, piece.pre.image)
 
 
 def _open(
@@ -250,53 +357,99 @@ def _digit_log_score(logits: np.ndarray) -> np.ndarray:
     return np.log(softmax(logits)[:, :DIGIT_CLASSES].max(1) + 1e-12)
 
 
+Plan = tuple[np.ndarray, dict[tuple[int, int], int]]  # cut crossings, span -> part index
+
+
 def _cut_touching(
-    comps: Components, pieces: list[_Piece], logits: np.ndarray, predictor: Predictor
-) -> tuple[list[_Piece], np.ndarray]:
-    """Try cutting the pieces that may hold touching digits; one more batch at most."""
+    comps: Components,
+    pieces: list[_Piece],
+    logits: np.ndarray,
+    predictor: Predictor,
+    sequence: SequenceReader | None,
+) -> tuple[list[_Piece], np.ndarray, list[np.ndarray | None]]:
+    """Try cutting the pieces that may hold touching digits; one more batch at most, and
+    ``sequence`` reading each of them. Returns the final pieces, their logits and, for
+    each piece the sequence reader read, its digit probabilities there (None: the digit
+    model's)."""
     height = comps.digit_height
     verdicts = predictor.rejection.verdicts(logits)
-    plans: dict[int, tuple[np.ndarray, dict[tuple[int, int], int]]] = {}
+    worth = [_worth_cutting(p, verdicts[i], height) for i, p in enumerate(pieces)]
+    ask = [sequence is not None and _worth_asking(p, height) for p in pieces]
+    inks = {i: group_ink(comps, p.group) for i, p in enumerate(pieces) if worth[i] or ask[i]}
+    readings = _sequence_readings(sequence, inks)
+    plans: dict[int, Plan] = {}
     extra: list[_Piece] = []
-    for i, p in enumerate(pieces):
-        if not _worth_cutting(p, verdicts[i], height):
-            continue
-        ink = group_ink(comps, p.group)
-        rows, width = ink.shape
-        paths = cut_candidates(ink, height)
-        bounds = [np.zeros(rows, np.int64), *paths, np.full(rows, width, np.int64)]
-        crossings = _crossings(ink, bounds)
-        columns = np.arange(width)[None, :]
-        spans: dict[tuple[int, int], int] = {}
-        for a in range(len(bounds)):
-            for b in range(a + 1, len(bounds)):
-                span = float((bounds[b] - bounds[a]).mean())
-                whole = (a, b) == (0, len(bounds) - 1)
-                if whole or not MIN_DIGIT_WIDTH * height <= span <= MAX_DIGIT_WIDTH * height:
-                    continue
-                inside = (columns >= bounds[a][:, None]) & (columns < bounds[b][:, None])
-                part = _piece(p.group, np.where(inside, ink, 0), predictor)
-                if part is not None:
-                    spans[(a, b)] = len(pieces) + len(extra)
-                    extra.append(part)
-        if spans:
-            plans[i] = (crossings, spans)
+    for i, ink in inks.items():
+        reading = readings.get(i)
+        if not worth[i] and (reading is None or len(reading.text) < 2):
+            continue  # one digit, as the digit model read it
+        between = _between_digits(ink, reading)
+        plan = _candidate_parts(comps, pieces[i], ink, predictor, len(pieces), extra, between)
+        if plan[1]:
+            plans[i] = plan
     if not extra:
-        return pieces, logits
+        return pieces, logits, [None] * len(pieces)
     every = pieces + extra
     logits = np.concatenate([logits, predictor.infer(np.stack([p.pre.tensor for p in extra]))])
-    scores = _digit_log_score(logits) - SQUAT_COST * np.maximum(
+    squat = SQUAT_COST * np.maximum(
         0.0, np.array([(p.right - p.left) / (p.bottom - p.top) for p in every]) - SQUAT
     )
+    scores = _digit_log_score(logits) - squat
+    digit_scores = np.log(softmax(logits)[:, :DIGIT_CLASSES] + 1e-12) - squat[:, None]
     chosen: list[int] = []
+    read: list[np.ndarray | None] = []
     for i in range(len(pieces)):
-        if i in plans:
-            crossings, spans = plans[i]
-            spans[(0, len(crossings) - 1)] = i  # the whole piece competes
-            chosen.extend(_best_cutting(crossings, spans, scores))
-        else:
+        if i not in plans:
             chosen.append(i)
-    return [every[k] for k in chosen], logits[chosen]
+            read.append(None)
+            continue
+        crossings, spans = plans[i]
+        spans[(0, len(crossings) - 1)] = i  # the whole piece competes
+        reading = readings.get(i)
+        if reading is None:
+            parts = _best_cutting(crossings, spans, lambda k, n: float(scores[k]))
+            read.extend([None] * len(parts))
+        else:
+            score = _reads_as(reading.text, digit_scores, scores)
+            parts = _best_cutting(crossings, spans, score, len(reading.text))
+            same = len(parts) == len(reading.text)
+            read.extend(reading.digit_probs if same else [None] * len(parts))
+        chosen.extend(parts)
+    return [every[k] for k in chosen], logits[chosen], read
+
+
+def _candidate_parts(
+    comps: Components,
+    piece: _Piece,
+    ink: np.ndarray,
+    predictor: Predictor,
+    offset: int,
+    extra: list[_Piece],
+    between: list[int],
+) -> Plan:
+    """The piece's candidate cuts (``cut_candidates``, and straight down at each column
+    of ``between``) with how many strokes each crosses, and every part between two of
+    them narrow enough for a digit, appended to ``extra``; a part's index is its place in
+    ``extra`` plus ``offset``."""
+    height = comps.digit_height
+    rows, width = ink.shape
+    straight = [np.full(rows, x, np.int64) for x in between]
+    paths = sorted([*cut_candidates(ink, height), *straight], key=lambda p: float(p.mean()))
+    bounds = [np.zeros(rows, np.int64), *paths, np.full(rows, width, np.int64)]
+    columns = np.arange(width)[None, :]
+    spans: dict[tuple[int, int], int] = {}
+    for a in range(len(bounds)):
+        for b in range(a + 1, len(bounds)):
+            span = float((bounds[b] - bounds[a]).mean())
+            whole = (a, b) == (0, len(bounds) - 1)
+            if whole or not MIN_DIGIT_WIDTH * height <= span <= MAX_DIGIT_WIDTH * height:
+                continue
+            inside = (columns >= bounds[a][:, None]) & (columns < bounds[b][:, None])
+            part = _piece(piece.group, np.where(inside, ink, 0), predictor)
+            if part is not None:
+                spans[(a, b)] = offset + len(extra)
+                extra.append(part)
+    return _crossings(ink, bounds), spans
 
 
 def _worth_cutting(piece: _Piece, verdict: str, height: float) -> bool:
@@ -322,24 +475,74 @@ def _crossings(ink: np.ndarray, bounds: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def _worth_asking(piece: _Piece, height: float) -> bool:
+    """Wide enough that it may be two touching digits the digit model read as one."""
+    return piece.right - piece.left >= ASK_WIDTH * height
+
+
+def _between_digits(ink: np.ndarray, reading: SequenceReading | None) -> list[int]:
+    """Columns halfway between the places the sequence reader read two digits, inside
+    the piece (none without a reading of several digits; none past ``MAX_CUTS`` digits,
+    which bounds the parts the digit model reads as A's own cuts do)."""
+    if reading is None or not 2 <= len(reading.text) <= MAX_CUTS + 1:
+        return []
+    at = ink_columns(ink, reading.positions)
+    middles = np.rint((at[1:] + at[:-1]) / 2).astype(int)
+    return [int(x) for x in middles if 0 < x < ink.shape[1]]
+
+
+def _sequence_readings(
+    sequence: SequenceReader | None, inks: dict[int, np.ndarray]
+) -> dict[int, SequenceReading]:
+    """What the sequence reader reads in each piece's ink (none where it reads no digit,
+    or without a sequence reader)."""
+    if sequence is None or not inks:
+        return {}
+    readings = sequence.read_inks(list(inks.values()))
+    return {i: r for i, r in zip(inks, readings, strict=True) if r.text}
+
+
+Score = Callable[[int, int], float]  # (candidate part, its place in the cutting) -> score
+
+
+def _reads_as(text: str, digit_scores: np.ndarray, scores: np.ndarray) -> Score:
+    """The n-th part scored by how well the digit model reads it as ``text[n]``, the
+    sequence reader's n-th digit."""
+
+    def score(k: int, n: int) -> float:
+        return float(digit_scores[k, int(text[n])]) if n < len(text) else float(scores[k])
+
+    return score
+
+
 def _best_cutting(
-    crossings: np.ndarray, spans: dict[tuple[int, int], int], scores: np.ndarray
+    crossings: np.ndarray,
+    spans: dict[tuple[int, int], int],
+    score: Score,
+    parts: int | None = None,
 ) -> list[int]:
-    """The spans from the first bound to the last whose summed scores (plus
-    ``PIECE_COST`` per piece, ``CROSS_COST`` per stroke cut beyond the one where
-    neighbours touch) are highest: indices into ``scores``, left to right."""
+    """The spans from the first bound to the last whose summed scores (``score(k, n)``
+    of span ``k`` as the n-th part, plus ``PIECE_COST`` per piece, ``CROSS_COST`` per
+    stroke cut beyond the one where neighbours touch) are highest: indices of spans,
+    left to right. With ``parts``, the best of the cuttings into that many spans, when
+    there is one."""
     n_bounds = len(crossings)
-    best: list[tuple[float, list[int]] | None] = [None] * n_bounds
-    best[0] = (0.0, [])
+    # best[b][n]: the best (total, spans) from bound 0 to bound b in n spans
+    best: list[dict[int, tuple[float, list[int]]]] = [{} for _ in range(n_bounds)]
+    best[0][0] = (0.0, [])
     for b in range(1, n_bounds):
         for a in range(b):
             k = spans.get((a, b))
-            prev = best[a]
-            if k is None or prev is None:
+            if k is None:
                 continue
             cut = CROSS_COST * max(0, int(crossings[a]) - 1) if a else 0.0
-            total = prev[0] + float(scores[k]) + PIECE_COST - cut
-            if best[b] is None or total > best[b][0]:  # type: ignore[index]
-                best[b] = (total, [*prev[1], k])
-    end = best[-1]
-    return end[1] if end is not None else [spans[(0, n_bounds - 1)]]
+            for n, (total, path) in best[a].items():
+                gain = score(k, n) + PIECE_COST - cut
+                if n + 1 not in best[b] or total + gain > best[b][n + 1][0]:
+                    best[b][n + 1] = (total + gain, [*path, k])
+    ends = best[-1]
+    if parts in ends:
+        return ends[parts][1]
+    if ends:
+        return max(ends.values(), key=lambda e: e[0])[1]
+    return [spans[(0, n_bounds - 1)]]

@@ -45,6 +45,8 @@ CUT_SPACING = 0.12  # ...and from each other
 CUTS_PER_DIGIT = 3  # candidate cuts per digit height of a piece's width...
 MAX_CUTS = 24  # ...and at most this many; each pairs with the few within MAX_DIGIT_WIDTH
 SEAM_STEP = 1.5  # a cut path stepping one column aside costs this share of an ink pixel
+CHAIN_WIDTH = 1.25  # pieces that together are this wide (digit heights) form a chain...
+CHAIN_OVERLAP = 0.25  # ...when they share this share of the narrower one's columns
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,31 @@ def digit_groups(comps: Components) -> list[Group]:
         _, i, j = best
         joined = groups[i].join(groups[j])
         groups = [g for k, g in enumerate(groups) if k not in (i, j)] + [joined]
+
+
+def chain_groups(comps: Components) -> list[Group]:
+    """``digit_groups``, then pieces sharing columns joined into chains of touching
+    digits however wide (a broken digit's parts held by different neighbours, or one
+    sticking out past a chain's end): for the sequence reader, which reads a chain
+    whole and would read such a part twice. Two pieces join when one shares at least
+    ``CHAIN_OVERLAP`` of the narrower's columns, they are at most ``NEAR_GAP`` apart
+    and together at least ``CHAIN_WIDTH`` wide (narrower: ``digit_groups`` decided)."""
+    groups = digit_groups(comps)
+    height = comps.digit_height
+    while pair := _chained_pair(groups, height):
+        a, b = pair
+        groups = [g for g in groups if g is not a and g is not b] + [a.join(b)]
+    return sorted(groups, key=lambda g: (g.left, g.top))
+
+
+def _chained_pair(groups: list[Group], height: float) -> tuple[Group, Group] | None:
+    for i, a in enumerate(groups):
+        for b in groups[i + 1 :]:
+            shared = a.overlap_x(b) >= CHAIN_OVERLAP * min(a.width, b.width)
+            wide = a.join(b).width >= CHAIN_WIDTH * height
+            if shared and wide and a.distance(b) <= NEAR_GAP * height:
+                return a, b
+    return None
 
 
 def _affinity(frag: Group, other: Group, height: float) -> float:
