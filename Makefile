@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c requirements.lock
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: serve test lint train evaluate bench bench-replicas walkthrough bench-train load attack fault docker-lint clean help
+.PHONY: serve test lint train evaluate bench bench-replicas script-model bench-scripts walkthrough bench-train load attack fault docker-lint clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,6 +47,21 @@ bench: $(VENV)/.dev  ## inference, HTTP (golden PNG and a realistic mix), not-a-
 	$(BIN)/python benchmarks/bench_logging.py
 	$(BIN)/python benchmarks/bench_realistic.py
 	$(BIN)/python benchmarks/bench_decoders.py
+	$(BIN)/python benchmarks/summary.py
+
+SCRIPT_HOME ?= build/scripts
+SCRIPTS = arabic_indic persian devanagari bengali thai kannada tamil
+
+script-model: $(VENV)/.dev  ## digits of other scripts: draw them from fonts, train and tune the script model (about 45 min)
+	for s in $(SCRIPTS); do \
+	  $(BIN)/digitrec data generate --script $$s --per-digit 3000 --force --home $(SCRIPT_HOME) || exit 1; \
+	done
+	out=src/digitrec/script_model/$$(date -u +%Y%m%d-%H%M%S) && \
+	  $(BIN)/python scripts/train_script_model.py --home $(SCRIPT_HOME) --out $$out && \
+	  $(BIN)/python scripts/tune_script_model.py $$out --home $(SCRIPT_HOME)
+
+bench-scripts: $(VENV)/.dev  ## per-script accuracy on held-out fonts (after make script-model)
+	$(BIN)/python benchmarks/bench_scripts.py --home $(SCRIPT_HOME)
 	$(BIN)/python benchmarks/summary.py
 
 bench-replicas: $(VENV)/.dev  ## requests/s through HAProxy with 1, 2 and 3 replicas on PostgreSQL and Redis

@@ -600,6 +600,71 @@ def decoders(data: dict[str, Any]) -> str:
     )
 
 
+def scripts_table(data: dict[str, Any]) -> str:
+    """The README's table of #14: per script, the fonts and the accuracy on held-out ones."""
+    from digitrec.scripts import digit_char
+
+    targets = data["targets"]
+
+    def mark(value: float, target: float) -> str:
+        return f"{value * 100:.2f} %" + ("" if value >= target else " (**missed**)")
+
+    rows = []
+    for script, r in data["scripts"].items():
+        fonts = r.get("fonts") or {}
+        rows.append(
+            [
+                script,
+                "".join(digit_char(script, d) for d in range(10)),
+                ", ".join(fonts.get("train", [])),
+                ", ".join(fonts.get("held_out", [])),
+                f"{r['images']:,}",
+                mark(r["given"], targets["given"]),
+                mark(r["auto"], targets["auto"]),
+                f"{r['auto_uncertain'] * 100:.1f} %",
+            ]
+        )
+    mnist = data["mnist_test"]
+    rows.append(
+        [
+            "latin (MNIST test)",
+            "0123456789",
+            "MNIST training digits",
+            "–",
+            f"{mnist['images']:,}",
+            mark(mnist["latin"], targets["latin"]),
+            mark(mnist["auto"], targets["latin"]),
+            "–",
+        ]
+    )
+    return md_table(
+        [
+            "script",
+            "digits",
+            "fonts trained on",
+            "held out (test)",
+            "test images",
+            "script given",
+            "auto",
+            "auto unsure",
+        ],
+        rows,
+    )
+
+
+def scripts(data: dict[str, Any]) -> str:
+    us, http = data["batch1_us"], data["http_c1"]
+    return (
+        "## Digits of other scripts (`python benchmarks/bench_scripts.py`)\n\n"
+        f"Script model {data['script_model']}, digit model {data['digit_model']}.\n\n"
+        f"{scripts_table(data)}\n\nModel time at batch 1: {us['digit_model']} µs alone, "
+        f"{us['with_script_model']} µs with the script model. HTTP p50 at concurrency 1: "
+        f"{http['p50_ms']} ms (latin / without: {http['latin_over_without']}, auto / without: "
+        f"{http['auto_over_without']}).\n\n"
+        f"{machine_line(data)}\n"
+    )
+
+
 def replicas(data: dict[str, Any]) -> str:
     rows = []
     for config in data["configs"]:
@@ -654,6 +719,7 @@ SECTIONS: dict[str, tuple[Callable[[dict[str, Any]], str], str]] = {
     "bench_logging": (prediction_log, "python benchmarks/bench_logging.py"),
     "bench_realistic": (realistic, "python benchmarks/bench_realistic.py"),
     "bench_decoders": (decoders, "python benchmarks/bench_decoders.py"),
+    "bench_scripts": (scripts, "python benchmarks/bench_scripts.py --home DIR"),
     "bench_replicas": (replicas, "make bench-replicas"),
 }
 

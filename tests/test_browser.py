@@ -347,10 +347,10 @@ def test_session_has_no_console_errors_or_csp_violations(open_tab: Callable[...,
     page.reload()
     page.locator("#model-accuracy").filter(has_text=re.compile(r"\d")).wait_for()
     focused = []
-    for _ in range(6):  # the skip link, what to read, the buttons: all reachable by keyboard
+    for _ in range(7):  # the skip link, what to read, its script, the buttons: by keyboard
         page.keyboard.press("Tab")
         focused.append(page.evaluate("document.activeElement.id"))
-    assert focused == ["skip", "mode-digit", "undo", "redo", "clear", "upload"], focused
+    assert focused == ["skip", "mode-digit", "script", "undo", "redo", "clear", "upload"], focused
     # Enter on Upload opens the file picker. (Recorded as a click on the file input:
     # waiting for Playwright's file-chooser event races with the key press under load.)
     page.evaluate(
@@ -564,7 +564,8 @@ def test_feedback_by_keyboard_only(open_tab: Callable[..., Tab], live_server: Li
 
     page.locator("#skip").focus()  # the pen needs a pointer; from here on, keys only
     order = []
-    tools = ["mode-digit", "undo", "redo", "clear", "upload"]  # the switch is one tab stop
+    # the switch is one tab stop; the script picker another
+    tools = ["mode-digit", "script", "undo", "redo", "clear", "upload"]
     more = ["All ten digits", "example-2", "example-7", "example-3"]
     for _ in range(len(tools) + len(more) + 2):  # the tools, all ten, examples, then "Yes"
         page.keyboard.press("Tab")

@@ -9,7 +9,6 @@ and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import sys
@@ -343,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--number",
         action="store_true",
         help="read a whole number (several digits) in each image, as POST /api/v1/number does",
+    )
+    predict.add_argument(
+        "--script",
+        default="latin",
+        help="writing system of the digits: latin (default), a script the shipped script "
+        "model reads (arabic_indic, persian, devanagari, ...), or auto (the likeliest)",
     )
     _add_model(predict)
     _add_paths(predict)
@@ -698,17 +703,10 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     from digitrec.predict import Predictor
 
     predictor = Predictor.from_settings(settings)
-    read: Callable[[bytes], Any] = functools.partial(predictor.predict_bytes, top_k=settings.top_k)
+    read: Callable[[bytes], Any] = _script_reader(predictor, args.script, settings.top_k)
     show: Callable[[Path, Any], None] = _show_digit
     if args.number:
-        from digitrec.numbers.reader import read_number
-
-        read = functools.partial(
-            read_number,
-            predictor=predictor,
-            top_k=settings.top_k,
-            max_components=settings.number_max_components,
-        )
+        read = _number_reader(predictor, args.script, settings)
         show = _show_number
     failures = 0
     for path in args.images:
@@ -728,30 +726,77 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failures else 0
 
 
+def _script_reader(predictor: Any, script: str, top_k: int) -> Callable[[bytes], Any]:
+    """`predict`: the digit model's answer, read in ``script`` as the server reads it."""
+    from digitrec.multiscript import read_in
+
+    script = read_in.check(script)  # a bad name fails before any file is read
+
+    def read(raw: bytes) -> Any:
+        return read_in(predictor.predict_bytes(raw, top_k=top_k), script, top_k)
+
+    return read
+
+
+def _number_reader(predictor: Any, script: str, settings: Settings) -> Callable[[bytes], Any]:
+    """`predict --number`: the number read as `POST /api/v1/number` reads it."""
+    from digitrec.multiscript import LATIN, load_shipped, read_in, read_number
+    from digitrec.numbers.reader import read_number as read_digits
+
+    script = read_in.check(script)
+    model = load_shipped()
+
+    def read(raw: bytes) -> Any:
+        reading = read_digits(
+            raw,
+            predictor=predictor,
+            top_k=settings.top_k,
+            max_components=settings.number_max_components,
+        )
+        if model is None or script == LATIN:
+            return reading
+        return read_number(model, reading, script)
+
+    return read
+
+
 def _show_digit(path: Path, result: Any) -> None:
-    top = "  ".join(f"{d} ({p * 100:.1f}%)" for d, p in result.top)
+    script = result.script
+    top = "  ".join(f"{_written(script, d)} ({p * 100:.1f}%)" for d, p in result.top)
     print(f"{path}: {_headline(result)}   top: {top}")
+
+
+def _written(script: str, digit: int) -> str:
+    """A digit as the CLI prints it: its value, and its character in another script."""
+    from digitrec.scripts import digit_char
+
+    return str(digit) if script == "latin" else f"{digit_char(script, digit)}={digit}"
 
 
 def _show_number(path: Path, reading: Any) -> None:
     """`predict --number`: the number, then each digit with its box and top answers."""
     read = reading.number or "nothing"
+    if reading.number and reading.script != "latin":
+        read = f"{reading.to_dict()['characters']} = {reading.number} ({reading.script})"
     missing = "" if reading.complete else " (incomplete: a mark is not a digit)"
     print(f"{path}: {read}{missing}   confidence {reading.confidence * 100:.1f}%")
     for d in reading.digits:
-        top = "  ".join(f"{digit} ({p * 100:.1f}%)" for digit, p in d.top)
+        top = "  ".join(f"{_written(d.script, digit)} ({p * 100:.1f}%)" for digit, p in d.top)
         x, y, w, h = d.box
         print(f"  at x={x} y={y} {w}x{h}: {_headline(d)}   top: {top}")
 
 
 def _headline(result: Any) -> str:
     """The answer in words: the digit, or what the verdict says instead."""
+    script = getattr(result, "script", "latin")
+    digit = _written(script, result.digit)
+    where = "" if script == "latin" else f" ({script})"
     words = {
         "not_a_digit": "not a digit",
         "several_digits": "several digits",
-        "unsure": f"unsure (perhaps {result.digit})",
+        "unsure": f"unsure (perhaps {digit}{where})",
     }
-    return words.get(result.verdict, str(result.digit))
+    return words.get(result.verdict, f"{digit}{where}")
 
 
 def _read_image_file(path: Path, limit: int) -> bytes:

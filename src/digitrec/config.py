@@ -132,6 +132,7 @@ class Settings(TrainingSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # largest request body accepted
     max_pixels: int = Field(50_000_000, ge=64)  # largest declared image (width x height)
     max_side: int = Field(20_000, ge=8)  # largest image side in pixels
+    scripts: bool = True  # read digits of other scripts (the script model) when shipped
     batch_max_size: int = Field(32, ge=1, le=1024)  # micro-batching: images per forward pass
     batch_max_wait_ms: float = Field(2.0, ge=0, le=100)  # micro-batching: longest wait to fill
     inference_threads: int | None = None  # threads of one forward pass; default: 1

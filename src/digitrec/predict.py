@@ -25,6 +25,7 @@ from digitrec.errors import DependencyMissing, InvalidRequest, ModelInvalid
 from digitrec.preprocess import Limits, Preprocessed, decode, prepare
 from digitrec.registry import ONNX, WEIGHTS, ModelEntry
 from digitrec.rejection import DIGIT_CLASSES, Rejection, digit_probabilities
+from digitrec.scripts import digit_char
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -47,6 +48,14 @@ class Prediction:
     probabilities: tuple[float, ...] = ()  # of each digit, calibrated (all ten)
     prediction_id: str | None = None  # set by the server, which keeps it for corrections
     arm: str | None = None  # the A/B test arm that served it, if any
+    script: str = "latin"  # the writing system the digit was read in (multiscript.py)
+    script_uncertain: bool = False  # another script reads another value almost as likely
+    alternatives: tuple[Any, ...] = ()  # those readings (multiscript.Alternative)
+
+    @property
+    def character(self) -> str:
+        """The digit as it is written in its script."""
+        return digit_char(self.script, self.digit)
 
     @property
     def is_digit(self) -> bool:
@@ -59,11 +68,18 @@ class Prediction:
             "is_digit": self.is_digit,
             "verdict": self.verdict,
             "digit_score": self.digit_score,
-            "top": [{"digit": d, "probability": p} for d, p in self.top],
+            "top": [
+                {"digit": d, "probability": p, "character": digit_char(self.script, d)}
+                for d, p in self.top
+            ],
             "model": {"name": self.model_name, "version": self.model_version},
             "processing_ms": self.processing_ms,
             "prediction_id": self.prediction_id,
             "arm": self.arm,
+            "script": self.script,
+            "character": self.character,
+            "script_uncertain": self.script_uncertain,
+            "alternatives": [a.to_dict() for a in self.alternatives],
         }
 
 

@@ -28,6 +28,7 @@ from digitrec.db import Database
 from digitrec.errors import DigitrecError, StorageError
 from digitrec.experiments import Experiment
 from digitrec.lifecycle import production_entry, served_entry
+from digitrec.multiscript import ScriptModel, load_shipped
 from digitrec.predict import Predictor
 from digitrec.registry import ModelEntry, Registry
 from digitrec.tasks import cancel
@@ -56,11 +57,13 @@ class Served:
     batcher: MicroBatcher
     in_flight: int = 0
 
+    scripts: ScriptModel | None = None  # reads digits of other scripts, when asked (#14)
+
     @classmethod
     async def start(cls, predictor: Predictor, settings: Settings) -> Served:
         batcher = MicroBatcher(predictor.infer, settings.batch_max_size, settings.batch_max_wait_ms)
         await batcher.start()
-        return cls(predictor, batcher)
+        return cls(predictor, batcher, scripts=load_shipped() if settings.scripts else None)
 
     @contextlib.contextmanager
     def using(self) -> Iterator[Predictor]:

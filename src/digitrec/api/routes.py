@@ -34,6 +34,7 @@ from digitrec.card import summary
 from digitrec.config import TOP_K_MAX
 from digitrec.errors import ModelNotReady, ValidationFailed
 from digitrec.feedback import OfflineAnswer
+from digitrec.multiscript import LATIN, describe
 from digitrec.preprocess import png_data_url
 
 api = APIRouter(
@@ -41,6 +42,12 @@ api = APIRouter(
     tags=["recognition"],
     dependencies=[Depends(guard)],
     responses=error_responses(401, 403, 429),
+)
+
+SCRIPT_HELP = (
+    "the writing system of the digits: `latin` (the default), one of the scripts "
+    "`GET /api/v1/model` lists (only its ten digits are candidates), or `auto` (the "
+    "likeliest script; Latin still read by the digit model)"
 )
 
 _IMAGE_BODY = {
@@ -94,9 +101,10 @@ async def predict(
     include_input: Annotated[
         bool, Query(description="also return the 28x28 image the model saw, as a PNG data URL")
     ] = False,
+    script: Annotated[str, Query(max_length=32, description=SCRIPT_HELP)] = LATIN,
 ) -> dict[str, Any]:
     raw, k, client = await _upload(request, service, caller, top_k)
-    prediction = await service.predict(raw, k, client)
+    prediction = await service.predict(raw, k, client, script)
     metrics.answered_by(request, prediction.model_version)
     out = prediction.to_dict()
     if include_input:
@@ -118,6 +126,7 @@ async def number(
     top_k: Annotated[
         int | None, Query(ge=1, le=TOP_K_MAX, description="answers per digit (default 3)")
     ] = None,
+    script: Annotated[str, Query(max_length=32, description=SCRIPT_HELP)] = LATIN,
 ) -> dict[str, Any]:
     """The same inputs as `/api/v1/predict`. Each mark the image holds is found (strokes of
     one digit joined, touching digits cut apart) and read by the digit model; the answer
@@ -129,7 +138,7 @@ async def number(
     decoded in the sandbox, under the same budget as /api/v1/predict's, and read at
     most 1024 pixels on the longer side."""
     raw, k, client = await _upload(request, service, caller, top_k)
-    reading, ids = await service.read_number(raw, k, client)
+    reading, ids = await service.read_number(raw, k, client, script)
     metrics.answered_by(request, reading.model_version)
     out = reading.to_dict()
     given: list[str | None] = list(ids) if ids else [None] * len(out["digits"])
@@ -208,8 +217,13 @@ def _base64(text: str) -> bytes:
     responses=error_responses(503),
 )
 async def model_card(service: ServiceDep) -> dict[str, Any]:
-    predictor = service.predictor
-    return {**summary(predictor.entry), "backend": predictor.backend.name}
+    served = service.routing().production
+    predictor = served.predictor
+    return {
+        **summary(predictor.entry),
+        "backend": predictor.backend.name,
+        "scripts": describe(served.scripts),
+    }
 
 
 # Not in the OpenAPI document (plain text for Prometheus, not the JSON API); protected and

@@ -15,6 +15,22 @@ from digitrec.rejection import VERDICTS
 class TopItem(BaseModel):
     digit: int = Field(ge=0, le=9, examples=[7])
     probability: float = Field(ge=0, le=1, examples=[0.998])
+    character: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1,
+        description="the digit in the answer's script",
+        examples=["7"],
+    )
+
+
+class AlternativeOut(BaseModel):
+    script: str = Field(examples=["bengali"])
+    digit: int = Field(ge=0, le=9, examples=[4])
+    character: str = Field(min_length=1, max_length=1, examples=["৪"])
+    probability: float = Field(
+        ge=0, le=1, description="how likely the image is in this script", examples=[0.31]
+    )
 
 
 class ModelRef(BaseModel):
@@ -58,6 +74,26 @@ class PredictionOut(BaseModel):
         None,
         description="the 28x28 image the model saw, as a PNG data URL "
         "(only with include_input=true)",
+    )
+    script: str = Field(
+        "latin",
+        description="the writing system the digit was read in: the one asked for with "
+        "`script`, or the one `auto` found",
+        examples=["devanagari"],
+    )
+    character: str = Field(
+        min_length=1,
+        max_length=1,
+        description="the digit as it is written in that script (`digit` is always its value 0-9)",
+        examples=["७"],
+    )
+    script_uncertain: bool = Field(
+        False,
+        description="with script=auto: another script is almost as likely and reads another "
+        "value (the verdict is then `unsure`); see `alternatives`",
+    )
+    alternatives: list[AlternativeOut] = Field(
+        default_factory=list, description="those other readings, most likely first"
     )
 
 
@@ -122,6 +158,9 @@ class OfflineFeedbackOut(BaseModel):
 
 class NumberDigitOut(BaseModel):
     digit: int = Field(description="the most likely digit (meaningful when verdict is digit)")
+    character: str = Field(
+        min_length=1, max_length=1, description="the digit in the number's script"
+    )
     confidence: float
     verdict: str = Field(description=VERDICT_HELP)
     box: list[int] = Field(
@@ -137,6 +176,12 @@ class NumberDigitOut(BaseModel):
 
 class NumberOut(BaseModel):
     number: str = Field(description="the digits read, left to right (only those read)")
+    script: str = Field(
+        "latin", description="the writing system the number was read in (one for all digits)"
+    )
+    characters: str = Field(
+        "", description="`number` as it is written in that script (most significant first)"
+    )
     complete: bool = Field(
         description="false: a mark is not a digit (its verdict stands in its place in "
         "`digits`), so `number` is not the whole of what is written"
@@ -159,6 +204,15 @@ class PredictJSON(BaseModel):
         description="the image file as base64, or a data URL such as data:image/png;base64,...",
     )
     top_k: int | None = Field(None, ge=1, le=TOP_K_MAX, description="answers to return (default 3)")
+
+
+class ScriptOut(BaseModel):
+    name: str = Field(examples=["devanagari"])
+    digits: str = Field(description="its ten digits, 0 to 9", examples=["०१२३४५६७८९"])
+    right_to_left: bool = Field(description="written right to left (Arabic, Persian)")
+    held_out_accuracy: float | None = Field(
+        None, description="with the script given, on fonts held out of training"
+    )
 
 
 class ModelCard(BaseModel):
@@ -190,6 +244,11 @@ class ModelCard(BaseModel):
         "from, corrections used and held out, accuracy before and after",
     )
     backend: str = Field(description="inference engine: onnx or torch")
+    scripts: list[ScriptOut] = Field(
+        default_factory=list,
+        description="the writing systems `script` accepts besides `auto`, Latin first, with "
+        "the script model's accuracy on fonts held out of its training (empty: Latin only)",
+    )
 
 
 class ErrorDetail(BaseModel):

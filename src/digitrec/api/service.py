@@ -42,6 +42,9 @@ from digitrec.errors import (
     ValidationFailed,
 )
 from digitrec.feedback import Correction, OfflineAnswer, PredictionLog, PredictionRecord
+from digitrec.multiscript import LATIN, choose
+from digitrec.multiscript import read as read_in_script
+from digitrec.multiscript import read_number as read_number_in
 from digitrec.predict import Prediction, Predictor
 from digitrec.registry import Registry
 from digitrec.rejection import DIGIT_CLASSES
@@ -211,11 +214,15 @@ class Service:
         """The production model (the model card, readiness)."""
         return self.routing().production.predictor
 
-    async def predict(self, raw: bytes, top_k: int, client_id: str | None = None) -> Prediction:
+    async def predict(
+        self, raw: bytes, top_k: int, client_id: str | None = None, script: str = "latin"
+    ) -> Prediction:
         """Prepare the image off the event loop (a thread, or the sandbox for big or
-        unusual files), share a forward pass with other requests, log the answer."""
+        unusual files), share a forward pass with other requests, read it in ``script``
+        (``multiscript``), log the answer."""
         routing = self.routing()  # one snapshot: a switch mid-request changes nothing here
         served, arm = routing.route(client_id)
+        script = choose(served.scripts, script)
         started = time.perf_counter()
         with served.using() as predictor:
             with served.batcher.arriving():
@@ -224,10 +231,16 @@ class Service:
             logits = await served.batcher.submit(prepared.tensor)
             inferred_at = time.perf_counter()
             answer = predictor.answer(prepared, logits, top_k, started)
+            if served.scripts is not None and script != LATIN:  # asked for: a thread's work
+                answer = await asyncio.get_running_loop().run_in_executor(
+                    self.decoder.threads, read_in_script, served.scripts, answer, script, top_k
+                )
         metrics.record_prediction(answer, prepared_at - started, inferred_at - prepared_at)
         answer = dataclasses.replace(answer, arm=arm)
-        if self.log is None:
-            return answer  # no id: nothing is kept that a correction could refer to
+        if self.log is None or answer.script != "latin":
+            # No id: nothing is kept that a correction could refer to. Digits of other
+            # scripts are not kept: corrections fine-tune the Latin digit model.
+            return answer
         answer = dataclasses.replace(answer, prediction_id=feedback.new_prediction_id())
         experiment = routing.experiment.id if arm and routing.experiment else None
         keep = self.settings.store_uploads and len(raw) <= self.settings.store_upload_max_bytes
@@ -235,7 +248,7 @@ class Service:
         return answer
 
     async def read_number(
-        self, raw: bytes, top_k: int, client_id: str | None = None
+        self, raw: bytes, top_k: int, client_id: str | None = None, script: str = "latin"
     ) -> tuple[NumberReading, list[str] | None]:
         """The whole number written in an image (``numbers.read_number``), read in a
         decoding thread with the model this client is routed to. Each digit read is
@@ -243,14 +256,17 @@ class Service:
         order (None when nothing is logged)."""
         routing = self.routing()
         served, arm = routing.route(client_id)
+        script = choose(served.scripts, script)
         with served.using() as predictor:
             reading = await self.decoder.read_number(
                 predictor, raw, DIGIT_CLASSES, self.settings.number_max_components
             )
+        if served.scripts is not None and script != LATIN:  # a forward pass: in a thread
+            reading = await run_in_threadpool(read_number_in, served.scripts, reading, script)
         logged = [_probabilities(d.top) for d in reading.digits]  # all ten, before trimming
         digits = tuple(dataclasses.replace(d, top=d.top[:top_k]) for d in reading.digits)
         reading = dataclasses.replace(reading, digits=digits)
-        if self.log is None:
+        if self.log is None or reading.script != "latin":  # as for predict: not kept
             return reading, None
         experiment = routing.experiment.id if arm and routing.experiment else None
         ids = []

@@ -72,6 +72,7 @@ from digitrec.preprocess import (
     open_image,
 )
 from digitrec.rejection import DIGIT_CLASSES, softmax
+from digitrec.scripts import digit_char
 
 Box = tuple[int, int, int, int]  # x, y, width, height in the uploaded image's pixels
 MAX_COMPONENTS = Settings.model_fields["number_max_components"].default
@@ -98,15 +99,20 @@ class NumberDigit:
     verdict: str  # digit | not_a_digit | several_digits | unsure (rejection.VERDICTS)
     top: list[tuple[int, float]]  # (digit, probability), most likely first
     image: np.ndarray  # the 28x28 uint8 input the model saw
+    script: str = "latin"  # the writing system it was read in (multiscript.read_number)
 
     def to_dict(self) -> dict[str, Any]:
         """As the API answers it (``NumberDigitOut``): box as [x, y, width, height]."""
         return {
             "box": list(self.box),
             "digit": self.digit,
+            "character": digit_char(self.script, self.digit),
             "confidence": self.confidence,
             "verdict": self.verdict,
-            "top": [{"digit": d, "probability": p} for d, p in self.top],
+            "top": [
+                {"digit": d, "probability": p, "character": digit_char(self.script, d)}
+                for d, p in self.top
+            ],
             "prediction_id": None,  # the service's id of this digit's answer, if it logs it
         }
 
@@ -122,10 +128,13 @@ class NumberReading:
     model_name: str
     model_version: str
     processing_ms: float
+    script: str = "latin"  # one script for the whole number (multiscript.read_number)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "number": self.number,
+            "script": self.script,
+            "characters": "".join(digit_char(self.script, int(v)) for v in self.number),
             "complete": self.complete,
             "confidence": self.confidence,
             "digits": [d.to_dict() for d in self.digits],

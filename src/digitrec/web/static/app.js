@@ -57,6 +57,8 @@ const ui = {
   layout: document.querySelector(".layout"),
   modeDigit: $("mode-digit"),
   modeNumber: $("mode-number"),
+  script: $("script"),
+  scriptPick: $("script-pick"),
   padHint: $("pad-hint"),
   boxes: $("boxes"),
   offlineUse: $("offline-use"),
@@ -193,13 +195,14 @@ function showBlank() {
   resetAnswer(mode === "number" ? NUMBER_BLANK : BLANK);
 }
 
-function topItem({ digit, probability }, rank) {
+function topItem({ digit, probability, character }, rank) {
   const item = document.createElement("li");
   item.className = rank === 0 ? "top-item is-first" : "top-item";
   item.dataset.digit = String(digit);
   const name = document.createElement("span");
   name.className = "top-digit";
-  name.textContent = String(digit);
+  name.textContent = character ?? String(digit);
+  if (character && character !== String(digit)) name.title = `the digit ${digit}`;
   const bar = document.createElement("span");
   bar.className = "bar";
   bar.setAttribute("aria-hidden", "true");
@@ -216,23 +219,40 @@ function topItem({ digit, probability }, rank) {
 
 // The headline, the big digit and the confidence line for a verdict of "digit".
 function showDigit(answer) {
-  ui.digit.textContent = String(answer.digit);
+  ui.digit.textContent = answer.character ?? String(answer.digit);
   ui.digit.classList.remove("is-guess");
   ui.digit.classList.add("is-known");
   const sure = answer.confidence >= UNSURE_BELOW;
-  const guess = aDigit(answer.digit);
+  const guess = `${aDigit(answer.digit)}${inScript(answer)}`;
   say(sure ? `It looks like ${guess}.` : `Hard to tell. Maybe ${guess}?`);
   ui.confidence.textContent = `Confidence ${chance(answer.confidence)}`;
   ui.confidence.hidden = false;
 }
 
+// ", in Devanagari" for a digit of another script than Latin; nothing for Latin.
+function inScript(answer) {
+  const name = answer.script && answer.script !== "latin" ? scriptName(answer.script) : "";
+  return name ? ` (${answer.character}, in ${name})` : "";
+}
+
+function scriptName(name) {
+  const words = name.split("_").map((w) => w.charAt(0).toUpperCase() + w.slice(1));
+  return SCRIPT_NAMES[name] ?? words.join(" ");
+}
+
 // The same for any other verdict: a plain headline, and no digit shown as an answer.
 function showDoubt(answer, verdict) {
   const unsure = verdict === "unsure";
-  ui.digit.textContent = unsure ? String(answer.digit) : "?"; // an unsure one shows its guess
+  // an unsure one shows its guess
+  ui.digit.textContent = unsure ? answer.character ?? String(answer.digit) : "?";
   ui.digit.classList.remove("is-known");
   ui.digit.classList.toggle("is-guess", unsure);
-  say(DOUBTS[verdict] ?? DOUBTS.unsure);
+  const others = (answer.alternatives ?? []).map((a) => `${a.character} (${a.digit}, ${scriptName(a.script)})`);
+  if (answer.script_uncertain && others.length) {
+    say(`It could be ${aDigit(answer.digit)}${inScript(answer)} or ${others.join(" or ")}: the scripts look alike here. Choose the script to be sure.`);
+  } else {
+    say(DOUBTS[verdict] ?? DOUBTS.unsure);
+  }
   ui.confidence.textContent = ""; // a digit's confidence means nothing when it is no digit
   ui.confidence.hidden = true;
 }
@@ -240,6 +260,7 @@ function showDoubt(answer, verdict) {
 function showAnswer(answer) {
   const verdict = answer.verdict ?? "digit"; // servers before verdicts send none
   const doubt = verdict !== "digit";
+  ui.answer.dir = RIGHT_TO_LEFT.has(answer.script) ? "rtl" : "ltr";
   ui.answer.dataset.verdict = verdict;
   if (doubt) showDoubt(answer, verdict);
   else showDigit(answer);
@@ -384,7 +405,8 @@ async function ask(number, body, contentType, drawing = null) {
   if (contentType) init.headers = { "Content-Type": contentType };
   try {
     const reading = mode === "number";
-    const answer = await callApi(reading ? ENDPOINTS.number : ENDPOINTS.predict, init);
+    const url = reading ? ENDPOINTS.number : `${ENDPOINTS.predict}&script=${encodeURIComponent(script)}`;
+    const answer = await callApi(url, init);
     if (number === sent) stopRetry();
     if (pending.count()) retryPending(0, showPending); // the server is back
     if (number >= shown) { // equal: this image's earlier try failed and its error is shown
@@ -629,6 +651,61 @@ function wireFeedback() {
 }
 
 // --- what to read: one digit, or a whole number ------------------------------------------
+
+// --- which script: any (auto), or one the server reads -------------------------------------
+
+const SCRIPT_KEY = "digitrec-script";
+const SCRIPT_NAMES = { arabic_indic: "Arabic-Indic" }; // others: the name, capitalised
+const RIGHT_TO_LEFT = new Set();
+let script = "latin";
+
+// The scripts the server reads (GET /api/v1/model), in the picker; the last choice kept.
+function offerScripts(scripts) {
+  if (!Array.isArray(scripts) || scripts.length < 2) {
+    ui.scriptPick.hidden = true; // Latin only: nothing to choose
+    script = "latin";
+    return;
+  }
+  const options = [];
+  for (const s of scripts) {
+    if (s.right_to_left) RIGHT_TO_LEFT.add(s.name);
+    options.push(new Option(`${scriptName(s.name)} ${s.digits}`, s.name));
+  }
+  options.push(new Option("Any script (guess)", "auto"));
+  ui.script.replaceChildren(...options);
+  let saved = null;
+  try {
+    saved = localStorage.getItem(SCRIPT_KEY);
+  } catch {
+    saved = null;
+  }
+  script = saved === "auto" || scripts.some((s) => s.name === saved) ? saved : "latin";
+  ui.script.value = script;
+  ui.scriptPick.hidden = false;
+}
+
+function wireScripts() {
+  ui.script.addEventListener("change", () => {
+    script = ui.script.value;
+    try {
+      localStorage.setItem(SCRIPT_KEY, script);
+    } catch {
+      // storage refused: the choice is not remembered
+    }
+    readAgain(); // what is on the pad, in that script
+  });
+}
+
+function readAgain() {
+  if (upload !== null) {
+    const form = new FormData();
+    form.append("image", upload.file, upload.name);
+    sent += 1;
+    ask(sent, form);
+  } else if (strokes.length) {
+    schedulePrediction();
+  }
+}
 
 const MODE_KEY = "digitrec-mode";
 let mode = "digit";
@@ -1064,6 +1141,7 @@ async function loadModelCard() {
     }
     if (card.dry_run) ui.modelAccuracy.textContent += " (dry run: not a real model)";
     ui.modelBackend.textContent = BACKENDS[card.backend] || card.backend;
+    offerScripts(card.scripts);
   } catch (error) {
     if (isPassing(error)) {
       cardRetryMs = Math.min(cardRetryMs * 2 || RETRY_FIRST_MS, RETRY_MAX_MS);
@@ -1093,6 +1171,7 @@ function start() {
   wireUploads();
   wireFeedback();
   wireModes();
+  wireScripts();
   const observer = new ResizeObserver(fitCanvas);
   try {
     observer.observe(ui.canvas, { box: "device-pixel-content-box" });

@@ -1,0 +1,129 @@
+"""Choose the two thresholds of ``script=auto`` (#14) on validation data, never on test.
+
+``auto`` keeps the digit model's answer when it accepts a digit and Latin holds at least
+``latin_keep`` of the script model's probability, and reads a mark the digit model
+rejects as another script's digit only when that script holds at least
+``foreign_sure`` (``multiscript.ScriptModel.read``). The validation data: the script
+model's own validation share (``train_script_model.splits``, prepared as served), and
+non-digits drawn with the validation seed from the fonts and scribbles the digit model
+chose its thresholds on (``negatives``). Of the pairs that cost Latin nothing, the one
+that reads the other scripts best (then: flags the most non-digits) is written into the
+model's manifest (``auto``), with the whole grid and the share of non-digits the digit
+model flags alone, so what ``auto`` costs there is on record.
+
+    python scripts/tune_script_model.py src/digitrec/script_model/VERSION --home DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from train_script_model import as_served, splits
+
+from digitrec import negatives
+from digitrec.config import Settings
+from digitrec.multiscript import LATIN, ScriptModel
+from digitrec.predict import Prediction, Predictor
+from digitrec.preprocess import from_image
+
+LATIN_KEEP = (0.1, 0.2, 0.3, 0.5, 0.7)
+FOREIGN_SURE = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+NEGATIVES = 1000  # validation non-digits of each kind
+
+
+def answers(predictor: Predictor, images: np.ndarray) -> list[Prediction]:
+    out = []
+    for image in images:
+        pre = from_image(image, predictor.spec)
+        out.append(predictor.answer(pre, predictor.infer(pre.tensor[None])[0], 3, 0.0))
+    return out
+
+
+def grid(
+    model: ScriptModel,
+    digits: tuple[np.ndarray, np.ndarray, list[Prediction]],
+    non_digits: tuple[np.ndarray, list[Prediction]],
+) -> list[dict[str, Any]]:
+    images, labels, digit_answers = digits
+    logits = model.infer(images[:, None].astype(np.float32) / 255.0)
+    neg_images, neg_answers = non_digits
+    neg_logits = model.infer(neg_images[:, None].astype(np.float32) / 255.0)
+    rows = []
+    for keep in LATIN_KEEP:
+        for sure in FOREIGN_SURE:
+            thresholds = {"latin_keep": keep, "foreign_sure": sure}
+            read = [
+                model.read(x, a, "auto", 3, **thresholds)
+                for x, a in zip(logits, digit_answers, strict=True)
+            ]
+            right = np.array([r.digit == y % 10 for r, y in zip(read, labels, strict=True)])
+            script = labels // 10
+            flagged = [
+                model.read(x, a, "auto", 3, **thresholds).verdict != "digit"
+                for x, a in zip(neg_logits, neg_answers, strict=True)
+            ]
+            per_script = {
+                name: round(float(right[script == k].mean()), 4)
+                for k, name in enumerate(model.scripts)
+            }
+            rows.append(
+                {
+                    **thresholds,
+                    "per_script": per_script,
+                    "other_scripts": round(
+                        float(np.mean([v for n, v in per_script.items() if n != LATIN])), 4
+                    ),
+                    "non_digits_flagged": round(float(np.mean(flagged)), 4),
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="the script model's folder")
+    parser.add_argument("--home", type=Path, required=True, help="where the fonts-* datasets are")
+    parser.add_argument("--data-dir", type=Path, help="MNIST cache folder")
+    args = parser.parse_args()
+    settings = Settings(home=args.home, **({"data_dir": args.data_dir} if args.data_dir else {}))
+    model = ScriptModel(args.folder)
+    predictor = Predictor.from_settings(Settings())
+    spec = predictor.spec
+    data = model.manifest["data"]
+    val_x, val_y = splits(
+        settings, model.scripts, data["per_script"], model.manifest["training"]["seed"]
+    )["val"]
+    val_x = as_served(val_x, spec)
+    fonts = negatives.require_fonts(negatives.TRAIN_FONTS, "training")
+    neg_seed = negatives.SEEDS["validation"]
+    neg = np.concatenate(
+        [
+            negatives.glyphs(NEGATIVES, fonts, neg_seed, spec),
+            negatives.scribbles(NEGATIVES, neg_seed, spec),
+        ]
+    )
+    neg_answers = answers(predictor, neg)
+    rows = grid(model, (val_x, val_y, answers(predictor, val_x)), (neg, neg_answers))
+    alone_flagged = float(np.mean([a.verdict != "digit" for a in neg_answers]))
+    latin_alone = max(r["per_script"][LATIN] for r in rows)
+    fair = [r for r in rows if r["per_script"][LATIN] >= latin_alone]
+    best = max(fair, key=lambda r: (r["other_scripts"], r["non_digits_flagged"]))
+    manifest = dict(model.manifest)
+    manifest["auto"] = {
+        "latin_keep": best["latin_keep"],
+        "foreign_sure": best["foreign_sure"],
+        "chosen_on": "the validation share and validation non-digits (never the test fonts)",
+        "digit_model_alone_flags": round(alone_flagged, 4),
+        "grid": rows,
+    }
+    (args.folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in manifest["auto"].items() if k != "grid"}, indent=1))
+    print(json.dumps(best, indent=1))
+
+
+if __name__ == "__main__":
+    main()

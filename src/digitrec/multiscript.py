@@ -1,0 +1,307 @@
+"""Digits of other writing systems (#14): the script model and the ``script`` choice.
+
+The script model (``scripts/train_script_model.py``) has one output for every digit of
+every script it knows (class ``10 * k + digit`` for the k-th of its ``scripts``, Latin
+first), so one forward pass compares them all on one scale. It ships in
+``script_model/<version>/`` (``model.onnx`` and its ``manifest.json``) and runs beside
+the digit model, on the same 28x28 input, for the requests that ask for another script
+than Latin (``api.service``: in a decoding thread, after the digit model).
+
+``read`` turns its outputs into the answer for a ``script`` choice:
+
+- ``latin`` (the default): the digit model's answer, untouched; the script model does not
+  run, so Latin users pay nothing for the other scripts;
+- a script name: only that script's ten classes are candidates; the digit is the value
+  0-9 and ``character`` its character in that script;
+- ``auto``: the script with the most probability wins. Latin is read by the digit model
+  (MNIST accuracy and its not-a-digit verdicts stay as they are); another script by its
+  ten classes. When a second script is close behind (``CLOSE``) and reads a different
+  value (Bengali ৪ against Latin 8, Arabic-Indic ٥ against 0), the answer says the
+  script is uncertain and lists the alternatives; when the values agree (Arabic-Indic
+  and Persian share most digits), it does not matter which script it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from digitrec.errors import InvalidRequest, ModelInvalid
+from digitrec.rejection import softmax
+from digitrec.scripts import SCRIPTS, digit_char
+
+if TYPE_CHECKING:
+    from digitrec.numbers.reader import NumberReading
+    from digitrec.predict import Prediction
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).parent / "script_model"
+AUTO = "auto"
+LATIN = "latin"
+CLOSE = 0.2  # a second script at least this likely that reads another value: uncertain
+# The defaults of auto's two thresholds; a model's manifest holds those chosen for it on
+# validation data (scripts/tune_script_model.py). auto keeps the digit model's accepted
+# answer while Latin is at least this likely:
+LATIN_KEEP = 0.5
+SURE = 0.5  # with a script given, a top answer under this probability is "unsure"
+# and reads a mark the digit model calls "not a digit" as another script's digit only when
+# that script is at least this likely (the script model was never shown non-digits):
+FOREIGN_SURE = 0.9
+
+
+@dataclass(frozen=True)
+class Alternative:
+    script: str
+    digit: int
+    character: str
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ScriptModel:
+    """The shipped script model on ONNX Runtime (one thread, as the digit model)."""
+
+    def __init__(self, folder: Path) -> None:
+        import onnxruntime as ort
+
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        path = folder / "model.onnx"
+        if hashlib.sha256(path.read_bytes()).hexdigest() != manifest.get("sha256"):
+            raise ModelInvalid(f"script model {folder.name}: model.onnx does not match its hash")
+        self.version = folder.name
+        self.manifest = manifest
+        self.scripts: tuple[str, ...] = tuple(manifest["scripts"])
+        self.not_a_digit = bool(manifest.get("not_a_digit"))  # a last class for non-digits
+        auto = manifest.get("auto", {})  # chosen on validation by scripts/tune_script_model.py
+        self.latin_keep = float(auto.get("latin_keep", LATIN_KEEP))
+        self.foreign_sure = float(auto.get("foreign_sure", FOREIGN_SURE))
+        self.mean = float(manifest["preprocessing"]["mean"])
+        self.std = float(manifest["preprocessing"]["std"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    @property
+    def classes(self) -> int:
+        return 10 * len(self.scripts) + (1 if self.not_a_digit else 0)
+
+    def infer(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, 1, 28, 28) inputs in [0, 1], as the digit model saw them -> (N, classes)."""
+        x = ((pixels - self.mean) / self.std).astype(np.float32)
+        return np.asarray(self.session.run(None, {self.input_name: x})[0])
+
+    def check(self, script: str) -> str:
+        """``script`` if this model can read it (or ``auto``), else a 400 naming those it can."""
+        if script == AUTO or script in self.scripts:
+            return script
+        known = ", ".join((AUTO, *self.scripts))
+        if script in SCRIPTS:
+            raise InvalidRequest(
+                f"digits of {script!r} are not read yet; choose one of: {known}",
+                code="unsupported_script",
+            )
+        raise InvalidRequest(
+            f"unknown script {script!r}; choose one of: {known}", code="unknown_script"
+        )
+
+    def read(
+        self,
+        logits: np.ndarray,
+        answer: Prediction,
+        script: str,
+        top_k: int,
+        latin_keep: float | None = None,
+        foreign_sure: float | None = None,
+    ) -> Prediction:
+        """The digit model's ``answer`` for ``script``, given this model's ``logits``
+        (one row) for the same input; ``auto``'s thresholds are the manifest's unless
+        given (``scripts/tune_script_model.py`` tries others)."""
+        if script == LATIN:
+            return answer
+        every = softmax(logits[None].astype(np.float64))[0]
+        junk = float(every[-1]) if self.not_a_digit else 0.0  # "not a digit"
+        p = every[: 10 * len(self.scripts)].reshape(len(self.scripts), 10)
+        if script != AUTO:
+            given = self._in(self.scripts.index(script), p, answer, top_k)
+            return dataclasses.replace(given, verdict="not_a_digit") if junk >= SURE else given
+        mass = p.sum(axis=1)
+        order = np.argsort(-mass, kind="stable")
+        best = int(order[0])
+        latin = self.scripts.index(LATIN) if LATIN in self.scripts else -1
+        keep = self.latin_keep if latin_keep is None else latin_keep
+        sure = self.foreign_sure if foreign_sure is None else foreign_sure
+        keep_latin = answer.verdict == "digit" and latin >= 0 and mass[latin] >= keep
+        doubtful = answer.verdict in REJECTED and (mass[best] < sure or junk >= mass[best])
+        if best == latin or keep_latin or doubtful:
+            chosen, best = dataclasses.replace(answer, script=LATIN), latin
+        else:
+            chosen = self._in(best, p, answer, top_k)
+        if chosen.verdict in REJECTED:
+            return chosen  # not read as a digit: no other script's reading to offer
+        others = [
+            Alternative(s, d, digit_char(s, d), round(float(mass[k]), 6))
+            for k in order
+            if k != best and mass[k] >= CLOSE
+            for s, d in [(self.scripts[k], int(p[k].argmax()))]
+            if d != chosen.digit
+        ]
+        if others:
+            chosen = dataclasses.replace(
+                chosen,
+                script_uncertain=True,
+                alternatives=tuple(others),
+                verdict="unsure" if chosen.verdict == "digit" else chosen.verdict,
+            )
+        return chosen
+
+    def _in(self, k: int, p: np.ndarray, answer: Prediction, top_k: int) -> Prediction:
+        """The answer with only the k-th script's ten digits as candidates."""
+        script = self.scripts[k]
+        probs = p[k] / p[k].sum()
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        digit = int(order[0])
+        confidence = round(float(probs[digit]), 6)
+        return dataclasses.replace(
+            answer,
+            digit=digit,
+            confidence=confidence,
+            top=[(int(d), round(float(probs[d]), 6)) for d in order],
+            probabilities=tuple(round(float(v), 6) for v in probs),
+            verdict="digit" if confidence >= SURE else "unsure",
+            digit_score=None,
+            script=script,
+        )
+
+
+REJECTED = ("not_a_digit", "several_digits")  # the digit model's verdicts for non-digits
+RIGHT_TO_LEFT = frozenset({"arabic_indic", "persian", "nko"})  # the scripts written so
+
+
+def describe(model: ScriptModel | None) -> list[dict[str, Any]]:
+    """What ``GET /api/v1/model`` says of the scripts ``script`` accepts (Latin only
+    without a script model)."""
+    names = model.scripts if model is not None else (LATIN,)
+    tested = model.manifest.get("test", {}) if model is not None else {}
+    return [
+        {
+            "name": name,
+            "digits": "".join(digit_char(name, d) for d in range(10)),
+            "right_to_left": name in RIGHT_TO_LEFT,
+            "held_out_accuracy": tested.get(name, {}).get("given"),
+        }
+        for name in names
+    ]
+
+
+def shipped_folder(root: Path = ROOT) -> Path | None:
+    """The newest script model shipped with the package, or None."""
+    folders = sorted(p for p in root.glob("*") if (p / "manifest.json").is_file())
+    return folders[-1] if folders else None
+
+
+@cache
+def load_shipped() -> ScriptModel | None:
+    """The shipped script model, loaded once per process (None when there is none or
+    ONNX Runtime is not installed)."""
+    folder = shipped_folder()
+    if folder is None:
+        return None
+    try:
+        return ScriptModel(folder)
+    except ImportError:
+        log.info("onnxruntime is not installed: digits of other scripts are not read")
+        return None
+
+
+def read_number(model: ScriptModel, reading: NumberReading, script: str) -> NumberReading:
+    """A number read digit by digit, in one script for all of it: as given, or for
+    ``auto`` the script that makes the digits likeliest together (Latin: the digit
+    model's reading, as it is). Blocking (a forward pass): run it off the event loop."""
+    if script == LATIN or not reading.digits:
+        return reading
+    pixels = np.stack([d.image for d in reading.digits])[:, None].astype(np.float32) / 255.0
+    p = softmax(model.infer(pixels).astype(np.float64)).reshape(-1, len(model.scripts), 10)
+    if script == AUTO:
+        together = np.log(np.maximum(p.sum(axis=2), 1e-12)).sum(axis=0)
+        script = model.scripts[int(together.argmax())]
+        if script == LATIN:
+            return reading
+    k = model.scripts.index(script)
+    digits = []
+    for piece, probs in zip(reading.digits, p[:, k], strict=True):
+        probs = probs / probs.sum()
+        order = np.argsort(-probs, kind="stable")[: max(1, len(piece.top))]
+        digit, confidence = int(order[0]), round(float(probs[order[0]]), 6)
+        digits.append(
+            dataclasses.replace(
+                piece,
+                digit=digit,
+                confidence=confidence,
+                verdict="digit" if confidence >= SURE else "unsure",
+                top=[(int(d), round(float(probs[d]), 6)) for d in order],
+                script=script,
+            )
+        )
+    return dataclasses.replace(
+        reading,
+        digits=tuple(digits),
+        number="".join(str(d.digit) for d in digits),  # every piece is read as a digit
+        complete=True,
+        confidence=round(float(np.prod([d.confidence for d in digits])), 6),
+        script=script,
+    )
+
+
+def choose(model: ScriptModel | None, script: str) -> str:
+    """The script to read in: as asked, when ``model`` reads it; ``auto`` is Latin
+    without a script model; anything else is a 400 that says why."""
+    if model is not None:
+        return model.check(script)
+    if script in (AUTO, LATIN):
+        return LATIN
+    if script not in SCRIPTS:
+        raise InvalidRequest(
+            f"unknown script {script!r}; choose auto or latin", code="unknown_script"
+        )
+    raise InvalidRequest(
+        f"digits of {script!r} are not read here: no script model is installed",
+        code="unsupported_script",
+    )
+
+
+def read(model: ScriptModel, answer: Prediction, script: str, top_k: int) -> Prediction:
+    """The digit model's ``answer`` read in ``script`` by ``model``, from the 28x28 input
+    the answer keeps. Blocking (a forward pass): the server runs it in a decoding thread,
+    and only for the requests that ask for another script than Latin."""
+    if script == LATIN:
+        return answer
+    pixels = answer.image[None, None].astype(np.float32) / 255.0
+    return model.read(model.infer(pixels)[0], answer, script, top_k)
+
+
+class _ReadIn:
+    """``read_in(answer, script, top_k)``: a digit model's answer read in ``script`` by the
+    shipped script model, outside a server (the CLI, evaluation); ``read_in.check``."""
+
+    def check(self, script: str) -> str:
+        return choose(load_shipped(), script)
+
+    def __call__(self, answer: Prediction, script: str, top_k: int) -> Prediction:
+        model = load_shipped()
+        return answer if model is None else read(model, answer, script, top_k)
+
+
+read_in = _ReadIn()
