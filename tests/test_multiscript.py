@@ -159,3 +159,25 @@ def test_the_page_picks_a_script_remembers_it_and_shows_the_digit_in_it(
     page.set_input_files("#file", other)
     expect(page.locator("#digit")).to_have_text(digit_char("arabic_indic", 2))
     expect(page.locator("#answer")).to_have_attribute("dir", "rtl")
+
+
+def test_a_number_is_read_in_one_script(client: TestClient) -> None:
+    images, labels = held_out_digits("devanagari")
+    picks = [int(np.flatnonzero(labels == d)[0]) for d in (2, 0, 7)]
+    gap = np.zeros((28, 12), np.uint8)
+    strip = np.concatenate([gap, *[np.hstack([images[i], gap]) for i in picks]], axis=1)
+    answer = client.post(
+        "/api/v1/number?script=devanagari",
+        content=to_png(np.pad(strip, 12)),
+        headers={"Content-Type": "image/png"},
+    ).json()
+    assert answer["script"] == "devanagari" and len(answer["digits"]) == 3
+    assert answer["characters"] == "".join(
+        digit_char("devanagari", int(v)) for v in answer["number"]
+    )
+    assert all(d["character"] == digit_char("devanagari", d["digit"]) for d in answer["digits"])
+    assert sum(a == b for a, b in zip(answer["number"], "207", strict=False)) >= 2, answer["number"]
+    latin = client.post(
+        "/api/v1/number", content=to_png(np.pad(strip, 12)), headers={"Content-Type": "image/png"}
+    ).json()
+    assert latin["script"] == "latin"  # the default reads Latin digits only

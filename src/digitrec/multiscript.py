@@ -233,7 +233,9 @@ def read_number(model: ScriptModel, reading: NumberReading, script: str) -> Numb
     if script == LATIN or not reading.digits:
         return reading
     pixels = np.stack([d.image for d in reading.digits])[:, None].astype(np.float32) / 255.0
-    p = softmax(model.infer(pixels).astype(np.float64)).reshape(-1, len(model.scripts), 10)
+    every = softmax(model.infer(pixels).astype(np.float64))
+    junk = every[:, -1] if model.not_a_digit else np.zeros(len(every))
+    p = every[:, : 10 * len(model.scripts)].reshape(-1, len(model.scripts), 10)
     if script == AUTO:
         together = np.log(np.maximum(p.sum(axis=2), 1e-12)).sum(axis=0)
         script = model.scripts[int(together.argmax())]
@@ -241,25 +243,27 @@ def read_number(model: ScriptModel, reading: NumberReading, script: str) -> Numb
             return reading
     k = model.scripts.index(script)
     digits = []
-    for piece, probs in zip(reading.digits, p[:, k], strict=True):
+    for piece, probs, not_digit in zip(reading.digits, p[:, k], junk, strict=True):
         probs = probs / probs.sum()
         order = np.argsort(-probs, kind="stable")[: max(1, len(piece.top))]
         digit, confidence = int(order[0]), round(float(probs[order[0]]), 6)
+        verdict = "digit" if confidence >= SURE else "unsure"
         digits.append(
             dataclasses.replace(
                 piece,
                 digit=digit,
                 confidence=confidence,
-                verdict="digit" if confidence >= SURE else "unsure",
+                verdict="not_a_digit" if not_digit >= SURE else verdict,
                 top=[(int(d), round(float(probs[d]), 6)) for d in order],
                 script=script,
             )
         )
+    read = [d for d in digits if d.verdict != "not_a_digit"]
     return dataclasses.replace(
         reading,
         digits=tuple(digits),
-        number="".join(str(d.digit) for d in digits),  # every piece is read as a digit
-        complete=True,
+        number="".join(str(d.digit) for d in read),
+        complete=len(read) == len(digits),
         confidence=round(float(np.prod([d.confidence for d in digits])), 6),
         script=script,
     )
