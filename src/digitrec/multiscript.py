@@ -2,7 +2,7 @@
 
 The script model (``scripts/train_script_model.py``) has one output for every digit of
 every script it knows (class ``10 * k + digit`` for the k-th of its ``scripts``, Latin
-first), so one forward pass compares them all on one scale. It ships in
+first) and one for "not a digit", so one forward pass compares them all on one scale. It ships in
 ``script_model/<version>/`` (``model.onnx`` and its ``manifest.json``) and runs beside
 the digit model, on the same 28x28 input, for the requests that ask for another script
 than Latin (``api.service``: in a decoding thread, after the digit model).
@@ -48,13 +48,13 @@ ROOT = Path(__file__).parent / "script_model"
 AUTO = "auto"
 LATIN = "latin"
 CLOSE = 0.2  # a second script at least this likely that reads another value: uncertain
+SURE = 0.5  # with a script given, a top answer under this probability is "unsure"
 # The defaults of auto's two thresholds; a model's manifest holds those chosen for it on
 # validation data (scripts/tune_script_model.py). auto keeps the digit model's accepted
 # answer while Latin is at least this likely:
 LATIN_KEEP = 0.5
-SURE = 0.5  # with a script given, a top answer under this probability is "unsure"
-# and reads a mark the digit model calls "not a digit" as another script's digit only when
-# that script is at least this likely (the script model was never shown non-digits):
+# and reads a mark the digit model calls "not a digit" as another script's digit only
+# when that script is at least this likely:
 FOREIGN_SURE = 0.9
 
 
