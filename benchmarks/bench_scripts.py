@@ -13,6 +13,7 @@ MNIST test: the default model alone, with ``script=latin`` and with ``auto``. Mo
 per image at batch 1: the digit model alone, and with the script model beside it.
 
     python benchmarks/bench_scripts.py --home DIR   # DIR holds the fonts-* datasets
+    python benchmarks/bench_scripts.py --home DIR --dataset madbase   # and one you imported
 """
 
 from __future__ import annotations
@@ -135,6 +136,14 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help="MNIST cache folder")
     parser.add_argument("--n", type=int, default=0, help="test images per script (0: all)")
     parser.add_argument("--requests", type=int, default=600, help="HTTP requests per figure")
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also a dataset you imported (`digitrec data import ... --script SCRIPT`), "
+        "e.g. real handwriting: its test split, read in its script and with auto",
+    )
     parser.add_argument("--output", type=Path, help="result file (default benchmarks/results/)")
     args = parser.parse_args()
     model = load_shipped()
@@ -174,6 +183,18 @@ def main() -> None:
                 float(np.mean([a is not None and a.script_uncertain for a in read["auto"]])), 4
             ),
         }
+    results["imported"] = {}
+    for name in args.dataset:
+        data = load_dataset(settings, name, progress=False)
+        model.check(data.script)  # a script the model cannot read stops here, with the reason
+        images, labels = data.test_images[:n], data.test_labels[:n]
+        read = read_all(predictor, images, (data.script, "auto"))
+        results["imported"][name] = {
+            "script": data.script,
+            "images": len(labels),
+            "given": right(read[data.script], labels),
+            "auto": right(read["auto"], labels),
+        }
     pixels = mnist.test_images[:1, None].astype(np.float32) / 255.0
     x = ((pixels - predictor.spec.mean) / predictor.spec.std).astype(np.float32)
     alone = batch1_us(predictor.infer, x)
@@ -187,6 +208,11 @@ def main() -> None:
     ]
     print(table(["script", "images", "given", "auto", "auto found it", "auto unsure"], rows))
     print(f"MNIST test: {results['mnist_test']}")
+    for name, r in results["imported"].items():
+        print(
+            f"imported {name} ({r['script']}, {r['images']} images): "
+            f"given {r['given']}, auto {r['auto']}"
+        )
     print(f"non-digits flagged: {results['non_digits']}")
     print(f"model time at batch 1: {results['batch1_us']} us")
     http = results["http_c1"]

@@ -221,8 +221,9 @@ def model_card(manifest: dict[str, Any]) -> str:
         "| test, any script (value) | script found |\n|---|---|---|---|--:|--:|--:|\n"
         + "\n".join(rows)
         + "\n\n**Real handwriting**: no handwritten dataset of these scripts could be "
-        "used here; the figures are for fonts made to look handwritten. To measure it on "
-        "one you have: `digitrec data import` it, then `python benchmarks/bench_scripts.py`.\n"
+        "used here; the figures are for fonts made to look handwritten. To measure one you "
+        "have: `digitrec data import ... --name NAME --script SCRIPT`, then `python "
+        "benchmarks/bench_scripts.py --home DIR --dataset NAME`.\n"
     )
 
 
