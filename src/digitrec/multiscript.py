@@ -135,8 +135,7 @@ class ScriptModel:
         junk = float(every[-1]) if self.not_a_digit else 0.0  # "not a digit"
         p = every[: 10 * len(self.scripts)].reshape(len(self.scripts), 10)
         if script != AUTO:
-            given = self._in(self.scripts.index(script), p, answer, top_k)
-            return dataclasses.replace(given, verdict="not_a_digit") if junk >= SURE else given
+            return self._in(self.scripts.index(script), p, answer, top_k, junk)
         mass = p.sum(axis=1)
         order = np.argsort(-mass, kind="stable")
         best = int(order[0])
@@ -167,23 +166,29 @@ class ScriptModel:
             )
         return chosen
 
-    def _in(self, k: int, p: np.ndarray, answer: Prediction, top_k: int) -> Prediction:
+    def _in(
+        self, k: int, p: np.ndarray, answer: Prediction, top_k: int, junk: float = 0.0
+    ) -> Prediction:
         """The answer with only the k-th script's ten digits as candidates."""
-        script = self.scripts[k]
-        probs = p[k] / p[k].sum()
-        order = np.argsort(-probs, kind="stable")[:top_k]
-        digit = int(order[0])
-        confidence = round(float(probs[digit]), 6)
+        fields, probs = within(p[k], top_k, junk)
         return dataclasses.replace(
             answer,
-            digit=digit,
-            confidence=confidence,
-            top=[(int(d), round(float(probs[d]), 6)) for d in order],
+            **fields,
             probabilities=tuple(round(float(v), 6) for v in probs),
-            verdict="digit" if confidence >= SURE else "unsure",
             digit_score=None,
-            script=script,
+            script=self.scripts[k],
         )
+
+
+def within(ten: np.ndarray, top_k: int, junk: float = 0.0) -> tuple[dict[str, Any], np.ndarray]:
+    """One script's ten digit probabilities (and the "not a digit" one, ``junk``) -> the
+    answer's digit, confidence, top-k and verdict; and the ten, summing to 1."""
+    probs = ten / ten.sum()
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    digit, confidence = int(order[0]), round(float(probs[order[0]]), 6)
+    verdict = "not_a_digit" if junk >= SURE else "digit" if confidence >= SURE else "unsure"
+    top = [(int(d), round(float(probs[d]), 6)) for d in order]
+    return {"digit": digit, "confidence": confidence, "top": top, "verdict": verdict}, probs
 
 
 REJECTED = ("not_a_digit", "several_digits")  # the digit model's verdicts for non-digits
@@ -242,22 +247,12 @@ def read_number(model: ScriptModel, reading: NumberReading, script: str) -> Numb
         if script == LATIN:
             return reading
     k = model.scripts.index(script)
-    digits = []
-    for piece, probs, not_digit in zip(reading.digits, p[:, k], junk, strict=True):
-        probs = probs / probs.sum()
-        order = np.argsort(-probs, kind="stable")[: max(1, len(piece.top))]
-        digit, confidence = int(order[0]), round(float(probs[order[0]]), 6)
-        verdict = "digit" if confidence >= SURE else "unsure"
-        digits.append(
-            dataclasses.replace(
-                piece,
-                digit=digit,
-                confidence=confidence,
-                verdict="not_a_digit" if not_digit >= SURE else verdict,
-                top=[(int(d), round(float(probs[d]), 6)) for d in order],
-                script=script,
-            )
+    digits = [
+        dataclasses.replace(
+            piece, **within(ten, max(1, len(piece.top)), float(j))[0], script=script
         )
+        for piece, ten, j in zip(reading.digits, p[:, k], junk, strict=True)
+    ]
     read = [d for d in digits if d.verdict != "not_a_digit"]
     return dataclasses.replace(
         reading,

@@ -262,7 +262,9 @@ class Service:
                 predictor, raw, DIGIT_CLASSES, self.settings.number_max_components
             )
         if served.scripts is not None and script != LATIN:  # a forward pass: in a thread
-            reading = await run_in_threadpool(read_number_in, served.scripts, reading, script)
+            reading = await asyncio.get_running_loop().run_in_executor(
+                self.decoder.threads, read_number_in, served.scripts, reading, script
+            )
         logged = [_probabilities(d.top) for d in reading.digits]  # all ten, before trimming
         digits = tuple(dataclasses.replace(d, top=d.top[:top_k]) for d in reading.digits)
         reading = dataclasses.replace(reading, digits=digits)
