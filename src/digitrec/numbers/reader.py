@@ -15,16 +15,20 @@ first joined into chains (``segment.chain_groups``: a broken digit's parts held 
 touching neighbours). The pieces A would try cutting, and any piece at least
 ``ASK_WIDTH`` wide, are read by the sequence reader (one short forward pass each); a
 wide piece it reads as one digit is left to the digit model. In the others, straight
-cuts halfway between the places it read two digits join A's candidates, and the
-cutting into as many parts as it read digits wins, each part scored by how well the
-digit model reads it as the sequence reader's digit there (A's best cutting when there
-is no such cutting). Then the sequence reader reads the whole strip (``_in_context``):
-when it reads one digit per final piece, the parts it read take its digit and top-k
-from that reading, and every other piece keeps the digit model's answer and verdict;
-when it reads another count, the strip is cut straight down halfway between its digits
-and every part takes its digit (its reading of each piece stands when it reads no
-digit at all). Without a shipped sequence reader, approach A alone. Each piece has its
-box and its 28x28 input.
+cuts halfway between the places it read two digits join A's candidates, and the cutting
+into as many parts as it read digits wins, each part scored by how well the digit model
+reads it as the sequence reader's digit there (A's best cutting when there is no such
+cutting). Then the sequence reader reads the whole strip (``_in_context``): when it
+reads one digit per final piece, the parts it read take its digit and top-k from that
+reading, and every other piece keeps the digit model's answer and verdict where the two
+agree; when it reads another count, the strip is cut straight down halfway between its
+digits and every part takes its digit (its reading of each piece stands when it reads no
+digit at all). Once there are two pieces, the whole strip is read even when no piece
+was: with one digit per piece, a piece the two models read differently takes the digit
+their product of probabilities favours (``_second_opinion``); with fewer digits than
+pieces, close neighbours are joined into as many pieces as it read where the digit model
+reads them as those digits (``_merged``: a loose stroke, a lifted pen). Without a
+shipped sequence reader, approach A alone. Each piece has its box and its 28x28 input.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ from digitrec.preprocess import (
     mnist_layout,
     open_image,
 )
-from digitrec.rejection import DIGIT_CLASSES, softmax
+from digitrec.rejection import DIGIT_CLASSES, digit_probabilities, softmax
 from digitrec.scripts import digit_char
 
 Box = tuple[int, int, int, int]  # x, y, width, height in the uploaded image's pixels
@@ -84,6 +88,8 @@ CROSS_COST = 1.0  # log score lost per extra stroke a cut goes through (a 3 cut:
 SQUAT = 1.0  # a piece wider than this share of its height is less likely one digit...
 SQUAT_COST = 2.0  # ...by this much (log score) per unit of width/height beyond it
 ASK_WIDTH = 0.75  # pieces this wide (digit heights) are read by the sequence reader too
+MERGE_GAP = 0.2  # neighbours this close (digit heights) may be joined into one digit...
+MERGE_RUN = 3  # ...this many at most, when the sequence reader reads fewer digits
 SURE = 0.5  # a digit the sequence reader gives at least this probability is a "digit"
 # Verdicts that count as a digit read: "unsure" may be one, and its top answer is shown.
 READ = ("digit", "unsure")  # each extra piece must earn it: fewer digits win near-ties
@@ -169,9 +175,11 @@ def read_number(
     confidence, verdict, top-k, the 28x28 input); ``number``, the digits read (verdict
     "digit" or "unsure"); ``complete``, False when a piece is not read as a digit (its
     verdict, not_a_digit or several_digits, stands in its place in ``digits``);
-    ``confidence``, the product of the pieces'. At most two batched forward passes of
-    the digit model and one of the shipped sequence reader (``sequence.shipped_reader``,
-    loaded on first use; without it, approach A alone: ``read_number_components``).
+    ``confidence``, the product of the pieces'. At most three batched forward passes
+    of the digit model (the pieces, their candidate parts, joined neighbours) and, of
+    the shipped sequence reader (``sequence.shipped_reader``, loaded on first use;
+    without it, approach A alone: ``read_number_components``), one per piece that may
+    hold touching digits and one for the whole strip.
 
     Raises the upload errors of ``Predictor.open`` (``DigitrecError`` subclasses),
     ``BlankImage`` (422 blank_image) when there is no ink, ``TooManyComponents`` (422
@@ -271,22 +279,100 @@ def _in_context(
     read: list[np.ndarray | None],
     predictor: Predictor,
 ) -> tuple[list[_Piece], np.ndarray, list[np.ndarray | None]]:
-    """Where the sequence reader read pieces, it reads the whole strip too. When that
-    gives one digit per final piece, its digits (read with their neighbours in view)
-    replace its readings of those pieces, the digit model's answers stay. When it gives
-    another count, the strip is cut straight down halfway between its digits and each
-    part takes its digit (``_strip_pieces``; the digit model's logits of those parts are
-    never read, zeros stand in for them)."""
-    if sequence is None or all(r is None for r in read):
+    """The sequence reader reads the whole strip once there are two pieces or it read
+    one. When that gives one digit per final piece, its digits (read with their
+    neighbours in view) replace its readings of pieces it read, and the pieces only the
+    digit model read, as a digit or unsure, take the digit the two models agree on most
+    (``_second_opinion``). When it gives another count and it had read pieces, the
+    strip is cut straight down halfway between its digits and each part takes its digit
+    (``_strip_pieces``; the digit model's logits of those parts are never read, zeros
+    stand in for them)."""
+    asked = any(r is not None for r in read)
+    if sequence is None or not (asked or len(pieces) >= 2):
         return pieces, logits, read
     (whole,) = sequence.read_inks([comps.ink])
+    if not asked and 0 < len(whole.text) < len(pieces):
+        pieces, logits, read = _merged(comps, pieces, logits, read, whole.text, predictor)
     if len(whole.text) == len(read):
-        mixed = [w if r is not None else None for w, r in zip(whole.digit_probs, read, strict=True)]
+        verdicts = predictor.rejection.verdicts(logits)
+        shares = digit_probabilities(logits, predictor.rejection.temperature)
+        mixed = [
+            w if r is not None else _second_opinion(own, w) if v in READ else None
+            for w, r, own, v in zip(whole.digit_probs, read, shares, verdicts, strict=True)
+        ]
         return pieces, logits, mixed
+    if not asked:
+        return pieces, logits, read
     parts = _strip_pieces(comps, whole, predictor)
     if not whole.text or len(parts) != len(whole.text):
         return pieces, logits, read
     return parts, np.zeros((len(parts), logits.shape[1]), logits.dtype), list(whole.digit_probs)
+
+
+def _merged(
+    comps: Components,
+    pieces: list[_Piece],
+    logits: np.ndarray,
+    read: list[np.ndarray | None],
+    text: str,
+    predictor: Predictor,
+) -> tuple[list[_Piece], np.ndarray, list[np.ndarray | None]]:
+    """Fewer pieces, as many as the sequence reader read digits (``text``) when that
+    can be done: neighbouring whole pieces at most ``MERGE_GAP`` apart (a stroke lifted
+    off a 9's loop, a tail that came loose) are joined, up to ``MERGE_RUN`` of them and
+    no wider than a digit, and a joined piece competes only when the digit model reads
+    it as a digit (two digits joined do not). The digit model reads the joined pieces in
+    one more batch; the pieces as they are when no cutting into that many reads better
+    (``_best_cutting``, each part scored by how well it reads as ``text``'s digit
+    there)."""
+    n = len(pieces)
+    unchanged = pieces, logits, read
+    if len({p.group for p in pieces}) < n:  # a group was cut: the pieces are not whole
+        return unchanged
+    height = comps.digit_height
+    extra: list[_Piece] = []
+    starts: list[tuple[int, int]] = []
+    for a in range(n):
+        group = pieces[a].group
+        for b in range(a + 1, min(n, a + MERGE_RUN)):
+            following = pieces[b].group
+            if following.left - group.right > MERGE_GAP * height:
+                break
+            group = group.join(following)
+            if group.width > MAX_DIGIT_WIDTH * height:
+                break
+            part = _piece(group, group_ink(comps, group), predictor)
+            if part is not None:
+                starts.append((a, b + 1))
+                extra.append(part)
+    if not extra:
+        return unchanged
+    joined = predictor.infer(np.stack([p.pre.tensor for p in extra]))
+    verdicts = predictor.rejection.verdicts(joined)
+    spans = {(i, i + 1): i for i in range(n)}
+    spans.update({span: n + k for k, span in enumerate(starts) if verdicts[k] == "digit"})
+    if len(spans) == n:
+        return unchanged
+    every, scored = pieces + extra, np.concatenate([logits, joined])
+    scores = _digit_log_score(scored)
+    digit_scores = np.log(softmax(scored)[:, :DIGIT_CLASSES] + 1e-12)
+    parts = _best_cutting(
+        np.zeros(n + 1, np.int64), spans, _reads_as(text, digit_scores, scores), len(text)
+    )
+    if len(parts) != len(text):
+        return unchanged
+    return [every[k] for k in parts], scored[parts], [None] * len(parts)
+
+
+def _second_opinion(own: np.ndarray, seen: np.ndarray) -> np.ndarray | None:
+    """A piece's digit from both models: the digit model's ten digit shares (``own``)
+    times the sequence reader's (``seen``, read with the neighbours in view),
+    normalised. None (the digit model's answer stands, with its verdict) when that
+    agrees with the digit model's top digit; else the joint shares."""
+    joint = own * seen
+    if joint.sum() <= 0 or int(joint.argmax()) == int(own.argmax()):
+        return None
+    return np.asarray(joint / joint.sum())
 
 
 def _strip_pieces(comps: Components, whole: SequenceReading, predictor: Predictor) -> list[_Piece]:
