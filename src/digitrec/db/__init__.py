@@ -153,9 +153,14 @@ def _sqlite_engine(url: URL) -> Engine:
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
-        cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; far fewer fsyncs
+        # The wait first: what follows may meet another process's lock.
         cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        # Readers never wait for the writer in WAL mode. Switching needs the file to
+        # itself, so it is asked for only once (the mode stays with the file): a worker
+        # connecting while another checkpoints at shutdown is not told "locked".
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; far fewer fsyncs
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
