@@ -8,6 +8,7 @@ per digit; a script whose fonts are missing is skipped locally and fails in CI.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -18,8 +19,10 @@ from fastapi.testclient import TestClient
 
 from digitrec import multiscript
 from digitrec import script_digits as sd
+from digitrec.data import Mnist
 from digitrec.errors import ModelInvalid
 from digitrec.multiscript import ScriptModel, load_shipped, read_in
+from digitrec.numbers.reader import read_number
 from digitrec.predict import Predictor
 from digitrec.preprocess import to_png
 from digitrec.scripts import digit_char
@@ -75,6 +78,23 @@ def test_held_out_fonts_are_read_with_the_script_given_and_with_auto(
     # broken path (auto reads Arabic-Indic worst: 73 % in the benchmark)
     assert np.mean(given) >= 0.85, (script, np.mean(given))
     assert np.mean(auto) >= 0.6, (script, np.mean(auto))
+
+
+def test_auto_weighs_a_glyph_two_scripts_share_by_its_value(
+    model: ScriptModel, predictor: Predictor, mnist: Mnist
+) -> None:
+    # Arabic-Indic ٣ and Persian ۳ are one glyph: the script model splits 0.6 between
+    # them, against 0.36 for a Latin 7. By script alone Latin wins; by value, 3 does,
+    # and Latin's 7 stays as the alternative that makes the script uncertain.
+    answer = predictor.predict_bytes(to_png(mnist.test_images[0]))
+    probs = np.full(model.classes, 1e-4)
+    latin, ai, fa = (model.scripts.index(s) for s in ("latin", "arabic_indic", "persian"))
+    probs[10 * latin + 7], probs[10 * ai + 3], probs[10 * fa + 3] = 0.36, 0.3, 0.3
+    read = model.read(np.log(probs), dataclasses.replace(answer, digit=7), "auto", 3)
+    assert (read.digit, read.script, read.character) == (3, "arabic_indic", "٣")
+    assert read.script_uncertain and read.verdict == "unsure"
+    assert [(a.script, a.digit) for a in read.alternatives] == [("latin", 7)]
+    assert read.top[0] == (3, pytest.approx(0.6 / probs[10:80].sum(), abs=1e-3))
 
 
 def test_latin_stays_the_digit_models_answer(predictor: Predictor, mnist) -> None:  # type: ignore[no-untyped-def]
@@ -181,3 +201,40 @@ def test_a_number_is_read_in_one_script(client: TestClient) -> None:
         "/api/v1/number", content=to_png(np.pad(strip, 12)), headers={"Content-Type": "image/png"}
     ).json()
     assert latin["script"] == "latin"  # the default reads Latin digits only
+
+
+def written_numbers(script: str, count: int, seed: int = 5) -> list[tuple[bytes, str]]:
+    """``count`` numbers of 2-4 held-out-font digits, written and exported as a canvas
+    is (``numbers.synth``): the file and its digits."""
+    from digitrec.numbers.synth import make_number
+
+    images, labels = held_out_digits(script)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        picks = rng.integers(0, len(labels), size=int(rng.integers(2, 5)))
+        made = make_number([images[i] for i in picks], [int(labels[i]) for i in picks], rng)
+        out.append((made.data, made.text))
+    return out
+
+
+def test_a_number_in_another_script_is_not_cut_as_latin_digits(
+    client: TestClient, predictor: Predictor, model: ScriptModel
+) -> None:
+    # Tamil digits are wide and unlike Latin ones: cut where Latin digits would be (the
+    # digit model's and the Latin sequence reader's cuts), most numbers come apart.
+    numbers = written_numbers("tamil", 12)
+    given = auto = cut = 0
+    for data, text in numbers:
+        for script in ("tamil", "auto"):
+            answer = client.post(
+                f"/api/v1/number?script={script}",
+                content=data,
+                headers={"Content-Type": "image/png"},
+            ).json()
+            right = answer["complete"] and answer["number"] == text
+            given += script == "tamil" and right
+            auto += script == "auto" and right
+        latin_pieces = multiscript.read_number(model, read_number(data, predictor), "tamil")
+        cut += latin_pieces.complete and latin_pieces.number == text
+    assert given >= 10 and auto >= 9 and cut <= given - 5, (given, auto, cut)

@@ -740,22 +740,23 @@ def _script_reader(predictor: Any, script: str, top_k: int) -> Callable[[bytes],
 
 def _number_reader(predictor: Any, script: str, settings: Settings) -> Callable[[bytes], Any]:
     """`predict --number`: the number read as `POST /api/v1/number` reads it."""
-    from digitrec.multiscript import LATIN, load_shipped, read_in, read_number
-    from digitrec.numbers.reader import read_number as read_digits
+    from digitrec.multiscript import load_shipped, read_in, read_number_as
+    from digitrec.numbers.reader import read_number
 
     script = read_in.check(script)
     model = load_shipped()
 
     def read(raw: bytes) -> Any:
-        reading = read_digits(
-            raw,
-            predictor=predictor,
-            top_k=settings.top_k,
-            max_components=settings.number_max_components,
-        )
-        if model is None or script == LATIN:
-            return reading
-        return read_number(model, reading, script)
+        def pieces(cut: bool) -> Any:
+            return read_number(
+                raw,
+                predictor=predictor,
+                top_k=settings.top_k,
+                max_components=settings.number_max_components,
+                cut=cut,
+            )
+
+        return read_number_as(model, pieces, script)
 
     return read
 

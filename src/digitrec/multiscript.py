@@ -13,12 +13,19 @@ than Latin (``api.service``: in a decoding thread, after the digit model).
   run, so Latin users pay nothing for the other scripts;
 - a script name: only that script's ten classes are candidates; the digit is the value
   0-9 and ``character`` its character in that script;
-- ``auto``: the script with the most probability wins. Latin is read by the digit model
-  (MNIST accuracy and its not-a-digit verdicts stay as they are); another script by its
-  ten classes. When a second script is close behind (``CLOSE``) and reads a different
-  value (Bengali ৪ against Latin 8, Arabic-Indic ٥ against 0), the answer says the
-  script is uncertain and lists the alternatives; when the values agree (Arabic-Indic
-  and Persian share most digits), it does not matter which script it was.
+- ``auto``: Latin against every other script together. Latin is read by the digit model
+  (MNIST accuracy and its not-a-digit verdicts stay as they are) when it holds at least
+  as much probability as all the others, or when the digit model accepts the digit and
+  Latin holds ``latin_keep``. Otherwise the value is read over the other scripts
+  together (each value's probability summed over them: a glyph Arabic-Indic and
+  Persian share keeps its whole probability), in the script that gives it most. When
+  another script is close behind (``CLOSE``) and reads a different value (Bengali ৪
+  against Latin 8, Arabic-Indic ٥ against 0), the answer says the script is uncertain
+  and lists the alternatives; when the values agree, it does not matter which it was.
+
+A number (``read_number_as``) is read in one script for all its digits. Its pieces are
+cut apart as Latin digits are only when it is read as Latin: the digit model and the
+sequence reader know no other digits, and their cuts would split a Tamil or Thai digit.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -138,16 +146,19 @@ class ScriptModel:
             return self._in(self.scripts.index(script), p, answer, top_k, junk)
         mass = p.sum(axis=1)
         order = np.argsort(-mass, kind="stable")
-        best = int(order[0])
         latin = self.scripts.index(LATIN) if LATIN in self.scripts else -1
+        foreign = np.delete(p, latin, axis=0) if latin >= 0 else p
+        values = foreign.sum(axis=0)  # each value's probability in any other script
+        abroad = float(values.sum())
         keep = self.latin_keep if latin_keep is None else latin_keep
         sure = self.foreign_sure if foreign_sure is None else foreign_sure
+        at_home = latin >= 0 and mass[latin] >= abroad
         keep_latin = answer.verdict == "digit" and latin >= 0 and mass[latin] >= keep
-        doubtful = answer.verdict in REJECTED and (mass[best] < sure or junk >= mass[best])
-        if best == latin or keep_latin or doubtful:
+        doubtful = answer.verdict in REJECTED and (abroad < sure or junk >= abroad)
+        if at_home or keep_latin or doubtful:
             chosen, best = dataclasses.replace(answer, script=LATIN), latin
         else:
-            chosen = self._in(best, p, answer, top_k)
+            chosen, best = self._valued(p, values, latin, answer, top_k)
         if chosen.verdict in REJECTED:
             return chosen  # not read as a digit: no other script's reading to offer
         others = [
@@ -165,6 +176,25 @@ class ScriptModel:
                 verdict="unsure" if chosen.verdict == "digit" else chosen.verdict,
             )
         return chosen
+
+    def _valued(
+        self, p: np.ndarray, values: np.ndarray, latin: int, answer: Prediction, top_k: int
+    ) -> tuple[Prediction, int]:
+        """The answer read by value over every script but Latin (``values``: each value's
+        summed probability), so that a glyph two scripts share (Arabic-Indic and Persian
+        ٣ and ۳) keeps its whole probability; its script is the one that gives the
+        chosen value most. Returns the answer and that script's index."""
+        fields, probs = within(values, top_k)
+        others = [k for k in range(len(self.scripts)) if k != latin]
+        best = max(others, key=lambda k: float(p[k, fields["digit"]]))
+        answer = dataclasses.replace(
+            answer,
+            **fields,
+            probabilities=tuple(round(float(v), 6) for v in probs),
+            digit_score=None,
+            script=self.scripts[best],
+        )
+        return answer, best
 
     def _in(
         self, k: int, p: np.ndarray, answer: Prediction, top_k: int, junk: float = 0.0
@@ -229,6 +259,25 @@ def load_shipped() -> ScriptModel | None:
     except ImportError:
         log.info("onnxruntime is not installed: digits of other scripts are not read")
         return None
+
+
+def read_number_as(
+    model: ScriptModel | None, read: Callable[[bool], NumberReading], script: str
+) -> NumberReading:
+    """A number read in ``script``, the one way the API and the CLI read it. ``read(cut)``
+    reads the image's pieces (``numbers.read_number``; ``cut``: touching digits may be
+    cut, which only Latin digits allow). Latin: ``read(True)`` as it is. Another script
+    given: its pieces read uncut, in that script. ``auto``: the script is chosen on the
+    Latin reading (``read_number``), and when it is not Latin the image is read again
+    uncut, in that script. Blocking (forward passes): run it off the event loop."""
+    if model is None or script == LATIN:
+        return read(True)
+    if script != AUTO:
+        return read_number(model, read(False), script)
+    first = read_number(model, read(True), AUTO)
+    if first.script == LATIN:
+        return first
+    return read_number(model, read(False), first.script)
 
 
 def read_number(model: ScriptModel, reading: NumberReading, script: str) -> NumberReading:

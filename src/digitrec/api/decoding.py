@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,9 @@ from digitrec.sandbox import Sandbox, job_header, number_image, number_job_heade
 
 if TYPE_CHECKING:  # reading numbers imports scipy: only when a number is read
     from digitrec.numbers.reader import NumberReading
+
+    # How a decoded image is read: given ``read(cut)``, the reading (multiscript).
+    ReadAs = Callable[[Callable[[bool], NumberReading]], NumberReading]
 
 log = logging.getLogger(__name__)
 # Decoded in-process up to this many declared pixels: a 1024x1024 RGBA PNG of noise took
@@ -101,15 +105,22 @@ class Decoder:
         self.threads = self.sandbox = self._sandbox_io = None
 
     async def read_number(
-        self, predictor: Predictor, raw: bytes, top_k: int, max_components: int
+        self,
+        predictor: Predictor,
+        raw: bytes,
+        top_k: int,
+        max_components: int,
+        read_as: ReadAs | None = None,
     ) -> NumberReading:
         """Image bytes -> the number written in it: a light file in a decoding thread;
         anything else decoded in the sandbox (under its budget) and reduced to
-        ``NUMBER_SIDE`` pixels, then read in a thread."""
+        ``NUMBER_SIDE`` pixels, then read in a thread. ``read_as(read)`` says how the
+        decoded image is read (``multiscript.read_number_as``: ``read(cut)`` once or
+        twice, in the thread); by default ``read(True)``."""
         if self.threads is None or self.sandbox is None:
             raise RuntimeError("the decoder is not started")
         loop = asyncio.get_running_loop()
-        args = (top_k, max_components)
+        args = (top_k, max_components, read_as or _as_latin)
         light = await loop.run_in_executor(
             self.threads, _read_number_if_light, predictor, raw, *args
         )
@@ -141,8 +152,12 @@ class Decoder:
         return from_image(np.frombuffer(image, np.uint8).reshape(size, size).copy(), predictor.spec)
 
 
+def _as_latin(read: Callable[[bool], NumberReading]) -> NumberReading:
+    return read(True)
+
+
 def _read_number_if_light(
-    predictor: Predictor, raw: bytes, top_k: int, max_components: int
+    predictor: Predictor, raw: bytes, top_k: int, max_components: int, read_as: ReadAs
 ) -> NumberReading | None:
     """A whole number read here if the file is light; None for the sandbox."""
     from digitrec.numbers.reader import read_number
@@ -150,20 +165,31 @@ def _read_number_if_light(
     structure = check_structure(raw, predictor.limits)
     if not structure.is_light(LIGHT_MAX_PIXELS):
         return None
-    return read_number(
-        raw, predictor, top_k=top_k, max_components=max_components, checked=structure
+    return read_as(
+        lambda cut: read_number(
+            raw,
+            predictor,
+            top_k=top_k,
+            max_components=max_components,
+            checked=structure,
+            cut=cut,
+        )
     )
 
 
 def _read_number_reduced(
-    predictor: Predictor, body: bytes, top_k: int, max_components: int
+    predictor: Predictor, body: bytes, top_k: int, max_components: int, read_as: ReadAs
 ) -> NumberReading:
     """A number in the image the sandbox decoded and reduced; boxes in the file's pixels."""
     from digitrec.numbers.reader import read_number
 
     (width, height), img = number_image(body, NUMBER_SIDE)
     sx, sy = width / img.width, height / img.height  # before reading: it may reduce img
-    reading = read_number(img, predictor, top_k=top_k, max_components=max_components)
+    reading = read_as(
+        lambda cut: read_number(
+            img.copy(), predictor, top_k=top_k, max_components=max_components, cut=cut
+        )
+    )
     digits = tuple(
         dataclasses.replace(d, box=_scaled_box(d.box, sx, sy, width, height))
         for d in reading.digits

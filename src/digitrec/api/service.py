@@ -42,9 +42,8 @@ from digitrec.errors import (
     ValidationFailed,
 )
 from digitrec.feedback import Correction, OfflineAnswer, PredictionLog, PredictionRecord
-from digitrec.multiscript import LATIN, choose
+from digitrec.multiscript import LATIN, choose, read_number_as
 from digitrec.multiscript import read as read_in_script
-from digitrec.multiscript import read_number as read_number_in
 from digitrec.predict import Prediction, Predictor
 from digitrec.registry import Registry
 from digitrec.rejection import DIGIT_CLASSES
@@ -257,13 +256,10 @@ class Service:
         routing = self.routing()
         served, arm = routing.route(client_id)
         script = choose(served.scripts, script)
+        read_as = functools.partial(read_number_as, served.scripts, script=script)
         with served.using() as predictor:
             reading = await self.decoder.read_number(
-                predictor, raw, DIGIT_CLASSES, self.settings.number_max_components
-            )
-        if served.scripts is not None and script != LATIN:  # a forward pass: in a thread
-            reading = await asyncio.get_running_loop().run_in_executor(
-                self.decoder.threads, read_number_in, served.scripts, reading, script
+                predictor, raw, DIGIT_CLASSES, self.settings.number_max_components, read_as
             )
         logged = [_probabilities(d.top) for d in reading.digits]  # all ten, before trimming
         digits = tuple(dataclasses.replace(d, top=d.top[:top_k]) for d in reading.digits)

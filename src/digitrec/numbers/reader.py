@@ -160,6 +160,7 @@ def read_number(
     top_k: int = 3,
     max_components: int = MAX_COMPONENTS,
     checked: Structure | None = None,
+    cut: bool = True,
 ) -> NumberReading:
     """Read the whole number written in ``image``, left to right.
 
@@ -169,6 +170,9 @@ def read_number(
     ``top_k``: answers per piece (1-10). ``max_components``: marks allowed before the
     image is refused (``Settings.number_max_components``). ``checked``: the bytes'
     structure walk (``preprocess.check_structure``), when the caller has done it.
+    ``cut``: False for the digits of another script than Latin, which the digit model
+    and the sequence reader do not know: broken pieces are joined, but no piece is cut
+    (their cuts would split a Tamil or Thai digit into Latin-looking parts).
 
     Returns a ``NumberReading``: ``digits``, one ``NumberDigit`` per piece, left to
     right (box ``(x, y, width, height)`` in the uploaded image's pixels, digit,
@@ -186,6 +190,8 @@ def read_number(
     too_many_components) over ``max_components`` marks, counted before any piece is
     prepared or read, and ``InvalidRequest`` for a bad ``top_k``.
     """
+    if not cut:
+        return _read(image, predictor, digit_groups, False, top_k, max_components, checked)
     sequence = shipped_reader()
     segmenter = digit_groups if sequence is None else chain_groups
     return _read(image, predictor, segmenter, True, top_k, max_components, checked, sequence)
