@@ -1,5 +1,7 @@
 """The offline mode's engine (#16): the metadata and ONNX endpoints, and the in-browser
-engine (static/offline/) against the server, drawing for drawing, in Debian's Chromium.
+engine (static/offline/) against the server, drawing for drawing, in Debian's Chromium;
+with the script model (#14), digits of other scripts too: held-out font digits read in
+their script and with ``auto``, on the device as on the server.
 
 The drawings are painted by the page's own export code: ``paint``, ``exportPen`` and
 ``exportDrawing`` and their constants are read from static/app.js and run in the page
@@ -29,20 +31,31 @@ from digitrec.api import create_app
 from digitrec.api.offline import RUNTIME_DIR
 from digitrec.config import Settings
 from digitrec.keys import KeyStore
+from digitrec.multiscript import CLOSE, REJECTED, SURE, load_shipped
 from digitrec.predict import Predictor
 from digitrec.preprocess import _border_strips, _median
 from digitrec.registry import ModelEntry
+from digitrec.scripts import digit_char
 from tests.conftest import REPORT_CSP, LiveServer, reload_keys
 from tests.handwriting import DIGITS, Point, placed, trace
+from tests.test_multiscript import held_out_digits
 
 OFFLINE = "/api/v1/model/offline"
 ONNX = "/api/v1/model/onnx"
+SCRIPTS_ONNX = "/api/v1/model/scripts/onnx"
 BROWSER = {"Sec-Fetch-Site": "same-origin"}  # what Chromium sends for the page's own fetches
 GOLDEN = Path(__file__).parent / "golden"
 APP_JS = Path(__file__).resolve().parent.parent / "src" / "digitrec" / "web" / "static" / "app.js"
 GENERATED = 300  # drawings made up for the comparison, besides the ten digits
 UNEVEN_LIGHTING = 0.08  # preprocess.ink_map: edges' medians further apart are flattened
 PROB_TOLERANCE = 1e-4  # in-browser vs server probabilities (both round to 6 decimals)
+# Held-out font digits read on the device and on the server (of held_out_digits' 40, four
+# of each value): plain ones, and ones auto reads as uncertain, unsure or not a digit.
+FONT_PICKS = {
+    "devanagari": (0, 9, 21, 32),
+    "thai": (13, 14, 28, 35),
+    "arabic_indic": (21, 37, 39),
+}
 
 
 # --- the endpoints ------------------------------------------------------------------------
@@ -73,7 +86,61 @@ def test_metadata_is_the_manifests(client: TestClient, bundled_entry: ModelEntry
     assert meta["runtime"]["version"] == lock["packages"]["node_modules/onnxruntime-web"]["version"]
     sizes = [f["bytes"] for f in meta["runtime"]["files"]]
     assert sizes == [(RUNTIME_DIR / f["name"]).stat().st_size for f in meta["runtime"]["files"]]
-    assert meta["bundle_bytes"] == onnx["bytes"] + sum(sizes)
+    scripts = meta["script_model"]["onnx"]["bytes"]
+    assert meta["bundle_bytes"] == onnx["bytes"] + scripts + sum(sizes)
+
+
+def test_metadata_announces_the_script_model(client: TestClient) -> None:
+    model = load_shipped()
+    assert model is not None
+    announced = client.get(OFFLINE).json()["script_model"]
+    onnx = announced.pop("onnx")
+    assert announced == {
+        "version": model.version,
+        "scripts": [
+            {
+                "name": name,
+                "digits": [digit_char(name, d) for d in range(10)],
+                "right_to_left": name in ("arabic_indic", "persian"),
+            }
+            for name in model.manifest["scripts"]
+        ],
+        "classes": model.classes,
+        "not_a_digit": model.manifest["not_a_digit"],
+        "preprocessing": {k: model.manifest["preprocessing"][k] for k in ("mean", "std")},
+        "auto": {k: model.manifest["auto"][k] for k in ("latin_keep", "foreign_sure")},
+        "close": CLOSE,
+        "sure": SURE,
+        "rejected": list(REJECTED),
+    }
+    sha = model.manifest["sha256"]
+    assert onnx == {
+        "url": f"{SCRIPTS_ONNX}?v={model.version}",
+        "sha256": sha,
+        "bytes": model.path.stat().st_size,
+    }
+    response = client.get(onnx["url"])
+    assert response.status_code == 200
+    assert hashlib.sha256(response.content).hexdigest() == sha
+    assert len(response.content) == onnx["bytes"]
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["etag"] == f'"{sha}"'
+    assert "immutable" in response.headers["cache-control"]
+    assert client.get(SCRIPTS_ONNX).headers["cache-control"] == "no-cache"
+    again = client.get(onnx["url"], headers={"If-None-Match": f'"{sha}"'})
+    assert again.status_code == 304 and not again.content
+
+
+def test_without_a_script_model_the_metadata_says_so(tmp_path: Path, predictor: Predictor) -> None:
+    settings = Settings(home=tmp_path, rate_limit_per_minute=0, scripts=False)
+    with TestClient(create_app(settings, predictor)) as client:
+        meta = client.get(OFFLINE).json()
+        assert meta["script_model"] is None
+        runtime = sum(f["bytes"] for f in meta["runtime"]["files"])
+        assert meta["bundle_bytes"] == meta["onnx"]["bytes"] + runtime
+        missing = client.get(SCRIPTS_ONNX)
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "model_not_found"
 
 
 def test_onnx_file_is_the_models_and_cached_by_version(
@@ -111,7 +178,7 @@ def keyed(tmp_path: Path, predictor: Predictor) -> Iterator[tuple[TestClient, Ke
         yield test_client, KeyStore.from_settings(settings)
 
 
-@pytest.mark.parametrize("path", [OFFLINE, ONNX])
+@pytest.mark.parametrize("path", [OFFLINE, ONNX, SCRIPTS_ONNX])
 def test_access_as_for_the_model_card(keyed: tuple[TestClient, KeyStore], path: str) -> None:
     client, store = keyed
     assert client.get(path).status_code == 401
@@ -128,7 +195,10 @@ def test_openapi_documents_both(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     offline = paths[OFFLINE]["get"]["responses"]["200"]["content"]["application/json"]
     assert offline["schema"]["$ref"].endswith("/OfflineModel")
-    assert "application/octet-stream" in paths[ONNX]["get"]["responses"]["200"]["content"]
+    for path in (ONNX, SCRIPTS_ONNX):
+        assert "application/octet-stream" in paths[path]["get"]["responses"]["200"]["content"]
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert "script_model" in schemas["OfflineModel"]["properties"]
 
 
 # --- the engine in the browser, against the server ------------------------------------------
@@ -152,7 +222,8 @@ window.exportStrokes = (s) => {{ strokes = s; return exportDrawing(); }};
 
 
 # In the page: each drawing (strokes, or a PNG's base64) as the page exports it, read by
-# the engine from its pixels and by the server from its PNG.
+# the engine from its pixels and by the server from its PNG, in the drawing's ``script``
+# (Latin when it has none).
 COMPARE = """async (drawings) => {
   const { callApi } = await import("/static/api.js");
   const pixels = async (blob) => {
@@ -168,12 +239,13 @@ COMPARE = """async (drawings) => {
       ? new Blob([Uint8Array.from(atob(drawing.png), (c) => c.charCodeAt(0))],
                  { type: "image/png" })
       : await window.exportStrokes(drawing.strokes);
-    const server = await callApi("/api/v1/predict?include_input=true&top_k=3", {
+    const script = drawing.script ?? "latin";
+    const server = await callApi(`/api/v1/predict?include_input=true&top_k=3&script=${script}`, {
       method: "POST", body: blob, headers: { "Content-Type": "image/png" },
     }).catch((e) => ({ error: e.code }));
     let offline;
     try {
-      offline = await window.engine.predict(await pixels(blob), 3);
+      offline = await window.engine.predict(await pixels(blob), 3, script);
       offline.input = Array.from(offline.input);
     } catch (e) {
       offline = { error: e.code };
@@ -348,10 +420,122 @@ def test_engine_works_with_the_network_cut(
     assert not problems
 
 
+def as_drawing(image: np.ndarray, scale: int = 8) -> str:
+    """A 28x28 digit (light on dark) as the pad exports a drawing: dark ink whose alpha is
+    the digit, on a transparent background, ``scale`` times larger; base64 of its PNG."""
+    side = image.shape[0] * scale
+    alpha = Image.fromarray(image).resize((side, side), Image.Resampling.BILINEAR)
+    drawing = Image.new("RGBA", (side, side), (20, 20, 20, 0))
+    drawing.putalpha(alpha)
+    out = io.BytesIO()
+    drawing.save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def font_drawings() -> list[dict[str, Any]]:
+    """Held-out font digits (``FONT_PICKS``), each read in its script and with auto; and
+    three drawn Latin digits with auto (its Latin side)."""
+    out: list[dict[str, Any]] = []
+    for script, picks in FONT_PICKS.items():
+        images, labels = held_out_digits(script)
+        for i in picks:
+            png, label = as_drawing(images[i]), int(labels[i])
+            for asked in (script, "auto"):
+                out.append({"name": f"{script} {label} as {asked}", "png": png, "script": asked})
+    for digit in ("1", "4", "7"):
+        strokes = shaky(placed(DIGITS[digit], 0.6), 0, 0.003)
+        out.append({"name": f"latin {digit} as auto", "strokes": strokes, "script": "auto"})
+    return out
+
+
+def reading(answer: dict[str, Any]) -> dict[str, Any]:
+    """What an answer says, with its probabilities left out (compared within a tolerance)."""
+    return {
+        "digit": answer["digit"],
+        "character": answer["character"],
+        "script": answer["script"],
+        "verdict": answer["verdict"],
+        "is_digit": answer["is_digit"],
+        "script_uncertain": answer["script_uncertain"],
+        "top": [(t["digit"], t["character"]) for t in answer["top"]],
+        "alternatives": [(a["script"], a["digit"], a["character"]) for a in answer["alternatives"]],
+        "scored": answer.get("digit_score") is not None,
+    }
+
+
+def probabilities(answer: dict[str, Any]) -> list[float]:
+    found = [t["probability"] for t in answer["top"]] + [answer["confidence"]]
+    found += [a["probability"] for a in answer["alternatives"]]
+    return found + ([answer.get("digit_score")] if answer.get("digit_score") is not None else [])
+
+
+def test_engine_reads_other_scripts_as_the_server(
+    engine_page: tuple[Any, Any, list[str]], artifacts: Path
+) -> None:
+    page, _, problems = engine_page
+    cases = font_drawings()
+    asked = [{k: v for k, v in c.items() if k != "name"} for c in cases]
+    results = page.evaluate(COMPARE, asked)
+    mismatches, scripts, verdicts, uncertain = [], set(), set(), 0
+    for case, result in zip(cases, results, strict=True):
+        server, offline = result["server"], result["offline"]
+        assert "error" not in server and "error" not in offline, (case["name"], result)
+        seen = np.asarray(offline["input"], dtype=np.int16).reshape(28, 28)
+        mad = float(np.abs(seen - decoded(server["input_image"])).mean()) / 255
+        gaps = [
+            abs(a - b) for a, b in zip(probabilities(offline), probabilities(server), strict=True)
+        ]
+        if mad > 1 / 255 or reading(offline) != reading(server) or max(gaps) > PROB_TOLERANCE:
+            mismatches.append(
+                f"{case['name']}: server {reading(server)}, offline {reading(offline)}"
+            )
+        scripts.add(server["script"])
+        verdicts.add(server["verdict"])
+        uncertain += server["script_uncertain"]
+    figures = {
+        "compared": len(cases),
+        "scripts": sorted(scripts),
+        "verdicts": sorted(verdicts),
+        "uncertain": uncertain,
+    }
+    print("offline engine vs server, other scripts:", figures)
+    (artifacts / "offline_engine_scripts.json").write_text(json.dumps(figures, indent=2))
+    assert not mismatches, mismatches
+    # Every path of the port was compared: each script given, Latin kept by auto, auto's
+    # other scripts, its uncertain answers (alternatives), and the verdicts.
+    assert {"latin", *FONT_PICKS} <= scripts
+    assert uncertain > 0 and {"digit", "unsure", "not_a_digit"} <= verdicts
+    assert not problems
+
+
+def test_engine_reads_a_script_with_the_network_cut(
+    engine_page: tuple[Any, Any, list[str]],
+) -> None:
+    page, context, problems = engine_page
+    images, _ = held_out_digits("thai")
+    case = {"png": as_drawing(images[35]), "script": "thai"}  # an 8
+    online = page.evaluate(COMPARE, [case])[0]["server"]
+    assert online["script"] == "thai"
+    context.set_offline(True)
+    try:
+        assert page.evaluate("() => fetch('/healthz').then(() => 'reached', () => 'cut')") == "cut"
+        offline = page.evaluate(COMPARE, [case])[0]["offline"]
+    finally:
+        context.set_offline(False)
+    assert reading(offline) == reading(online)
+    assert (offline["script"], offline["character"]) == (
+        "thai",
+        digit_char("thai", offline["digit"]),
+    )
+    problems[:] = [p for p in problems if "ERR_INTERNET_DISCONNECTED" not in p]
+    assert not problems
+
+
 def test_bundle_size_is_what_the_metadata_says(engine_page: tuple[Any, Any, list[str]]) -> None:
     page, _, problems = engine_page
     meta = page.evaluate("window.engine.meta")
     urls = [f["url"] for f in meta["runtime"]["files"]] + [meta["onnx"]["url"]]
+    urls.append(meta["script_model"]["onnx"]["url"])  # downloaded too: digits of other scripts
     sizes = page.evaluate(
         """(urls) => urls.map((url) => performance.getEntriesByType("resource")
              .filter((e) => e.name.endsWith(url)).map((e) => e.decodedBodySize)[0])""",

@@ -339,6 +339,48 @@ def test_a_drawing_is_read_offline_as_the_server_reads_it(
     assert not tab.problems, tab.problems
 
 
+@pytest.mark.browser
+@pytest.mark.server
+def test_a_drawing_is_read_offline_in_the_chosen_script(
+    browser: Any, live_server: LiveServer, artifacts: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    require_chromium()
+    tab = _open(browser, live_server)
+    page, context = tab.page, tab.page.context
+    _controlled(tab)
+    page.locator("#offline-toggle").click()
+    expect(page.locator("#offline-status")).to_contain_text("Ready offline", timeout=60_000)
+    page.locator("#script").select_option("arabic_indic")  # written right to left
+
+    strokes = placed(DIGITS["0"], 0.6)  # one stroke: one answer to wait for (Arabic-Indic 5)
+    answer = page.locator("#answer")
+    page.evaluate("scrollTo(0, 0)")
+    tab.touch(strokes, seed=5)
+    expect(answer).to_have_attribute("data-offline", "false")
+    expect(answer).to_have_attribute("aria-busy", "false")
+    by_server = [page.locator(f"#{part}").inner_text() for part in ("digit", "top", "message")]
+    assert answer.get_attribute("dir") == "rtl"
+    assert page.locator("#feedback").is_hidden()  # another script's answer is not kept
+
+    tab.allow("ERR_INTERNET_DISCONNECTED|ERR_FAILED")  # what the page asks for offline
+    context.set_offline(True)
+    page.reload()  # offline: the page, the engine, both models and the choice from storage
+    expect(page.locator("#script")).to_have_value("arabic_indic")
+    tab.touch(strokes, seed=5)
+    expect(answer).to_have_attribute("data-offline", "true")
+    offline = [page.locator(f"#{part}").inner_text() for part in ("digit", "top", "message")]
+    print("read in Arabic-Indic, online and offline:", by_server)
+    assert offline == by_server
+    assert answer.get_attribute("dir") == "rtl"
+    assert page.locator("#feedback").is_hidden()
+    page.screenshot(path=artifacts / "pwa-offline-script-375x667.png")
+    context.set_offline(False)
+    context.close()
+    assert not tab.problems, tab.problems
+
+
 def _corrections(server: LiveServer) -> list[dict[str, Any]]:
     import urllib.request
 

@@ -88,6 +88,7 @@ class ScriptModel:
         if hashlib.sha256(path.read_bytes()).hexdigest() != manifest.get("sha256"):
             raise ModelInvalid(f"script model {folder.name}: model.onnx does not match its hash")
         self.version = folder.name
+        self.path = path  # the ONNX file, which the page's offline mode downloads
         self.manifest = manifest
         self.scripts: tuple[str, ...] = tuple(manifest["scripts"])
         self.not_a_digit = bool(manifest.get("not_a_digit"))  # a last class for non-digits

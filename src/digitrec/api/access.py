@@ -38,8 +38,9 @@ WEB_TOKEN_PATHS = frozenset(
         "/api/v1/feedback",
         "/api/v1/feedback/offline",
         "/api/v1/stats",
-        "/api/v1/model/offline",  # the offline mode: the model's metadata and ONNX file
+        "/api/v1/model/offline",  # the offline mode: the model's metadata and ONNX file,
         "/api/v1/model/onnx",
+        "/api/v1/model/scripts/onnx",  # and the script model's (digits of other scripts)
     }
 )
 IPV6_CLIENT_PREFIX = 64  # an IPv6 client is its /64: hosts get whole /64s

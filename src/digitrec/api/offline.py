@@ -7,8 +7,16 @@ calibration temperature, rejection thresholds, where the ONNX file is (with its 
 and size) and the vendored ONNX Runtime Web files with their sizes, so the page can say
 what going offline costs. ``GET /api/v1/model/onnx`` streams the production model's
 ONNX bytes, keyed by version (``?v=``) so a browser may keep them for good.
-Both read the model the service routes to production, and only stat files: the ONNX
-file's hash is the manifest's, checked when the model was loaded.
+
+When a script model is loaded (``multiscript``: digits of other writing systems), the
+metadata's ``script_model`` says what the engine needs to read a drawing in a script as
+``ScriptModel.read`` does: its scripts with their digit characters, its classes, its
+preprocessing and ``auto`` thresholds, the constants of ``multiscript`` that the port
+reads, and its ONNX file, which ``GET /api/v1/model/scripts/onnx`` streams (keyed by
+version in the same way); ``bundle_bytes`` counts it. Without one, ``script_model`` is
+null and the engine reads Latin only.
+All read the models the service routes to production, and only stat files: the ONNX
+files' hashes are the manifests', checked when the models were loaded.
 """
 
 from __future__ import annotations
@@ -28,15 +36,18 @@ from digitrec.api.schemas import OfflineModel, error_responses
 from digitrec.api.web import STATIC_DIR
 from digitrec.config import TOP_K_MAX
 from digitrec.errors import ModelNotFound
+from digitrec.multiscript import CLOSE, REJECTED, RIGHT_TO_LEFT, SURE, ScriptModel
 from digitrec.predict import Predictor
 from digitrec.registry import ONNX
 from digitrec.rejection import Rejection
+from digitrec.scripts import digit_char
 
 RUNTIME_DIR = STATIC_DIR / "vendor" / "onnxruntime-web"
 RUNTIME_PACKAGE = "onnxruntime-web"
 # The single-threaded SIMD WebAssembly build: the ES module, then the binary it loads.
 RUNTIME_FILES = ("ort.wasm-core.min.js", "ort-wasm-simd.wasm")
 ONNX_PATH = "/api/v1/model/onnx"
+SCRIPTS_ONNX_PATH = "/api/v1/model/scripts/onnx"
 OFFLINE_PATH = "/api/v1/model/offline"
 IMMUTABLE = "public, max-age=31536000, immutable"  # a version's ONNX file never changes
 
@@ -81,6 +92,44 @@ def _rejection(rejection: Rejection) -> dict[str, Any] | None:
     return {"method": rejection.method, "accept": rejection.accept, "reject": rejection.reject}
 
 
+def _script_model(model: ScriptModel | None) -> dict[str, Any] | None:
+    """What the engine needs to port ``ScriptModel.read``; None without a script model."""
+    if model is None:
+        return None
+    return {
+        "version": model.version,
+        "scripts": [
+            {
+                "name": name,
+                "digits": [digit_char(name, d) for d in range(10)],
+                "right_to_left": name in RIGHT_TO_LEFT,
+            }
+            for name in model.scripts
+        ],
+        "classes": model.classes,
+        "not_a_digit": model.not_a_digit,
+        "preprocessing": {"mean": model.mean, "std": model.std},
+        "auto": {"latin_keep": model.latin_keep, "foreign_sure": model.foreign_sure},
+        "close": CLOSE,
+        "sure": SURE,
+        "rejected": list(REJECTED),
+        "onnx": {
+            "url": f"{SCRIPTS_ONNX_PATH}?v={model.version}",
+            "sha256": model.manifest["sha256"],
+            "bytes": model.path.stat().st_size,
+        },
+    }
+
+
+def _send(request: Request, path: Path, sha256: str, current: bool) -> Response:
+    """An ONNX file, its ETag its sha256; kept for good when asked for by its version."""
+    etag = f'"{sha256}"'
+    headers = {"etag": etag, "cache-control": IMMUTABLE if current else "no-cache"}
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type="application/octet-stream", headers=headers)
+
+
 @offline.get(
     "/model/offline",
     response_model=OfflineModel,
@@ -89,10 +138,13 @@ def _rejection(rejection: Rejection) -> dict[str, Any] | None:
 )
 async def offline_model(service: ServiceDep) -> dict[str, Any]:
     """The served model's metadata for the in-browser engine, and what it downloads."""
-    predictor = service.predictor
+    production = service.routing().production
+    predictor = production.predictor
     entry = predictor.entry
     _, info = _onnx(predictor)
     rt = runtime()
+    scripts = _script_model(production.scripts)
+    extra = scripts["onnx"]["bytes"] if scripts is not None else 0
     return {
         "model": {"name": entry.name, "version": entry.version, "ref": entry.ref},
         "labels": entry.manifest.get("labels"),
@@ -113,7 +165,8 @@ async def offline_model(service: ServiceDep) -> dict[str, Any]:
             "bytes": info["bytes"],
         },
         "runtime": rt,
-        "bundle_bytes": info["bytes"] + sum(f["bytes"] for f in rt["files"]),
+        "script_model": scripts,
+        "bundle_bytes": info["bytes"] + extra + sum(f["bytes"] for f in rt["files"]),
     }
 
 
@@ -137,9 +190,29 @@ async def onnx_file(
     """The production model's ONNX bytes; the ETag is their sha256."""
     predictor = service.predictor
     path, info = _onnx(predictor)
-    etag = f'"{info["sha256"]}"'
-    cache = IMMUTABLE if v == predictor.version else "no-cache"
-    headers = {"etag": etag, "cache-control": cache}
-    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
-        return Response(status_code=304, headers=headers)
-    return FileResponse(path, media_type="application/octet-stream", headers=headers)
+    return _send(request, path, info["sha256"], v == predictor.version)
+
+
+@offline.get(
+    "/model/scripts/onnx",
+    response_class=FileResponse,
+    summary="The script model (digits of other writing systems) as an ONNX file",
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "the ONNX bytes"},
+        304: {"description": "the copy the client holds (If-None-Match) is current"},
+        **error_responses(404, 503),
+    },
+)
+async def script_onnx_file(
+    request: Request,
+    service: ServiceDep,
+    v: Annotated[
+        str | None, Query(description="the script model's version; when current, cache for good")
+    ] = None,
+) -> Response:
+    """The script model's ONNX bytes (served beside the production model); the ETag is
+    their sha256. 404 when the server reads Latin digits only."""
+    model = service.routing().production.scripts
+    if model is None:
+        raise ModelNotFound("no script model is loaded: digits of other scripts are not read")
+    return _send(request, model.path, model.manifest["sha256"], v == model.version)

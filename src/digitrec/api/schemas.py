@@ -451,6 +451,48 @@ class TopKRange(BaseModel):
     max: int = Field(ge=1, le=TOP_K_MAX)
 
 
+class OfflineScript(BaseModel):
+    name: str = Field(examples=["devanagari"])
+    digits: list[str] = Field(
+        min_length=10, max_length=10, description="the characters of 0 to 9 in this script"
+    )
+    right_to_left: bool = Field(description="the script is written right to left")
+
+
+class OfflineAuto(BaseModel):
+    latin_keep: float = Field(
+        description="auto keeps the digit model's accepted answer "
+        "while Latin is at least this likely"
+    )
+    foreign_sure: float = Field(
+        description="auto reads a mark the digit model rejects as "
+        "another script's digit only when it is this likely"
+    )
+
+
+class OfflineScriptModel(BaseModel):
+    """What the engine needs to read a drawing in a script as the server does
+    (``multiscript.ScriptModel.read``)."""
+
+    version: str
+    scripts: list[OfflineScript] = Field(description="in the order of the outputs, Latin first")
+    classes: int = Field(description="10 per script (10 * index + digit), then not-a-digit")
+    not_a_digit: bool = Field(description="true: the last output is 'not a digit'")
+    preprocessing: dict[str, float] = Field(
+        description="mean and std: the 28x28 input (/255) is normalised with them"
+    )
+    auto: OfflineAuto
+    close: float = Field(
+        description="another script this likely reading another value: the script is uncertain"
+    )
+    sure: float = Field(
+        description="a script's top probability under this: unsure; "
+        "not-a-digit at or above it: not_a_digit"
+    )
+    rejected: list[str] = Field(description="the digit model's verdicts for non-digits")
+    onnx: OfflineFile = Field(description="the script model's ONNX file")
+
+
 class OfflineModel(BaseModel):
     """What the page's offline engine (static/offline/engine.js) needs and downloads."""
 
@@ -467,8 +509,14 @@ class OfflineModel(BaseModel):
     top_k: TopKRange
     onnx: OfflineFile = Field(description="the model's ONNX file")
     runtime: OfflineRuntime = Field(description="the vendored ONNX Runtime Web files")
+    script_model: OfflineScriptModel | None = Field(
+        None,
+        description="the model that reads digits of other scripts; null: Latin only",
+    )
     bundle_bytes: int = Field(
-        ge=0, description="what going offline downloads: the runtime's files and the model"
+        ge=0,
+        description="what going offline downloads: the runtime's files, the model and the "
+        "script model",
     )
 
 

@@ -467,17 +467,20 @@ async function askOffline(number, canvas) {
     const engine = await reader.ready();
     if (engine === null) throw new ApiError(0, "offline_off", "offline use is off");
     const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height);
-    const result = await engine.predict(pixels, 10);
+    const result = await engine.predict(pixels, 10, script);
     if (number < sent || number < shown) return;
     shown = number;
+    // As online: a digit of another script than Latin is not kept for corrections (they
+    // fine-tune the Latin digit model), so it gets no id and no "Right? / Wrong".
+    const latin = result.script === "latin";
     const answer = {
       ...result,
-      prediction_id: newPredictionId(),
+      prediction_id: latin ? newPredictionId() : null,
       answered_at: new Date().toISOString(),
       input_image: seenImage(result.input, engine.meta.preprocessing.size),
       offline: true,
     };
-    offlineAnswers.set(answer.prediction_id, answer);
+    if (latin) offlineAnswers.set(answer.prediction_id, answer);
     for (const id of [...offlineAnswers.keys()].slice(0, -OFFLINE_KEPT)) offlineAnswers.delete(id);
     showAnswer(answer);
   } catch (error) {
@@ -525,12 +528,20 @@ async function toggleOffline() {
   }
 }
 
+// Opened without the network (no model card): the scripts the engine here reads.
+function offerEngineScripts(engine) {
+  if (engine === null || ui.modelName.dataset.version) return; // the card said which
+  const model = engine.meta.script_model;
+  if (model) offerScripts(model.scripts.map((s) => ({ ...s, digits: s.digits.join("") })));
+}
+
 async function startOffline() {
   if (!OfflineReader.supported) return; // no Cache Storage or WebAssembly: online only
   ui.offlineToggle.addEventListener("click", toggleOffline);
   if (reader.stored !== null) {
     await showOffline();
-    reader.ready().catch(() => {}); // started in the background, ready for an outage
+    // started in the background, ready for an outage
+    reader.ready().then(offerEngineScripts).catch(() => {});
     if (navigator.onLine) reader.refresh().then((changed) => changed && showOffline()).catch(() => {});
     return;
   }

@@ -2,7 +2,8 @@
 //
 // - registerWorker(): the service worker (/sw.js, written by the server) caches the page's
 //   shell, so a reload without the network still shows the recognizer.
-// - OfflineReader: "Use offline" stores the model, ONNX Runtime Web and the engine
+// - OfflineReader: "Use offline" stores the model (and the script model, which reads
+//   digits of other scripts, when the server has one), ONNX Runtime Web and the engine
 //   (offline/engine.js) in the cache "digitrec-offline" (never on the first load); from
 //   then on drawings are read on this device whenever the server cannot be reached. The
 //   service worker serves those files from that cache; a newer production model replaces
@@ -185,9 +186,13 @@ export class OfflineReader {
       if (!response.ok) throw await ApiError.from(response);
       await cache.put(url, response);
     }
-    const model = await fetch(meta.onnx.url, { headers: { "X-Web-Token": await webToken() } });
-    if (!model.ok) throw await ApiError.from(model);
-    await cache.put(meta.onnx.url, model);
+    // The model, and the script model when the server has one (digits of other scripts).
+    const models = [meta.onnx, meta.script_model?.onnx].filter(Boolean);
+    for (const { url } of models) {
+      const model = await fetch(url, { headers: { "X-Web-Token": await webToken() } });
+      if (!model.ok) throw await ApiError.from(model);
+      await cache.put(url, model);
+    }
     const json = new Response(JSON.stringify(meta), { headers: { "Content-Type": "application/json" } });
     await cache.put(ENDPOINTS.offlineModel, json);
     localStorage.setItem(BUNDLE_KEY, JSON.stringify({ ref: meta.model.ref, bytes: meta.bundle_bytes }));
