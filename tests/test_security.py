@@ -107,6 +107,7 @@ def test_web_token_is_bound_to_the_page_the_route_and_the_client(
     assert client.get("/api/v1/model", headers=web).status_code == 200  # the page's card
     pages = {"/api/v1/predict", "/api/v1/model", "/api/v1/feedback", "/api/v1/stats"}
     pages |= {"/api/v1/model/offline", "/api/v1/model/onnx"}  # the offline mode's downloads
+    pages |= {"/api/v1/model/scripts/onnx"}  # and its script model (digits of other scripts)
     pages |= {"/api/v1/feedback/offline"}  # corrections of answers given offline
     pages |= {"/api/v1/number"}  # the page's number mode
     assert pages == WEB_TOKEN_PATHS

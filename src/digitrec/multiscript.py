@@ -23,6 +23,11 @@ than Latin (``api.service``: in a decoding thread, after the digit model).
   against Latin 8, Arabic-Indic ٥ against 0), the answer says the script is uncertain
   and lists the alternatives; when the values agree, it does not matter which it was.
 
+The page's offline engine (``static/offline/engine.js``) ports ``read``, ``within`` and
+``_valued`` to run in the browser, from what ``api.offline`` announces (the scripts'
+characters, the thresholds, ``CLOSE``, ``SURE``, ``REJECTED``): a change here is one there,
+and ``tests/test_offline.py`` compares the two answer for answer.
+
 A number (``read_number_as``) is read in one script for all its digits. Its pieces are
 cut apart as Latin digits are only when it is read as Latin: the digit model and the
 sequence reader know no other digits, and their cuts would split a Tamil or Thai digit.

@@ -504,8 +504,9 @@ async function showOffline(meta = null) {
     ui.offlineStatus.textContent = `Ready offline: drawings are read on this device when the `
       + `server cannot be reached (${showBundle(stored.bytes)} stored). Uploads need the server.`;
   } else if (meta !== null) {
+    const models = meta.script_model ? "the model, the script model" : "the model";
     ui.offlineStatus.textContent = `Read drawings without the network: downloads `
-      + `${showBundle(meta.bundle_bytes)} once (the model and ONNX Runtime Web).`;
+      + `${showBundle(meta.bundle_bytes)} once (${models} and ONNX Runtime Web).`;
   }
   ui.offlineUse.hidden = false;
 }
