@@ -52,7 +52,7 @@ bench: $(VENV)/.dev  ## inference, HTTP (golden PNG and a realistic mix), not-a-
 SCRIPT_HOME ?= build/scripts
 SCRIPTS = arabic_indic persian devanagari bengali thai kannada tamil
 
-script-model: $(VENV)/.dev  ## digits of other scripts: draw them from fonts, train and tune the script model (about 45 min)
+script-model: $(VENV)/.dev  ## digits of other scripts: draw them from fonts, train and tune the script model (about 75 min)
 	for s in $(SCRIPTS); do \
 	  $(BIN)/digitrec data generate --script $$s --per-digit 3000 --force --home $(SCRIPT_HOME) || exit 1; \
 	done

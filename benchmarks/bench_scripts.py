@@ -7,8 +7,11 @@ shipped script model exactly as the API reads it (``multiscript.read_in``: the s
 by ``digitrec data generate`` from font families never trained on, with handwriting-like
 distortion, half of it exported as a canvas or photographed), and MNIST test for Latin.
 
-Per script: top-1 accuracy of the value with the script given and with ``auto``, how
-often ``auto`` found the script, and how often it reported the script as uncertain. For
+Per script: whole numbers of 2-4 test digits read in the script, with ``auto`` and with
+Latin cuts (``numbers``); top-1 accuracy of the value with the script given and with ``auto``, how
+often either called the digit "not a digit" (its value still counts in top-1, as MNIST
+accuracy counts the digits the digit model rejects), how often ``auto`` found the
+script, and how often it reported the script as uncertain. For
 MNIST test: the default model alone, with ``script=latin`` and with ``auto``. Model time
 per image at batch 1: the digit model alone, and with the script model beside it.
 
@@ -30,7 +33,7 @@ from digitrec.config import Settings
 from digitrec.data import load_mnist
 from digitrec.datasets import load_dataset
 from digitrec.errors import DigitrecError
-from digitrec.multiscript import LATIN, load_shipped, read_in
+from digitrec.multiscript import LATIN, REJECTED, load_shipped, read_in
 from digitrec.predict import Predictor
 from digitrec.preprocess import to_png
 
@@ -62,6 +65,46 @@ def right(answers: list[Any], labels: np.ndarray) -> float:
         ),
         4,
     )
+
+
+def numbers(
+    predictor: Predictor,
+    model: Any,
+    script: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+) -> dict[str, Any]:
+    """Whole-number accuracy on ``count`` numbers of 2-4 of the test digits, written as
+    people write (``numbers.synth``, clear gaps, canvas exports, seeded), read as the API
+    reads them (``read_number_as``) in the script and with ``auto``, and with the pieces
+    cut as Latin digits would be, then read in the script (what was served before)."""
+    from digitrec.multiscript import read_number, read_number_as
+    from digitrec.numbers.reader import read_number as pieces_of
+    from digitrec.numbers.synth import make_number
+
+    rng = np.random.default_rng(0)
+    right = {"given": 0, "auto": 0, "latin_cuts": 0}
+    for _ in range(count):
+        picks = rng.integers(0, len(labels), size=int(rng.integers(2, 5)))
+        made = make_number([images[i] for i in picks], [int(labels[i]) for i in picks], rng)
+
+        def read(cut: bool, data: bytes = made.data) -> Any:
+            return pieces_of(data, predictor, cut=cut)
+
+        readings = {
+            "given": read_number_as(model, read, script),
+            "auto": read_number_as(model, read, "auto"),
+            "latin_cuts": read_number(model, read(True), script),
+        }
+        for name, r in readings.items():
+            right[name] += r.complete and r.number == made.text
+    return {"count": count, **{k: round(v / count, 4) for k, v in right.items()}}
+
+
+def rejected(answers: list[Any]) -> float:
+    """The share of digits called not a digit (or refused as blank)."""
+    return round(float(np.mean([a is None or a.verdict in REJECTED for a in answers])), 4)
 
 
 def non_digits(settings: Settings, predictor: Predictor, n: int = 1000) -> dict[str, Any]:
@@ -144,6 +187,9 @@ def main() -> None:
         help="also a dataset you imported (`digitrec data import ... --script SCRIPT`), "
         "e.g. real handwriting: its test split, read in its script and with auto",
     )
+    parser.add_argument(
+        "--numbers", type=int, default=200, help="generated numbers per script (2-4 digits)"
+    )
     parser.add_argument("--output", type=Path, help="result file (default benchmarks/results/)")
     args = parser.parse_args()
     model = load_shipped()
@@ -160,6 +206,8 @@ def main() -> None:
         "images": len(labels),
         "latin": right(read["latin"], labels),
         "auto": right(read["auto"], labels),
+        "latin_not_a_digit": rejected(read["latin"]),
+        "auto_not_a_digit": rejected(read["auto"]),
         "auto_not_latin": round(
             float(np.mean([a is not None and a.script != LATIN for a in read["auto"]])), 4
         ),
@@ -174,10 +222,13 @@ def main() -> None:
         read = read_all(predictor, images, (script, "auto"))
         found = [a is not None and a.script == script for a in read["auto"]]
         results["scripts"][script] = {
+            "numbers": numbers(predictor, model, script, images, labels, args.numbers),
             "images": len(labels),
             "fonts": model.manifest.get("fonts", {}).get(script),
             "given": right(read[script], labels),
             "auto": right(read["auto"], labels),
+            "given_not_a_digit": rejected(read[script]),
+            "auto_not_a_digit": rejected(read["auto"]),
             "auto_found_script": round(float(np.mean(found)), 4),
             "auto_uncertain": round(
                 float(np.mean([a is not None and a.script_uncertain for a in read["auto"]])), 4

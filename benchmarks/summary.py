@@ -600,6 +600,10 @@ def decoders(data: dict[str, Any]) -> str:
     )
 
 
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f} %"
+
+
 def scripts_table(data: dict[str, Any]) -> str:
     """The README's table of #14: per script, the fonts and the accuracy on held-out ones."""
     from digitrec.scripts import digit_char
@@ -620,7 +624,9 @@ def scripts_table(data: dict[str, Any]) -> str:
                 ", ".join(fonts.get("held_out", [])),
                 f"{r['images']:,}",
                 mark(r["given"], targets["given"]),
+                _share(r.get("given_not_a_digit")),
                 mark(r["auto"], targets["auto"]),
+                _share(r.get("auto_not_a_digit")),
                 f"{r['auto_uncertain'] * 100:.1f} %",
             ]
         )
@@ -633,7 +639,9 @@ def scripts_table(data: dict[str, Any]) -> str:
             "–",
             f"{mnist['images']:,}",
             mark(mnist["latin"], targets["latin"]),
+            _share(mnist.get("latin_not_a_digit")),
             mark(mnist["auto"], targets["latin"]),
+            _share(mnist.get("auto_not_a_digit")),
             "–",
         ]
     )
@@ -645,19 +653,49 @@ def scripts_table(data: dict[str, Any]) -> str:
             "held out (test)",
             "test images",
             "script given",
+            "given: not a digit",
             "auto",
+            "auto: not a digit",
             "auto unsure",
         ],
         rows,
     )
 
 
+def script_numbers_table(data: dict[str, Any]) -> str:
+    """The README's table of whole numbers in other scripts (#14 with #13): per script,
+    generated numbers of held-out font digits read in the script, with auto, and with
+    the pieces cut as Latin digits are."""
+    rows = []
+    for script, r in data["scripts"].items():
+        got = r.get("numbers")
+        if got:
+            rows.append(
+                [
+                    script,
+                    f"{got['count']:,}",
+                    f"{got['given'] * 100:.1f} %",
+                    f"{got['auto'] * 100:.1f} %",
+                    f"{got['latin_cuts'] * 100:.1f} %",
+                ]
+            )
+    return md_table(
+        ["script", "numbers (2-4 digits)", "script given", "auto", "script given, Latin cuts"],
+        rows,
+    )
+
+
 def scripts(data: dict[str, Any]) -> str:
     us, http = data["batch1_us"], data["http_c1"]
+    numbers = (
+        f"{script_numbers_table(data)}\n\n"
+        if "numbers" in next(iter(data["scripts"].values()), {})
+        else ""
+    )
     return (
         "## Digits of other scripts (`python benchmarks/bench_scripts.py`)\n\n"
         f"Script model {data['script_model']}, digit model {data['digit_model']}.\n\n"
-        f"{scripts_table(data)}\n\nModel time at batch 1: {us['digit_model']} µs alone, "
+        f"{scripts_table(data)}\n\n{numbers}Model time at batch 1: {us['digit_model']} µs alone, "
         f"{us['with_script_model']} µs with the script model. HTTP p50 at concurrency 1: "
         f"{http['p50_ms']} ms (latin / without: {http['latin_over_without']}, auto / without: "
         f"{http['auto_over_without']}).\n\n"

@@ -268,19 +268,20 @@ def test_readme_inference_rows_are_the_ones_the_results_produce() -> None:
 
 
 def test_readme_script_table_is_the_one_the_results_produce() -> None:
-    """The README's table of digits of other scripts (#14) is the one
-    ``summary.scripts_table`` renders from ``bench_scripts.json``, which measured the
-    script model that ships."""
+    """The README's tables of digits and numbers of other scripts (#14) are the ones
+    ``summary.scripts_table`` and ``script_numbers_table`` render from
+    ``bench_scripts.json``, which measured the script model that ships."""
     import sys
 
     from digitrec.multiscript import shipped_folder
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from summary import scripts_table
+        from summary import script_numbers_table, scripts_table
     finally:
         sys.path.pop(0)
     data = _results("bench_scripts")
     folder = shipped_folder()
     assert folder is not None and data["script_model"] == folder.name
     assert scripts_table(data) in README
+    assert script_numbers_table(data) in README  # numbers written in those scripts
