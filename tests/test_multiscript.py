@@ -183,15 +183,38 @@ def test_the_page_picks_a_script_remembers_it_and_shows_the_digit_in_it(
     expect(page.locator("#digit")).to_have_text(digit_char("arabic_indic", 2))
     expect(page.locator("#answer")).to_have_attribute("dir", "rtl")
 
+    # A number, in the script chosen: its characters and its value, a box per digit.
+    page.select_option("#script", "devanagari")
+    page.locator("#mode-number").click()
+    number = tmp_path / "number.png"
+    number.write_bytes(to_png(devanagari_number(images, labels, (2, 0, 7))))
+    page.set_input_files("#file", number)
+    expect(page.locator("#digit")).to_contain_text(" = ")
+    characters, value = page.locator("#digit").inner_text().split(" = ")
+    assert characters == "".join(digit_char("devanagari", int(v)) for v in value)
+    boxes = page.locator("#boxes button").all_inner_texts()
+    assert len(boxes) == 3 and all(b in "".join(DEVANAGARI) for b in boxes), boxes
+
+
+DEVANAGARI = [digit_char("devanagari", d) for d in range(10)]
+
+
+def devanagari_number(
+    images: np.ndarray, labels: np.ndarray, digits: tuple[int, ...]
+) -> np.ndarray:
+    """Held-out font digits side by side, with gaps, on a margin: one image."""
+    picks = [int(np.flatnonzero(labels == d)[0]) for d in digits]
+    gap = np.zeros((28, 12), np.uint8)
+    strip = np.concatenate([gap, *[np.hstack([images[i], gap]) for i in picks]], axis=1)
+    return np.pad(strip, 12)
+
 
 def test_a_number_is_read_in_one_script(client: TestClient) -> None:
     images, labels = held_out_digits("devanagari")
-    picks = [int(np.flatnonzero(labels == d)[0]) for d in (2, 0, 7)]
-    gap = np.zeros((28, 12), np.uint8)
-    strip = np.concatenate([gap, *[np.hstack([images[i], gap]) for i in picks]], axis=1)
+    strip = devanagari_number(images, labels, (2, 0, 7))
     answer = client.post(
         "/api/v1/number?script=devanagari",
-        content=to_png(np.pad(strip, 12)),
+        content=to_png(strip),
         headers={"Content-Type": "image/png"},
     ).json()
     assert answer["script"] == "devanagari" and len(answer["digits"]) == 3
@@ -201,7 +224,7 @@ def test_a_number_is_read_in_one_script(client: TestClient) -> None:
     assert all(d["character"] == digit_char("devanagari", d["digit"]) for d in answer["digits"])
     assert sum(a == b for a, b in zip(answer["number"], "207", strict=False)) >= 2, answer["number"]
     latin = client.post(
-        "/api/v1/number", content=to_png(np.pad(strip, 12)), headers={"Content-Type": "image/png"}
+        "/api/v1/number", content=to_png(strip), headers={"Content-Type": "image/png"}
     ).json()
     assert latin["script"] == "latin"  # the default reads Latin digits only
 

@@ -311,8 +311,11 @@ function selectDigit(answer, index) {
 }
 
 function showNumber(answer) {
-  const said = answer.number || "?";
+  // In another script than Latin: its characters, then the value ("٢٠٢٦ = 2026").
+  const foreign = answer.script && answer.script !== "latin" && answer.number;
+  const said = foreign ? `${answer.characters} = ${answer.number}` : answer.number || "?";
   ui.answer.dataset.verdict = answer.complete ? "digit" : "not_a_digit";
+  ui.answer.dir = "ltr"; // the value reads left to right; each box shows its character
   ui.digit.textContent = said;
   ui.digit.classList.add("is-known", "is-number");
   ui.digit.classList.remove("is-guess");
@@ -335,7 +338,7 @@ function showNumber(answer) {
     const box = document.createElement("button");
     box.type = "button";
     box.className = d.verdict === "digit" ? "box" : "box is-doubt";
-    box.textContent = d.verdict === "digit" ? String(d.digit) : "?";
+    box.textContent = d.verdict === "digit" ? d.character ?? String(d.digit) : "?";
     box.setAttribute("aria-pressed", "false");
     box.setAttribute("aria-label", `Digit ${i + 1} of ${answer.digits.length}: `
       + (d.verdict === "digit" ? `${d.digit}, ${chance(d.confidence)}` : "not a digit"));
@@ -405,8 +408,8 @@ async function ask(number, body, contentType, drawing = null) {
   if (contentType) init.headers = { "Content-Type": contentType };
   try {
     const reading = mode === "number";
-    const url = reading ? ENDPOINTS.number : `${ENDPOINTS.predict}&script=${encodeURIComponent(script)}`;
-    const answer = await callApi(url, init);
+    const endpoint = reading ? ENDPOINTS.number : ENDPOINTS.predict;
+    const answer = await callApi(`${endpoint}&script=${encodeURIComponent(script)}`, init);
     if (number === sent) stopRetry();
     if (pending.count()) retryPending(0, showPending); // the server is back
     if (number >= shown) { // equal: this image's earlier try failed and its error is shown
