@@ -511,3 +511,15 @@ def test_a_thin_pen_digit_is_kept_whole() -> None:
     ImageDraw.Draw(big).line([(160, 120), (960, 120), (560, 1040)], fill=0, width=8, joint="curve")
     top, bottom, left, right = _ink_bbox(ink_map(big.resize((280, 280), Image.Resampling.LANCZOS)))
     assert bottom - top > 200 and right - left > 180
+
+
+@pytest.mark.parametrize("mode", ["I;16", "P"])
+def test_the_ink_map_leaves_a_big_image_of_a_rare_mode_as_it_was(mode: str) -> None:
+    # Such modes are resized, not reduced; a number in another script is read twice
+    # from the same image (multiscript.read_number_as), so it must not shrink meanwhile.
+    img = Image.new("L", (3000, 400), 255)
+    ImageDraw.Draw(img).line([(1400, 50), (1500, 350)], fill=0, width=30)
+    img = img.convert(mode)
+    first = ink_map(img)
+    assert img.size == (3000, 400)
+    assert np.array_equal(ink_map(img), first)

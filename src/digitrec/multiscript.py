@@ -193,20 +193,19 @@ class ScriptModel:
         fields, probs = within(values, top_k)
         others = [k for k in range(len(self.scripts)) if k != latin]
         best = max(others, key=lambda k: float(p[k, fields["digit"]]))
-        answer = dataclasses.replace(
-            answer,
-            **fields,
-            probabilities=tuple(round(float(v), 6) for v in probs),
-            digit_score=None,
-            script=self.scripts[best],
-        )
-        return answer, best
+        return self._written(best, fields, probs, answer), best
 
     def _in(
         self, k: int, p: np.ndarray, answer: Prediction, top_k: int, junk: float = 0.0
     ) -> Prediction:
         """The answer with only the k-th script's ten digits as candidates."""
-        fields, probs = within(p[k], top_k, junk)
+        return self._written(k, *within(p[k], top_k, junk), answer)
+
+    def _written(
+        self, k: int, fields: dict[str, Any], probs: np.ndarray, answer: Prediction
+    ) -> Prediction:
+        """The digit model's answer replaced by a reading in the k-th script (``within``'s
+        fields and ten probabilities)."""
         return dataclasses.replace(
             answer,
             **fields,

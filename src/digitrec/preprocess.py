@@ -330,8 +330,8 @@ def _reduce(img: Image.Image) -> Image.Image:
     if side <= WORK_SIDE:
         return img
     if img.mode not in REDUCIBLE_MODES:  # no reducing gap: that would call ``reduce``
-        img.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX, reducing_gap=None)
-        return img
+        # A new image: the caller's stays as it was (a number may be read twice).
+        return ImageOps.contain(img, (WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
     factor = side // WORK_SIDE
     return img.reduce(factor) if factor >= 2 else img
 

@@ -184,11 +184,9 @@ def _read_number_reduced(
     from digitrec.numbers.reader import read_number
 
     (width, height), img = number_image(body, NUMBER_SIDE)
-    sx, sy = width / img.width, height / img.height  # before reading: it may reduce img
+    sx, sy = width / img.width, height / img.height
     reading = read_as(
-        lambda cut: read_number(
-            img.copy(), predictor, top_k=top_k, max_components=max_components, cut=cut
-        )
+        lambda cut: read_number(img, predictor, top_k=top_k, max_components=max_components, cut=cut)
     )
     digits = tuple(
         dataclasses.replace(d, box=_scaled_box(d.box, sx, sy, width, height))

@@ -360,11 +360,9 @@ def _merged(
     if len(spans) == n:
         return unchanged
     every, scored = pieces + extra, np.concatenate([logits, joined])
-    scores = _digit_log_score(scored)
-    digit_scores = np.log(softmax(scored)[:, :DIGIT_CLASSES] + 1e-12)
-    parts = _best_cutting(
-        np.zeros(n + 1, np.int64), spans, _reads_as(text, digit_scores, scores), len(text)
-    )
+    digit_scores = _digit_log_scores(scored)
+    score = _reads_as(text, digit_scores, digit_scores.max(axis=1))
+    parts = _best_cutting(np.zeros(n + 1, np.int64), spans, score, len(text))
     if len(parts) != len(text):
         return unchanged
     return [every[k] for k in parts], scored[parts], [None] * len(parts)
@@ -400,8 +398,9 @@ def _strip_pieces(comps: Components, whole: SequenceReading, predictor: Predicto
 
 def _number_digit(box: Box, piece: _Piece, answer: Prediction) -> NumberDigit:
     """A piece as the digit model read it."""
-    a = answer
-    return NumberDigit(box, a.digit, a.confidence, a.verdict, a.top, piece.pre.image)
+    return NumberDigit(
+        box, answer.digit, answer.confidence, answer.verdict, answer.top, piece.pre.image
+    )
 
 
 def _sequence_digit(box: Box, piece: _Piece, probs: np.ndarray, top_k: int) -> NumberDigit:
@@ -452,10 +451,11 @@ def _box(piece: _Piece, scale: tuple[float, float]) -> Box:
     return x, y, math.ceil(x1 * sx) - x, math.ceil(piece.bottom * sy) - y
 
 
-def _digit_log_score(logits: np.ndarray) -> np.ndarray:
-    """How well each input reads as one digit: log of its most likely digit's share of
-    all outputs (with the model's not_a_digit and several_digits, when it has them)."""
-    return np.log(softmax(logits)[:, :DIGIT_CLASSES].max(1) + 1e-12)
+def _digit_log_scores(logits: np.ndarray) -> np.ndarray:
+    """How well each input reads as each digit: log of that digit's share of all outputs
+    (with the model's not_a_digit and several_digits, when it has them). The row's
+    maximum is how well it reads as one digit at all."""
+    return np.log(softmax(logits)[:, :DIGIT_CLASSES] + 1e-12)
 
 
 Plan = tuple[np.ndarray, dict[tuple[int, int], int]]  # cut crossings, span -> part index
@@ -495,8 +495,8 @@ def _cut_touching(
     squat = SQUAT_COST * np.maximum(
         0.0, np.array([(p.right - p.left) / (p.bottom - p.top) for p in every]) - SQUAT
     )
-    scores = _digit_log_score(logits) - squat
-    digit_scores = np.log(softmax(logits)[:, :DIGIT_CLASSES] + 1e-12) - squat[:, None]
+    digit_scores = _digit_log_scores(logits) - squat[:, None]
+    scores = digit_scores.max(axis=1)
     chosen: list[int] = []
     read: list[np.ndarray | None] = []
     for i in range(len(pieces)):
