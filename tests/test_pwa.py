@@ -294,15 +294,8 @@ def test_a_drawing_is_read_offline_as_the_server_reads_it(
 ) -> None:
     from playwright.sync_api import expect
 
-    require_chromium()
-    tab = _open(browser, live_server)
+    tab = _ready_offline(browser, live_server)
     page, context = tab.page, tab.page.context
-    _controlled(tab)
-    toggle = page.locator("#offline-toggle")
-    expect(page.locator("#offline-status")).to_contain_text("MB once")
-    toggle.click()
-    expect(page.locator("#offline-status")).to_contain_text("Ready offline", timeout=60_000)
-    expect(toggle).to_have_attribute("aria-pressed", "true")
 
     strokes = placed(DIGITS["3"], 0.6)
     answer = page.locator("#answer")
@@ -346,12 +339,8 @@ def test_a_drawing_is_read_offline_in_the_chosen_script(
 ) -> None:
     from playwright.sync_api import expect
 
-    require_chromium()
-    tab = _open(browser, live_server)
+    tab = _ready_offline(browser, live_server)
     page, context = tab.page, tab.page.context
-    _controlled(tab)
-    page.locator("#offline-toggle").click()
-    expect(page.locator("#offline-status")).to_contain_text("Ready offline", timeout=60_000)
     page.locator("#script").select_option("arabic_indic")  # written right to left
 
     strokes = placed(DIGITS["0"], 0.6)  # one stroke: one answer to wait for (Arabic-Indic 5)
@@ -379,6 +368,21 @@ def test_a_drawing_is_read_offline_in_the_chosen_script(
     context.set_offline(False)
     context.close()
     assert not tab.problems, tab.problems
+
+
+def _ready_offline(browser: Any, live_server: LiveServer) -> Any:
+    """A tab whose page is controlled by the worker, with "Use offline" turned on."""
+    from playwright.sync_api import expect
+
+    require_chromium()
+    tab = _open(browser, live_server)
+    _controlled(tab)
+    toggle = tab.page.locator("#offline-toggle")
+    expect(tab.page.locator("#offline-status")).to_contain_text("MB once")
+    toggle.click()
+    expect(tab.page.locator("#offline-status")).to_contain_text("Ready offline", timeout=60_000)
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    return tab
 
 
 def _corrections(server: LiveServer) -> list[dict[str, Any]]:

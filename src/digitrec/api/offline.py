@@ -50,6 +50,11 @@ ONNX_PATH = "/api/v1/model/onnx"
 SCRIPTS_ONNX_PATH = "/api/v1/model/scripts/onnx"
 OFFLINE_PATH = "/api/v1/model/offline"
 IMMUTABLE = "public, max-age=31536000, immutable"  # a version's ONNX file never changes
+ONNX_RESPONSES: dict[int | str, dict[str, Any]] = {  # what both ONNX routes answer
+    200: {"content": {"application/octet-stream": {}}, "description": "the ONNX bytes"},
+    304: {"description": "the copy the client holds (If-None-Match) is current"},
+    **error_responses(404, 503),
+}
 
 offline = APIRouter(
     prefix="/api/v1",
@@ -174,11 +179,7 @@ async def offline_model(service: ServiceDep) -> dict[str, Any]:
     "/model/onnx",
     response_class=FileResponse,
     summary="The served model as an ONNX file",
-    responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "the ONNX bytes"},
-        304: {"description": "the copy the client holds (If-None-Match) is current"},
-        **error_responses(404, 503),
-    },
+    responses=ONNX_RESPONSES,
 )
 async def onnx_file(
     request: Request,
@@ -197,11 +198,7 @@ async def onnx_file(
     "/model/scripts/onnx",
     response_class=FileResponse,
     summary="The script model (digits of other writing systems) as an ONNX file",
-    responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "the ONNX bytes"},
-        304: {"description": "the copy the client holds (If-None-Match) is current"},
-        **error_responses(404, 503),
-    },
+    responses=ONNX_RESPONSES,
 )
 async def script_onnx_file(
     request: Request,

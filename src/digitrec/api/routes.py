@@ -46,8 +46,9 @@ api = APIRouter(
 
 SCRIPT_HELP = (
     "the writing system of the digits: `latin` (the default), one of the scripts "
-    "`GET /api/v1/model` lists (only its ten digits are candidates), or `auto` (the "
-    "likeliest script; Latin still read by the digit model)"
+    "`GET /api/v1/model` lists (only its ten digits are candidates), or `auto` (Latin, "
+    "read by the digit model, against the other scripts together; a value they share "
+    "keeps its whole probability)"
 )
 
 _IMAGE_BODY = {

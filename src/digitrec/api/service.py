@@ -214,7 +214,7 @@ class Service:
         return self.routing().production.predictor
 
     async def predict(
-        self, raw: bytes, top_k: int, client_id: str | None = None, script: str = "latin"
+        self, raw: bytes, top_k: int, client_id: str | None = None, script: str = LATIN
     ) -> Prediction:
         """Prepare the image off the event loop (a thread, or the sandbox for big or
         unusual files), share a forward pass with other requests, read it in ``script``
@@ -236,7 +236,7 @@ class Service:
                 )
         metrics.record_prediction(answer, prepared_at - started, inferred_at - prepared_at)
         answer = dataclasses.replace(answer, arm=arm)
-        if self.log is None or answer.script != "latin":
+        if self.log is None or answer.script != LATIN:
             # No id: nothing is kept that a correction could refer to. Digits of other
             # scripts are not kept: corrections fine-tune the Latin digit model.
             return answer
@@ -247,7 +247,7 @@ class Service:
         return answer
 
     async def read_number(
-        self, raw: bytes, top_k: int, client_id: str | None = None, script: str = "latin"
+        self, raw: bytes, top_k: int, client_id: str | None = None, script: str = LATIN
     ) -> tuple[NumberReading, list[str] | None]:
         """The whole number written in an image (``numbers.read_number``), read in a
         decoding thread with the model this client is routed to. Each digit read is
@@ -264,7 +264,7 @@ class Service:
         logged = [_probabilities(d.top) for d in reading.digits]  # all ten, before trimming
         digits = tuple(dataclasses.replace(d, top=d.top[:top_k]) for d in reading.digits)
         reading = dataclasses.replace(reading, digits=digits)
-        if self.log is None or reading.script != "latin":  # as for predict: not kept
+        if self.log is None or reading.script != LATIN:  # as for predict: not kept
             return reading, None
         experiment = routing.experiment.id if arm and routing.experiment else None
         ids = []
