@@ -135,18 +135,22 @@ def batch1_us(fn: Any, x: np.ndarray, reps: int = 500) -> float:
     return round((time.perf_counter() - started) / reps * 1e6, 1)
 
 
-def http_latency(requests: int) -> dict[str, Any]:
-    """p50 at concurrency 1 over HTTP on loopback, the canvas PNG: a server without the
-    script model (``DIGITREC_SCRIPTS=false``, what Latin users had before) against one
-    with it, asked for ``script=latin`` and for ``auto``; each in turn, twice."""
+def http_latency(requests: int, files: int = 100) -> dict[str, Any]:
+    """p50 at concurrency 1 and the server's CPU per request, over HTTP on loopback, on
+    ``files`` of the realistic mix that ``bench_realistic.py`` sends (canvas exports,
+    screenshots, photos): a server without the script model (``DIGITREC_SCRIPTS=false``,
+    what Latin users had before) against one with it, asked for ``script=latin`` and for
+    ``auto``; each in turn, twice."""
     import tempfile
 
     from bench_http import drive, run
-    from common import ServerProcess, canvas_png, digitrec_serve_command, server_env
+    from bench_realistic import realistic_mix
+    from common import ServerProcess, digitrec_serve_command, server_env
 
-    body = [(canvas_png(), "image/png")]
+    bodies = [(f["body"], f["content_type"]) for f in realistic_mix(files)]
     plans = {"without": ("false", "latin"), "latin": ("true", "latin"), "auto": ("true", "auto")}
-    out: dict[str, list[float]] = {name: [] for name in plans}
+    p50s: dict[str, list[float]] = {name: [] for name in plans}
+    cpus: dict[str, list[float]] = {name: [] for name in plans}
     with tempfile.TemporaryDirectory(prefix="bench-scripts-") as tmp:
         servers = {}
         try:
@@ -159,17 +163,26 @@ def http_latency(requests: int) -> dict[str, Any]:
                 for name, (on, script) in plans.items():
                     server = servers[on]
                     path = f"/api/v1/predict?script={script}"
-                    load = run(drive(server.url, body, 1, server.pid, requests=requests, path=path))
-                    out[name].append(load.summary()["latency_ms"]["p50"])
+                    load = run(
+                        drive(server.url, bodies, 1, server.pid, requests=requests, path=path)
+                    )
+                    summary = load.summary()
+                    p50s[name].append(summary["latency_ms"]["p50"])
+                    cpus[name].append(summary["server_cpu_ms_per_request"])
         finally:
             for server in servers.values():
                 server.stop()
-    p50 = {name: round(float(np.median(v)), 4) for name, v in out.items()}
+    p50 = {name: round(float(np.median(v)), 4) for name, v in p50s.items()}
+    cpu = {name: round(float(np.median(v)), 4) for name, v in cpus.items()}
     return {
-        "p50_runs_ms": out,
+        "input": f"{len(bodies)} files of the realistic mix (bench_realistic.realistic_mix)",
+        "p50_runs_ms": p50s,
         "p50_ms": p50,
+        "cpu_ms_per_request": cpu,
         "latin_over_without": round(p50["latin"] / p50["without"], 3),
         "auto_over_without": round(p50["auto"] / p50["without"], 3),
+        "cpu_latin_over_without": round(cpu["latin"] / cpu["without"], 3),
+        "cpu_auto_over_without": round(cpu["auto"] / cpu["without"], 3),
     }
 
 
@@ -269,7 +282,8 @@ def main() -> None:
     http = results["http_c1"]
     print(
         f"HTTP p50 at concurrency 1: {http['p50_ms']} ms; latin/without "
-        f"{http['latin_over_without']}, auto/without {http['auto_over_without']}"
+        f"{http['latin_over_without']}, auto/without {http['auto_over_without']}; server CPU "
+        f"per request {http['cpu_ms_per_request']} ms"
     )
     path = save_results("bench_scripts", results, machine_info(), args.output)
     print(f"\nwrote {path}")

@@ -662,6 +662,20 @@ def scripts_table(data: dict[str, Any]) -> str:
     )
 
 
+def _on(http: dict[str, Any]) -> str:
+    return f" on {http['input']}" if "input" in http else " (the canvas PNG)"
+
+
+def _cpu(http: dict[str, Any]) -> str:
+    """Server CPU per request beside the latency, where the run measured it."""
+    if "cpu_ms_per_request" not in http:
+        return ""
+    return (
+        f"; server CPU per request {http['cpu_ms_per_request']} ms (latin / without: "
+        f"{http['cpu_latin_over_without']}, auto / without: {http['cpu_auto_over_without']})"
+    )
+
+
 def script_numbers_table(data: dict[str, Any]) -> str:
     """The README's table of whole numbers in other scripts (#14 with #13): per script,
     generated numbers of held-out font digits read in the script, with auto, and with
@@ -696,9 +710,9 @@ def scripts(data: dict[str, Any]) -> str:
         "## Digits of other scripts (`python benchmarks/bench_scripts.py`)\n\n"
         f"Script model {data['script_model']}, digit model {data['digit_model']}.\n\n"
         f"{scripts_table(data)}\n\n{numbers}Model time at batch 1: {us['digit_model']} µs alone, "
-        f"{us['with_script_model']} µs with the script model. HTTP p50 at concurrency 1: "
-        f"{http['p50_ms']} ms (latin / without: {http['latin_over_without']}, auto / without: "
-        f"{http['auto_over_without']}).\n\n"
+        f"{us['with_script_model']} µs with the script model. HTTP p50 at concurrency 1"
+        f"{_on(http)}: {http['p50_ms']} ms (latin / without: {http['latin_over_without']}, "
+        f"auto / without: {http['auto_over_without']}){_cpu(http)}.\n\n"
         f"{machine_line(data)}\n"
     )
 
