@@ -42,16 +42,20 @@ from digitrec.training.augment import AugmentConfig, augment_batch
 ORDER = ("latin", "arabic_indic", "persian", "devanagari", "bengali", "thai", "kannada", "tamil")
 VALIDATION_SHARE = 0.05  # of each script's training split, to choose the epoch
 NEGATIVE_SHARE = 0.15  # non-digits (the last class) per digit image, as the digit model learns
-PER_SCRIPT = 28_000  # training images of each script (Latin: MNIST training digits)
+PER_SCRIPT = 28_000  # training images of each other script
+# MNIST training digits for Latin: twice as many, so that the model learns handwriting's
+# variety well enough not to take a Latin digit for another script's (auto on MNIST test)
+PER_LATIN = 56_000
 AUGMENT = AugmentConfig(rotation=10, scale=0.1, shear=0.15, translate=0.1, elastic=0.3)
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
 
 def splits(
-    settings: Settings, order: tuple[str, ...], per_script: int, seed: int
+    settings: Settings, order: tuple[str, ...], per_script: int, seed: int, per_latin: int
 ) -> dict[str, Arrays]:
-    """train / val / test: 28x28 uint8 images and labels ``10 * script + digit``."""
+    """train / val / test: 28x28 uint8 images and labels ``10 * script + digit``
+    (``per_latin`` MNIST training digits, ``per_script`` of each other script)."""
     rng = np.random.default_rng(seed)
     parts: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {
         "train": ([], []),
@@ -63,7 +67,9 @@ def splits(
             data: Any = load_mnist(settings, progress=False)
         else:
             data = load_dataset(settings, f"fonts-{script}", progress=False)
-        keep = rng.permutation(len(data.train_labels))[:per_script]
+        keep = rng.permutation(len(data.train_labels))[
+            : per_latin if script == "latin" else per_script
+        ]
         train_x, train_y = data.train_images[keep], data.train_labels[keep]
         n_val = int(len(keep) * VALIDATION_SHARE)
         for name, idx in (("val", slice(0, n_val)), ("train", slice(n_val, None))):
@@ -236,6 +242,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--per-script", type=int, default=PER_SCRIPT, help="training images each")
+    parser.add_argument("--per-latin", type=int, default=PER_LATIN, help="MNIST training digits")
     parser.add_argument("--scripts", default=",".join(ORDER), help="comma-separated, Latin first")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -246,7 +253,9 @@ def main() -> None:
     served = Registry.from_settings(Settings()).shipped().preprocessing  # the digit model's
     data = {
         name: (as_served(x, served), y)
-        for name, (x, y) in splits(settings, order, args.per_script, args.seed).items()
+        for name, (x, y) in splits(
+            settings, order, args.per_script, args.seed, args.per_latin
+        ).items()
     }
     print(f"prepared as served in {time.perf_counter() - started:.0f} s", flush=True)
     model, history = train(data, 10 * len(order) + 1, spec, args.epochs, args.seed)
@@ -270,6 +279,7 @@ def main() -> None:
         "architecture": {"name": "digitnet", "classes": 10 * len(order) + 1},
         "data": {
             "per_script": args.per_script,
+            "per_latin": args.per_latin,
             "latin": "MNIST training digits; test: MNIST test",
             "other scripts": "fonts-SCRIPT datasets (digitrec data generate); test: held-out fonts",
             "train_images": len(data["train"][1]),

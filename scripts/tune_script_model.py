@@ -1,15 +1,16 @@
 """Choose the two thresholds of ``script=auto`` (#14) on validation data, never on test.
 
 ``auto`` keeps the digit model's answer when it accepts a digit and Latin holds at least
-``latin_keep`` of the script model's probability, and reads a mark the digit model
-rejects as another script's digit only when that script holds at least
+``latin_keep`` of the script model's probability, and accepts a mark the digit model
+rejects as another script's digit only when the other scripts hold at least
 ``foreign_sure`` (``multiscript.ScriptModel.read``). The validation data: the script
 model's own validation share (``train_script_model.splits``, prepared as served), and
 non-digits drawn with the validation seed from the fonts and scribbles the digit model
 chose its thresholds on (``negatives``). Of the pairs that cost Latin nothing, the one
-that reads the other scripts best (then: flags the most non-digits) is written into the
-model's manifest (``auto``), with the whole grid and the share of non-digits the digit
-model flags alone, so what ``auto`` costs there is on record.
+that reads the other scripts' values best (then: accepts the most of them as digits,
+then: flags the most non-digits) is written into the model's manifest (``auto``), with
+the whole grid and the share of non-digits the digit model flags alone, so what
+``auto`` costs there is on record.
 
     python scripts/tune_script_model.py src/digitrec/script_model/VERSION --home DIR
 """
@@ -26,7 +27,7 @@ from train_script_model import as_served, splits
 
 from digitrec import negatives
 from digitrec.config import Settings
-from digitrec.multiscript import LATIN, ScriptModel
+from digitrec.multiscript import LATIN, REJECTED, ScriptModel
 from digitrec.predict import Prediction, Predictor
 from digitrec.preprocess import from_image
 
@@ -61,6 +62,7 @@ def grid(
                 for x, a in zip(logits, digit_answers, strict=True)
             ]
             right = np.array([r.digit == y % 10 for r, y in zip(read, labels, strict=True)])
+            taken = right & np.array([r.verdict not in REJECTED for r in read])
             script = labels // 10
             flagged = [
                 model.read(x, a, "auto", 3, **thresholds).verdict != "digit"
@@ -70,6 +72,7 @@ def grid(
                 name: round(float(right[script == k].mean()), 4)
                 for k, name in enumerate(model.scripts)
             }
+            foreign = (script != model.scripts.index(LATIN)) & (script < len(model.scripts))
             rows.append(
                 {
                     **thresholds,
@@ -77,6 +80,7 @@ def grid(
                     "other_scripts": round(
                         float(np.mean([v for n, v in per_script.items() if n != LATIN])), 4
                     ),
+                    "other_scripts_read_as_digits": round(float(taken[foreign].mean()), 4),
                     "non_digits_flagged": round(float(np.mean(flagged)), 4),
                 }
             )
@@ -94,9 +98,9 @@ def main() -> None:
     predictor = Predictor.from_settings(Settings())
     spec = predictor.spec
     data = model.manifest["data"]
-    val_x, val_y = splits(
-        settings, model.scripts, data["per_script"], model.manifest["training"]["seed"]
-    )["val"]
+    seed = model.manifest["training"]["seed"]
+    per_latin = data.get("per_latin", data["per_script"])  # models before it: as the others
+    val_x, val_y = splits(settings, model.scripts, data["per_script"], seed, per_latin)["val"]
     val_x = as_served(val_x, spec)
     fonts = negatives.require_fonts(negatives.TRAIN_FONTS, "training")
     neg_seed = negatives.SEEDS["validation"]
@@ -111,7 +115,14 @@ def main() -> None:
     alone_flagged = float(np.mean([a.verdict != "digit" for a in neg_answers]))
     latin_alone = max(r["per_script"][LATIN] for r in rows)
     fair = [r for r in rows if r["per_script"][LATIN] >= latin_alone]
-    best = max(fair, key=lambda r: (r["other_scripts"], r["non_digits_flagged"]))
+    best = max(
+        fair,
+        key=lambda r: (
+            r["other_scripts"],
+            r["other_scripts_read_as_digits"],
+            r["non_digits_flagged"],
+        ),
+    )
     manifest = dict(model.manifest)
     manifest["auto"] = {
         "latin_keep": best["latin_keep"],

@@ -100,6 +100,28 @@ def test_auto_weighs_a_glyph_two_scripts_share_by_its_value(
     assert read.top[0] == (3, pytest.approx(0.6 / probs[10:80].sum(), abs=1e-3))
 
 
+def test_auto_keeps_not_a_digit_but_guesses_the_value_in_the_script_that_holds_it(
+    model: ScriptModel, predictor: Predictor, mnist: Mnist
+) -> None:
+    # An Arabic-Indic ٧ in a font never trained on: the digit model calls the V "not a
+    # digit" (its guess, a Latin 4, means nothing) and the script model is torn between
+    # ٧ and "not a digit". The verdict stands; the value is the other scripts' best
+    # guess, as a script given would read it, not the digit model's Latin one.
+    answer = predictor.predict_bytes(to_png(mnist.test_images[0]))
+    rejected = dataclasses.replace(answer, digit=4, verdict="not_a_digit")
+    probs = np.full(model.classes, 1e-4)
+    latin, ai = model.scripts.index("latin"), model.scripts.index("arabic_indic")
+    probs[10 * ai + 7], probs[-1], probs[10 * latin + 4] = 0.4, 0.45, 0.1
+    read = model.read(np.log(probs), rejected, "auto", 3)
+    assert (read.digit, read.script, read.verdict) == (7, "arabic_indic", "not_a_digit")
+    assert read.digit == model.read(np.log(probs), rejected, "arabic_indic", 3).digit
+    # Where Latin holds more than the other scripts, the digit model's answer stands.
+    probs[10 * latin + 4] = 0.5
+    assert model.read(np.log(probs), rejected, "auto", 3) == dataclasses.replace(
+        rejected, script="latin"
+    )
+
+
 def test_latin_stays_the_digit_models_answer(predictor: Predictor, mnist) -> None:  # type: ignore[no-untyped-def]
     images, labels = mnist.test_images[:300], mnist.test_labels[:300]
     same, right = 0, 0

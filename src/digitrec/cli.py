@@ -728,9 +728,9 @@ def cmd_predict(args: argparse.Namespace, settings: Settings) -> int:
 
 def _script_reader(predictor: Any, script: str, top_k: int) -> Callable[[bytes], Any]:
     """`predict`: the digit model's answer, read in ``script`` as the server reads it."""
-    from digitrec.multiscript import read_in
+    from digitrec.multiscript import choose, load_shipped, read_in
 
-    script = read_in.check(script)  # a bad name fails before any file is read
+    script = choose(load_shipped(), script)  # a bad name fails before any file is read
 
     def read(raw: bytes) -> Any:
         return read_in(predictor.predict_bytes(raw, top_k=top_k), script, top_k)
@@ -740,11 +740,11 @@ def _script_reader(predictor: Any, script: str, top_k: int) -> Callable[[bytes],
 
 def _number_reader(predictor: Any, script: str, settings: Settings) -> Callable[[bytes], Any]:
     """`predict --number`: the number read as `POST /api/v1/number` reads it."""
-    from digitrec.multiscript import load_shipped, read_in, read_number_as
+    from digitrec.multiscript import choose, load_shipped, read_number_as
     from digitrec.numbers.reader import read_number
 
-    script = read_in.check(script)
     model = load_shipped()
+    script = choose(model, script)
 
     def read(raw: bytes) -> Any:
         def pieces(cut: bool) -> Any:

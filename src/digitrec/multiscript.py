@@ -5,7 +5,9 @@ every script it knows (class ``10 * k + digit`` for the k-th of its ``scripts``,
 first) and one for "not a digit", so one forward pass compares them all on one scale. It ships in
 ``script_model/<version>/`` (``model.onnx`` and its ``manifest.json``) and runs beside
 the digit model, on the same 28x28 input, for the requests that ask for another script
-than Latin (``api.service``: in a decoding thread, after the digit model).
+than Latin (``api.service``: in the decoding thread that prepared the input, right
+after preparing it, so it costs no second trip to a thread; ``read`` then only looks at
+its row).
 
 ``read`` turns its outputs into the answer for a ``script`` choice:
 
@@ -18,7 +20,10 @@ than Latin (``api.service``: in a decoding thread, after the digit model).
   as much probability as all the others, or when the digit model accepts the digit and
   Latin holds ``latin_keep``. Otherwise the value is read over the other scripts
   together (each value's probability summed over them: a glyph Arabic-Indic and
-  Persian share keeps its whole probability), in the script that gives it most. When
+  Persian share keeps its whole probability), in the script that gives it most. A mark
+  the digit model rejects keeps its verdict unless the other scripts hold at least
+  ``foreign_sure`` and more than "not a digit" does; its value is still read so, the
+  best guess, as with a script given (the digit model's guess would be a Latin one). When
   another script is close behind (``CLOSE``) and reads a different value (Bengali ৪
   against Latin 8, Arabic-Indic ٥ against 0), the answer says the script is uncertain
   and lists the alternatives; when the values agree, it does not matter which it was.
@@ -117,6 +122,11 @@ class ScriptModel:
         x = ((pixels - self.mean) / self.std).astype(np.float32)
         return np.asarray(self.session.run(None, {self.input_name: x})[0])
 
+    def logits_for(self, image: np.ndarray) -> np.ndarray:
+        """This model's row for the 28x28 uint8 ``image`` the digit model reads.
+        Blocking (a forward pass): the server runs it in the decoding thread."""
+        return self.infer(image[None, None].astype(np.float32) / 255.0)[0]
+
     def check(self, script: str) -> str:
         """``script`` if this model can read it (or ``auto``), else a 400 naming those it can."""
         if script == AUTO or script in self.scripts:
@@ -161,10 +171,12 @@ class ScriptModel:
         at_home = latin >= 0 and mass[latin] >= abroad
         keep_latin = answer.verdict == "digit" and latin >= 0 and mass[latin] >= keep
         doubtful = answer.verdict in REJECTED and (abroad < sure or junk >= abroad)
-        if at_home or keep_latin or doubtful:
+        if at_home or keep_latin:
             chosen, best = dataclasses.replace(answer, script=LATIN), latin
         else:
             chosen, best = self._valued(p, values, latin, answer, top_k)
+            if doubtful:  # still not a digit; its value is the best guess, as for a script given
+                chosen = dataclasses.replace(chosen, verdict=answer.verdict)
         if chosen.verdict in REJECTED:
             return chosen  # not read as a digit: no other script's reading to offer
         others = [
@@ -335,26 +347,11 @@ def choose(model: ScriptModel | None, script: str) -> str:
     )
 
 
-def read(model: ScriptModel, answer: Prediction, script: str, top_k: int) -> Prediction:
-    """The digit model's ``answer`` read in ``script`` by ``model``, from the 28x28 input
-    the answer keeps. Blocking (a forward pass): the server runs it in a decoding thread,
-    and only for the requests that ask for another script than Latin."""
-    if script == LATIN:
+def read_in(answer: Prediction, script: str, top_k: int) -> Prediction:
+    """The digit model's ``answer`` read in ``script`` by the shipped script model, from
+    the 28x28 input the answer keeps, outside a server (the CLI, the benchmarks): the
+    same ``ScriptModel.read`` as the server's. Blocking (a forward pass)."""
+    model = load_shipped()
+    if model is None or script == LATIN:
         return answer
-    pixels = answer.image[None, None].astype(np.float32) / 255.0
-    return model.read(model.infer(pixels)[0], answer, script, top_k)
-
-
-class _ReadIn:
-    """``read_in(answer, script, top_k)``: a digit model's answer read in ``script`` by the
-    shipped script model, outside a server (the CLI, evaluation); ``read_in.check``."""
-
-    def check(self, script: str) -> str:
-        return choose(load_shipped(), script)
-
-    def __call__(self, answer: Prediction, script: str, top_k: int) -> Prediction:
-        model = load_shipped()
-        return answer if model is None else read(model, answer, script, top_k)
-
-
-read_in = _ReadIn()
+    return model.read(model.logits_for(answer.image), answer, script, top_k)

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from digitrec import feedback
 from digitrec.api import metrics
-from digitrec.api.decoding import Decoder
+from digitrec.api.decoding import Beside, Decoder
 from digitrec.api.models import ModelSet, Routing
 from digitrec.config import Settings
 from digitrec.db import Database
@@ -42,8 +42,7 @@ from digitrec.errors import (
     ValidationFailed,
 )
 from digitrec.feedback import Correction, OfflineAnswer, PredictionLog, PredictionRecord
-from digitrec.multiscript import LATIN, choose, read_number_as
-from digitrec.multiscript import read as read_in_script
+from digitrec.multiscript import LATIN, ScriptModel, choose, read_number_as
 from digitrec.predict import Prediction, Predictor
 from digitrec.registry import Registry
 from digitrec.rejection import DIGIT_CLASSES
@@ -223,17 +222,20 @@ class Service:
         served, arm = routing.route(client_id)
         script = choose(served.scripts, script)
         started = time.perf_counter()
+        # Another script than Latin asked for: the script model's forward pass is done
+        # beside preparing the image, in the same thread; reading its row is light.
+        scripts = served.scripts if script != LATIN else None
         with served.using() as predictor:
             with served.batcher.arriving():
-                prepared = await self.decoder.prepare(predictor, raw)
+                prepared, seen = await self.decoder.prepare(
+                    predictor, raw, None if scripts is None else _looked_at_by(scripts)
+                )
             prepared_at = time.perf_counter()
             logits = await served.batcher.submit(prepared.tensor)
             inferred_at = time.perf_counter()
             answer = predictor.answer(prepared, logits, top_k, started)
-            if served.scripts is not None and script != LATIN:  # asked for: a thread's work
-                answer = await asyncio.get_running_loop().run_in_executor(
-                    self.decoder.threads, read_in_script, served.scripts, answer, script, top_k
-                )
+            if scripts is not None:
+                answer = scripts.read(seen, answer, script, top_k)
         metrics.record_prediction(answer, prepared_at - started, inferred_at - prepared_at)
         answer = dataclasses.replace(answer, arm=arm)
         if self.log is None or answer.script != LATIN:
@@ -386,3 +388,8 @@ def _record(
         latency_ms=answer.processing_ms,
         upload=upload,
     )
+
+
+def _looked_at_by(scripts: ScriptModel) -> Beside:
+    """The script model's row for a prepared input (``Decoder.prepare``'s ``beside``)."""
+    return lambda prepared: scripts.logits_for(prepared.image)

@@ -173,9 +173,11 @@ export function readIn(logits, answer, script, topK, model) {
   const atHome = latin >= 0 && mass[latin] >= abroad;
   const keepLatin = answer.verdict === "digit" && latin >= 0 && mass[latin] >= keep;
   const doubtful = rejected && (abroad < sure || junk >= abroad);
-  let [chosen, best] = atHome || keepLatin || doubtful
+  let [chosen, best] = atHome || keepLatin
     ? [{ ...answer, script: LATIN }, latin]
     : valued(p, values, latin, answer, topK, model);
+  // still not a digit; its value is the best guess, as for a script given
+  if (doubtful && best !== latin) chosen = { ...chosen, verdict: answer.verdict, is_digit: false };
   if (model.rejected.includes(chosen.verdict)) return chosen; // no other reading to offer
   const alternatives = [];
   for (const k of order) {
