@@ -286,3 +286,24 @@ def test_a_number_in_another_script_is_not_cut_as_latin_digits(
         latin_pieces = multiscript.read_number(model, read_number(data, predictor), "tamil")
         cut += latin_pieces.complete and latin_pieces.number == text
     assert given >= 10 and auto >= 9 and cut <= given - 5, (given, auto, cut)
+
+
+def test_auto_reads_a_number_as_latin_when_most_of_its_digits_would_be(
+    model: ScriptModel, predictor: Predictor, mnist: Mnist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three MNIST digits the digit model accepts; the script model finds Latin likely
+    # enough in two of them to keep each alone as Latin, and the third a sure
+    # Arabic-Indic digit. Together the three weigh more for Arabic-Indic, but a number
+    # is read as Latin when most of its digits would be, as each would be alone.
+    strip = np.pad(np.hstack([mnist.test_images[i] for i in (0, 1, 2)]), 12)
+    reading = read_number(to_png(strip), predictor)
+    assert len(reading.digits) == 3 and all(d.verdict == "digit" for d in reading.digits)
+    latin, ai = model.scripts.index("latin"), model.scripts.index("arabic_indic")
+    rows = np.full((3, model.classes), 1e-6)
+    for row, there in zip(rows, (model.latin_keep + 0.05,) * 2 + (1e-6,), strict=True):
+        row[10 * latin + 7], row[10 * ai + 7] = there, 1 - there
+    monkeypatch.setattr(model, "infer", lambda pixels: np.log(rows[: len(pixels)]))
+    assert multiscript.read_number(model, reading, "auto") is reading
+    # With only one of the three Latin enough, the number is read in Arabic-Indic.
+    rows[1, 10 * latin + 7], rows[1, 10 * ai + 7] = 1e-6, 1.0
+    assert multiscript.read_number(model, reading, "auto").script == "arabic_indic"

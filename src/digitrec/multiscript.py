@@ -166,12 +166,9 @@ class ScriptModel:
         foreign = np.delete(p, latin, axis=0) if latin >= 0 else p
         values = foreign.sum(axis=0)  # each value's probability in any other script
         abroad = float(values.sum())
-        keep = self.latin_keep if latin_keep is None else latin_keep
         sure = self.foreign_sure if foreign_sure is None else foreign_sure
-        at_home = latin >= 0 and mass[latin] >= abroad
-        keep_latin = answer.verdict == "digit" and latin >= 0 and mass[latin] >= keep
         doubtful = answer.verdict in REJECTED and (abroad < sure or junk >= abroad)
-        if at_home or keep_latin:
+        if self._is_latin(mass, answer.verdict, latin_keep):
             chosen, best = dataclasses.replace(answer, script=LATIN), latin
         else:
             chosen, best = self._valued(p, values, latin, answer, top_k)
@@ -194,6 +191,16 @@ class ScriptModel:
                 verdict="unsure" if chosen.verdict == "digit" else chosen.verdict,
             )
         return chosen
+
+    def _is_latin(self, mass: np.ndarray, verdict: str, latin_keep: float | None = None) -> bool:
+        """``auto``'s test for Latin, given each script's probability (``mass``) and the
+        digit model's verdict: Latin holds at least as much as every other script
+        together, or the digit model accepts the digit and Latin holds ``latin_keep``."""
+        if LATIN not in self.scripts:
+            return False
+        latin = float(mass[self.scripts.index(LATIN)])
+        keep = self.latin_keep if latin_keep is None else latin_keep
+        return latin >= float(mass.sum()) - latin or (verdict == "digit" and latin >= keep)
 
     def _valued(
         self, p: np.ndarray, values: np.ndarray, latin: int, answer: Prediction, top_k: int
@@ -299,8 +306,10 @@ def read_number_as(
 
 def read_number(model: ScriptModel, reading: NumberReading, script: str) -> NumberReading:
     """A number read digit by digit, in one script for all of it: as given, or for
-    ``auto`` the script that makes the digits likeliest together (Latin: the digit
-    model's reading, as it is). Blocking (a forward pass): run it off the event loop."""
+    ``auto``, Latin (the digit model's reading, as it is) when at least half its digits
+    would be read as Latin alone (``ScriptModel._is_latin``), else the other script that
+    makes the digits likeliest together. Blocking (a forward pass): run it off the event
+    loop."""
     if script == LATIN or not reading.digits:
         return reading
     pixels = np.stack([d.image for d in reading.digits])[:, None].astype(np.float32) / 255.0
@@ -308,9 +317,11 @@ def read_number(model: ScriptModel, reading: NumberReading, script: str) -> Numb
     junk = every[:, -1] if model.not_a_digit else np.zeros(len(every))
     p = every[:, : 10 * len(model.scripts)].reshape(-1, len(model.scripts), 10)
     if script == AUTO:
-        together = np.log(np.maximum(p.sum(axis=2), 1e-12)).sum(axis=0)
+        mass = p.sum(axis=2)
+        latin = [model._is_latin(m, d.verdict) for m, d in zip(mass, reading.digits, strict=True)]
+        together = np.log(np.maximum(mass, 1e-12)).sum(axis=0)
         script = model.scripts[int(together.argmax())]
-        if script == LATIN:
+        if script == LATIN or 2 * sum(latin) >= len(latin):
             return reading
     k = model.scripts.index(script)
     digits = [
