@@ -116,6 +116,26 @@ def test_the_split_is_by_family_and_stable() -> None:
     assert sd.family_key("Khmer OS Battambang") != sd.family_key("Khmer OS")
 
 
+def holes(image: np.ndarray) -> int:
+    """Regions of background the ink encloses (the background not reached from the
+    border): 1 for a ring, 0 for a dot."""
+    import cv2
+
+    count, _ = cv2.connectedComponents((image < 64).astype(np.uint8), connectivity=4)
+    return count - 2 if count > 1 else 0
+
+
+def test_some_arabic_zeros_are_written_as_small_circles() -> None:
+    # ٠ is written as a dot or a small circle; the fonts here draw mostly dots. With
+    # HOLLOW_ZEROS off, no zero of these training fonts has a hole.
+    fonts = fonts_or_skip("arabic_indic")
+    path = fonts.train[0].files[0]
+    rng = np.random.default_rng(SEED)
+    zeros = [sd.layout(sd.digit_ink(path, "٠", rng), sd.SPEC) for _ in range(40)]
+    ringed = sum(holes(z) >= 1 for z in zeros)
+    assert 5 <= ringed <= 25, ringed  # a share (35 %), not all: dots stay the most
+
+
 def test_same_seed_same_arrays() -> None:
     script = installed_script()
     fonts = sd.require_fonts(script)
