@@ -50,14 +50,10 @@ bench: $(VENV)/.dev  ## inference, HTTP (golden PNG and a realistic mix), not-a-
 	$(BIN)/python benchmarks/summary.py
 
 SCRIPT_HOME ?= build/scripts
-SCRIPTS = arabic_indic persian devanagari bengali thai kannada tamil
 
 script-model: $(VENV)/.dev  ## digits of other scripts: draw them from fonts, train and tune the script model (about 75 min)
-	for s in $(SCRIPTS); do \
-	  $(BIN)/digitrec data generate --script $$s --per-digit 3000 --force --home $(SCRIPT_HOME) || exit 1; \
-	done
 	out=src/digitrec/script_model/$$(date -u +%Y%m%d-%H%M%S) && \
-	  $(BIN)/python scripts/train_script_model.py --home $(SCRIPT_HOME) --out $$out && \
+	  $(BIN)/python scripts/train_script_model.py --home $(SCRIPT_HOME) --out $$out --draw 3000 && \
 	  $(BIN)/python scripts/tune_script_model.py $$out --home $(SCRIPT_HOME)
 
 bench-scripts: $(VENV)/.dev  ## per-script accuracy on held-out fonts (after make script-model)

@@ -244,12 +244,25 @@ def main() -> None:
     parser.add_argument("--per-script", type=int, default=PER_SCRIPT, help="training images each")
     parser.add_argument("--per-latin", type=int, default=PER_LATIN, help="MNIST training digits")
     parser.add_argument("--scripts", default=",".join(ORDER), help="comma-separated, Latin first")
+    parser.add_argument(
+        "--draw",
+        type=int,
+        metavar="PER_DIGIT",
+        help="first draw each script's digits from its fonts, PER_DIGIT training images of "
+        "each value (`digitrec data generate --force`); default: use those drawn before",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = Settings(home=args.home, **({"data_dir": args.data_dir} if args.data_dir else {}))
     spec = PreprocessSpec()
     started = time.perf_counter()
     order = tuple(args.scripts.split(","))
+    if args.draw:
+        from digitrec.script_digits import generate
+
+        for script in order[1:]:
+            generate(settings, script, per_digit=args.draw, force=True)
+            print(f"drew {script} digits ({time.perf_counter() - started:.0f} s)", flush=True)
     served = Registry.from_settings(Settings()).shipped().preprocessing  # the digit model's
     data = {
         name: (as_served(x, served), y)
