@@ -238,7 +238,7 @@ def main() -> None:
     parser.add_argument("--home", type=Path, required=True, help="where the fonts-* datasets are")
     parser.add_argument("--data-dir", type=Path, help="MNIST cache folder")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the model to")
-    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=14)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--per-script", type=int, default=PER_SCRIPT, help="training images each")

@@ -87,10 +87,8 @@ def test_a_full_sandbox_refuses_at_once_instead_of_queueing(
         try:
             with pytest.raises(ServiceBusy, match="too many"):
                 await asyncio.wait_for(decoder.prepare(predictor, photo), 2)
-            light, beside = await asyncio.wait_for(
-                decoder.prepare(predictor, hostile.canvas_png(), lambda p: p.image.shape), 5
-            )
-            assert light.image.max() == 255 and beside == (28, 28)
+            light = await asyncio.wait_for(decoder.prepare(predictor, hostile.canvas_png()), 5)
+            assert light.image.max() == 255
         finally:
             release.set()
             await asyncio.gather(*held, return_exceptions=True)

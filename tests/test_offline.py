@@ -52,7 +52,7 @@ PROB_TOLERANCE = 1e-4  # in-browser vs server probabilities (both round to 6 dec
 # Held-out font digits read on the device and on the server: all of held_out_digits' 40
 # (four of each value) in these scripts, so that whatever the script model, some are read
 # as uncertain, unsure or not a digit.
-FONT_SCRIPTS = ("devanagari", "thai", "arabic_indic")
+FONT_SCRIPTS = ("devanagari", "thai", "arabic_indic", "bengali")
 
 
 # --- the endpoints ------------------------------------------------------------------------

@@ -5,9 +5,9 @@ every script it knows (class ``10 * k + digit`` for the k-th of its ``scripts``,
 first) and one for "not a digit", so one forward pass compares them all on one scale. It ships in
 ``script_model/<version>/`` (``model.onnx`` and its ``manifest.json``) and runs beside
 the digit model, on the same 28x28 input, for the requests that ask for another script
-than Latin (``api.service``: in the decoding thread that prepared the input, right
-after preparing it, so it costs no second trip to a thread; ``read`` then only looks at
-its row).
+than Latin (``api.service``: in a decoding thread, while the digit model runs in its
+batch, so the two forward passes take two cores at once; ``read`` then only looks at its
+row).
 
 ``read`` turns its outputs into the answer for a ``script`` choice:
 
@@ -124,7 +124,7 @@ class ScriptModel:
 
     def logits_for(self, image: np.ndarray) -> np.ndarray:
         """This model's row for the 28x28 uint8 ``image`` the digit model reads.
-        Blocking (a forward pass): the server runs it in the decoding thread."""
+        Blocking (a forward pass): the server runs it in a decoding thread."""
         return self.infer(image[None, None].astype(np.float32) / 255.0)[0]
 
     def check(self, script: str) -> str:

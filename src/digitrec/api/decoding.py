@@ -24,7 +24,7 @@ import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,8 +39,6 @@ if TYPE_CHECKING:  # reading numbers imports scipy: only when a number is read
     # How a decoded image is read: given ``read(cut)``, the reading (multiscript).
     ReadAs = Callable[[Callable[[bool], NumberReading]], NumberReading]
 
-# Work done beside preparing an image, on the model input, off the event loop.
-Beside = Callable[[Preprocessed], Any]
 log = logging.getLogger(__name__)
 # Decoded in-process up to this many declared pixels: a 1024x1024 RGBA PNG of noise took
 # 25 ms here, a progressive JPEG of that size with 56 scans 21 ms (RLE BMPs, decoded in
@@ -137,17 +135,12 @@ class Decoder:
             self.threads, _read_number_reduced, predictor, body, *args
         )
 
-    async def prepare(
-        self, predictor: Predictor, raw: bytes, beside: Beside | None = None
-    ) -> tuple[Preprocessed, Any]:
-        """Image bytes -> model input, in a thread or in the sandbox (see the module);
-        and ``beside(input)`` (None without it), work on the input that must not run on
-        the event loop (the script model's forward pass), done in the same thread as
-        preparing a light file, so it costs no second trip to a thread."""
+    async def prepare(self, predictor: Predictor, raw: bytes) -> Preprocessed:
+        """Image bytes -> model input, in a thread or in the sandbox (see the module)."""
         if self.threads is None or self.sandbox is None:
             raise RuntimeError("the decoder is not started")
         loop = asyncio.get_running_loop()
-        light = await loop.run_in_executor(self.threads, _prepare_if_light, predictor, raw, beside)
+        light = await loop.run_in_executor(self.threads, _prepare_if_light, predictor, raw)
         if light is not None:
             return light
         header = job_header(predictor.spec, predictor.limits)
@@ -156,12 +149,7 @@ class Decoder:
                 self._sandbox_io, self.sandbox.run_admitted, header, raw
             )
         size = predictor.spec.size
-        prepared = from_image(
-            np.frombuffer(image, np.uint8).reshape(size, size).copy(), predictor.spec
-        )
-        if beside is None:
-            return prepared, None
-        return prepared, await loop.run_in_executor(self.threads, beside, prepared)
+        return from_image(np.frombuffer(image, np.uint8).reshape(size, size).copy(), predictor.spec)
 
 
 def _as_latin(read: Callable[[bool], NumberReading]) -> NumberReading:
@@ -216,14 +204,10 @@ def _scaled_box(
     return left, top, right - left, bottom - top
 
 
-def _prepare_if_light(
-    predictor: Predictor, raw: bytes, beside: Beside | None
-) -> tuple[Preprocessed, Any] | None:
-    """Prepared here (and ``beside`` it) if light; None for the sandbox. What needs no
-    decoder to refuse is refused here either way, so a hostile file never costs a trip
-    to the sandbox."""
+def _prepare_if_light(predictor: Predictor, raw: bytes) -> Preprocessed | None:
+    """Prepared here if light; None for the sandbox. What needs no decoder to refuse is
+    refused here either way, so a hostile file never costs a trip to the sandbox."""
     structure = check_structure(raw, predictor.limits)
     if not structure.is_light(LIGHT_MAX_PIXELS):
         return None
-    prepared = predictor.prepare(predictor.open(raw, structure))  # walked once, not twice
-    return prepared, None if beside is None else beside(prepared)
+    return predictor.prepare(predictor.open(raw, structure))  # walked once, not twice

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from digitrec import feedback
 from digitrec.api import metrics
-from digitrec.api.decoding import Beside, Decoder
+from digitrec.api.decoding import Decoder
 from digitrec.api.models import ModelSet, Routing
 from digitrec.config import Settings
 from digitrec.db import Database
@@ -42,7 +42,7 @@ from digitrec.errors import (
     ValidationFailed,
 )
 from digitrec.feedback import Correction, OfflineAnswer, PredictionLog, PredictionRecord
-from digitrec.multiscript import LATIN, ScriptModel, choose, read_number_as
+from digitrec.multiscript import LATIN, choose, read_number_as
 from digitrec.predict import Prediction, Predictor
 from digitrec.registry import Registry
 from digitrec.rejection import DIGIT_CLASSES
@@ -222,20 +222,23 @@ class Service:
         served, arm = routing.route(client_id)
         script = choose(served.scripts, script)
         started = time.perf_counter()
-        # Another script than Latin asked for: the script model's forward pass is done
-        # beside preparing the image, in the same thread; reading its row is light.
+        # Another script than Latin asked for: the script model's forward pass runs in a
+        # decoding thread while the digit model runs in its batch; reading its row is light.
         scripts = served.scripts if script != LATIN else None
         with served.using() as predictor:
             with served.batcher.arriving():
-                prepared, seen = await self.decoder.prepare(
-                    predictor, raw, None if scripts is None else _looked_at_by(scripts)
-                )
+                prepared = await self.decoder.prepare(predictor, raw)
             prepared_at = time.perf_counter()
+            seen = None
+            if scripts is not None:  # both models at once, on two cores
+                seen = asyncio.get_running_loop().run_in_executor(
+                    self.decoder.threads, scripts.logits_for, prepared.image
+                )
             logits = await served.batcher.submit(prepared.tensor)
             inferred_at = time.perf_counter()
             answer = predictor.answer(prepared, logits, top_k, started)
-            if scripts is not None:
-                answer = scripts.read(seen, answer, script, top_k)
+            if scripts is not None and seen is not None:
+                answer = scripts.read(await seen, answer, script, top_k)
         metrics.record_prediction(answer, prepared_at - started, inferred_at - prepared_at)
         answer = dataclasses.replace(answer, arm=arm)
         if self.log is None or answer.script != LATIN:
@@ -388,8 +391,3 @@ def _record(
         latency_ms=answer.processing_ms,
         upload=upload,
     )
-
-
-def _looked_at_by(scripts: ScriptModel) -> Beside:
-    """The script model's row for a prepared input (``Decoder.prepare``'s ``beside``)."""
-    return lambda prepared: scripts.logits_for(prepared.image)
