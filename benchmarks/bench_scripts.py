@@ -22,6 +22,7 @@ per image at batch 1: the digit model alone, and with the script model beside it
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -78,17 +79,20 @@ def numbers(
     """Whole-number accuracy on ``count`` numbers of 2-4 of the test digits, written as
     people write (``numbers.synth``, clear gaps, canvas exports, seeded), read as the API
     reads them (``read_number_as``) in the script and with ``auto``, and with the pieces
-    cut as Latin digits would be, then read in the script (what was served before)."""
+    cut as Latin digits would be, then read in the script (what was served before); and
+    how often the reading in the script found more or fewer pieces than digits."""
     from digitrec.multiscript import read_number, read_number_as
     from digitrec.numbers.reader import read_number as pieces_of
     from digitrec.numbers.synth import make_number
 
     rng = np.random.default_rng(0)
     right = {"given": 0, "auto": 0, "latin_cuts": 0}
+    miscounted = 0
     for _ in range(count):
         picks = rng.integers(0, len(labels), size=int(rng.integers(2, 5)))
         made = make_number([images[i] for i in picks], [int(labels[i]) for i in picks], rng)
 
+        @functools.cache  # each way of cutting read once for the three readings
         def read(cut: bool, data: bytes = made.data) -> Any:
             return pieces_of(data, predictor, cut=cut)
 
@@ -99,7 +103,12 @@ def numbers(
         }
         for name, r in readings.items():
             right[name] += r.complete and r.number == made.text
-    return {"count": count, **{k: round(v / count, 4) for k, v in right.items()}}
+        miscounted += len(readings["given"].digits) != len(made.text)
+    return {
+        "count": count,
+        **{k: round(v / count, 4) for k, v in right.items()},
+        "given_miscounted": round(miscounted / count, 4),
+    }
 
 
 def rejected(answers: list[Any]) -> float:

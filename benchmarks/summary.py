@@ -600,8 +600,8 @@ def decoders(data: dict[str, Any]) -> str:
     )
 
 
-def _share(value: float | None) -> str:
-    return "–" if value is None else f"{value * 100:.1f} %"
+def _share(value: float) -> str:
+    return f"{value * 100:.1f} %"
 
 
 def scripts_table(data: dict[str, Any]) -> str:
@@ -624,9 +624,9 @@ def scripts_table(data: dict[str, Any]) -> str:
                 ", ".join(fonts.get("held_out", [])),
                 f"{r['images']:,}",
                 mark(r["given"], targets["given"]),
-                _share(r.get("given_not_a_digit")),
+                _share(r["given_not_a_digit"]),
                 mark(r["auto"], targets["auto"]),
-                _share(r.get("auto_not_a_digit")),
+                _share(r["auto_not_a_digit"]),
                 f"{r['auto_uncertain'] * 100:.1f} %",
             ]
         )
@@ -639,9 +639,9 @@ def scripts_table(data: dict[str, Any]) -> str:
             "–",
             f"{mnist['images']:,}",
             mark(mnist["latin"], targets["latin"]),
-            _share(mnist.get("latin_not_a_digit")),
+            _share(mnist["latin_not_a_digit"]),
             mark(mnist["auto"], targets["latin"]),
-            _share(mnist.get("auto_not_a_digit")),
+            _share(mnist["auto_not_a_digit"]),
             "–",
         ]
     )
@@ -662,57 +662,47 @@ def scripts_table(data: dict[str, Any]) -> str:
     )
 
 
-def _on(http: dict[str, Any]) -> str:
-    return f" on {http['input']}" if "input" in http else " (the canvas PNG)"
-
-
-def _cpu(http: dict[str, Any]) -> str:
-    """Server CPU per request beside the latency, where the run measured it."""
-    if "cpu_ms_per_request" not in http:
-        return ""
-    return (
-        f"; server CPU per request {http['cpu_ms_per_request']} ms (latin / without: "
-        f"{http['cpu_latin_over_without']}, auto / without: {http['cpu_auto_over_without']})"
-    )
-
-
 def script_numbers_table(data: dict[str, Any]) -> str:
     """The README's table of whole numbers in other scripts (#14 with #13): per script,
     generated numbers of held-out font digits read in the script, with auto, and with
     the pieces cut as Latin digits are."""
-    rows = []
-    for script, r in data["scripts"].items():
-        got = r.get("numbers")
-        if got:
-            rows.append(
-                [
-                    script,
-                    f"{got['count']:,}",
-                    f"{got['given'] * 100:.1f} %",
-                    f"{got['auto'] * 100:.1f} %",
-                    f"{got['latin_cuts'] * 100:.1f} %",
-                ]
-            )
+    rows = [
+        [
+            script,
+            f"{got['count']:,}",
+            f"{got['given'] * 100:.1f} %",
+            _share(got["given_miscounted"]),
+            f"{got['auto'] * 100:.1f} %",
+            f"{got['latin_cuts'] * 100:.1f} %",
+        ]
+        for script, r in data["scripts"].items()
+        for got in [r["numbers"]]
+    ]
     return md_table(
-        ["script", "numbers (2-4 digits)", "script given", "auto", "script given, Latin cuts"],
+        [
+            "script",
+            "numbers (2-4 digits)",
+            "script given",
+            "given: pieces miscounted",
+            "auto",
+            "script given, Latin cuts",
+        ],
         rows,
     )
 
 
 def scripts(data: dict[str, Any]) -> str:
     us, http = data["batch1_us"], data["http_c1"]
-    numbers = (
-        f"{script_numbers_table(data)}\n\n"
-        if "numbers" in next(iter(data["scripts"].values()), {})
-        else ""
-    )
     return (
         "## Digits of other scripts (`python benchmarks/bench_scripts.py`)\n\n"
         f"Script model {data['script_model']}, digit model {data['digit_model']}.\n\n"
-        f"{scripts_table(data)}\n\n{numbers}Model time at batch 1: {us['digit_model']} µs alone, "
-        f"{us['with_script_model']} µs with the script model. HTTP p50 at concurrency 1"
-        f"{_on(http)}: {http['p50_ms']} ms (latin / without: {http['latin_over_without']}, "
-        f"auto / without: {http['auto_over_without']}){_cpu(http)}.\n\n"
+        f"{scripts_table(data)}\n\n{script_numbers_table(data)}\n\n"
+        f"Model time at batch 1: {us['digit_model']} µs alone, "
+        f"{us['with_script_model']} µs with the script model. HTTP p50 at concurrency 1 on "
+        f"{http['input']}: {http['p50_ms']} ms (latin / without: {http['latin_over_without']}, "
+        f"auto / without: {http['auto_over_without']}); server CPU per request "
+        f"{http['cpu_ms_per_request']} ms (latin / without: {http['cpu_latin_over_without']}, "
+        f"auto / without: {http['cpu_auto_over_without']}).\n\n"
         f"{machine_line(data)}\n"
     )
 

@@ -288,7 +288,7 @@ def test_readme_script_table_is_the_one_the_results_produce() -> None:
     http = data["http_c1"]  # what the script model costs, quoted in the text
 
     def more(ratio: float, places: int) -> str:
-        return f"+{(ratio - 1) * 100:.{places}f} %"
+        return f"{(ratio - 1) * 100:+.{places}f} %"
 
     latin = f"({more(http['latin_over_without'], 1)} and {more(http['cpu_latin_over_without'], 1)}"
     auto = f"({more(http['auto_over_without'], 0)} and {more(http['cpu_auto_over_without'], 0)}"

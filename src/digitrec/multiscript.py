@@ -306,10 +306,10 @@ def read_number_as(
 
 def read_number(model: ScriptModel, reading: NumberReading, script: str) -> NumberReading:
     """A number read digit by digit, in one script for all of it: as given, or for
-    ``auto``, Latin (the digit model's reading, as it is) when at least half its digits
-    would be read as Latin alone (``ScriptModel._is_latin``), else the other script that
-    makes the digits likeliest together. Blocking (a forward pass): run it off the event
-    loop."""
+    ``auto`` the script that makes the digits likeliest together, except that it is
+    Latin (the digit model's reading, as it is) whenever at least half its digits would
+    be read as Latin alone (``ScriptModel._is_latin``). Blocking (a forward pass): run
+    it off the event loop."""
     if script == LATIN or not reading.digits:
         return reading
     pixels = np.stack([d.image for d in reading.digits])[:, None].astype(np.float32) / 255.0

@@ -465,8 +465,9 @@ class OfflineAuto(BaseModel):
         "while Latin is at least this likely"
     )
     foreign_sure: float = Field(
-        description="auto reads a mark the digit model rejects as "
-        "another script's digit only when it is this likely"
+        description="auto accepts a mark the digit model rejects as a digit of another "
+        "script only when the other scripts are this likely (and likelier than not a "
+        "digit); otherwise it stays not_a_digit, its digit their best guess"
     )
 
 
