@@ -39,6 +39,7 @@ from digitrec.predict import Predictor
 from digitrec.preprocess import to_png
 
 TARGETS = {"given": 0.97, "auto": 0.95, "latin": 0.997}  # issue #14
+LATENCY_ROUNDS = 5  # HTTP rounds of each plan, interleaved
 
 
 def read_all(
@@ -149,7 +150,8 @@ def http_latency(requests: int, files: int = 100) -> dict[str, Any]:
     ``files`` of the realistic mix that ``bench_realistic.py`` sends (canvas exports,
     screenshots, photos): a server without the script model (``DIGITREC_SCRIPTS=false``,
     what Latin users had before) against one with it, asked for ``script=latin`` and for
-    ``auto``; each in turn, twice."""
+    ``auto``; each in turn, ``LATENCY_ROUNDS`` times (the median: on two shared cores one
+    round of one plan can be 10 % off the next)."""
     import tempfile
 
     from bench_http import drive, run
@@ -168,7 +170,7 @@ def http_latency(requests: int, files: int = 100) -> dict[str, Any]:
                 env = server_env(home, {"DIGITREC_SCRIPTS": on})
                 servers[on] = ServerProcess(digitrec_serve_command(), home / "server.log", env)
                 servers[on].wait_ready()
-            for _ in range(2):
+            for _ in range(LATENCY_ROUNDS):
                 for name, (on, script) in plans.items():
                     server = servers[on]
                     path = f"/api/v1/predict?script={script}"

@@ -64,9 +64,17 @@ SCRIPT_PACKAGES: dict[str, tuple[str, ...]] = {
         "fonts-sil-harmattan",
         "fonts-kacst",
         "fonts-kacst-one",
+        "fonts-hosny-thabit",
     ),
-    "persian": ("fonts-farsiweb", "fonts-freefarsi", "fonts-hosny-amiri", "fonts-sil-lateef"),
+    "persian": (
+        "fonts-farsiweb",
+        "fonts-freefarsi",
+        "fonts-hosny-amiri",
+        "fonts-sil-lateef",
+        "fonts-hosny-thabit",
+    ),
     "devanagari": (
+        "fonts-deva-extra",
         "fonts-lohit-deva",
         "fonts-samyak-deva",
         "fonts-gargi",
@@ -85,6 +93,11 @@ SCRIPT_PACKAGES: dict[str, tuple[str, ...]] = {
     "thai": ("fonts-thai-tlwg-ttf",),
     "khmer": ("fonts-khmeros",),
     "myanmar": ("fonts-myanmar", "fonts-sil-padauk"),
+}
+# Google's Noto draws the digits of nearly every script (Sans and Serif designs, and some
+# scripts' fonts carry their neighbours' digits): one package for all of them.
+SCRIPT_PACKAGES = {
+    script: (*packages, "fonts-noto-core") for script, packages in SCRIPT_PACKAGES.items()
 }
 # Digit sets that share shapes but for a few digits: a font must draw these differently.
 TWINS = {"arabic_indic": ("persian", (4, 5, 6)), "persian": ("arabic_indic", (4, 5, 6))}
