@@ -101,6 +101,7 @@ class ScriptModel:
         self.path = path  # the ONNX file, which the page's offline mode downloads
         self.manifest = manifest
         self.scripts: tuple[str, ...] = tuple(manifest["scripts"])
+        self._foreign = [k for k, name in enumerate(self.scripts) if name != LATIN]
         self.not_a_digit = bool(manifest.get("not_a_digit"))  # a last class for non-digits
         auto = manifest.get("auto", {})  # chosen on validation by scripts/tune_script_model.py
         self.latin_keep = float(auto.get("latin_keep", LATIN_KEEP))
@@ -155,16 +156,14 @@ class ScriptModel:
         given (``scripts/tune_script_model.py`` tries others)."""
         if script == LATIN:
             return answer
-        every = softmax(logits[None].astype(np.float64))[0]
+        every = softmax(logits[None])[0]
         junk = float(every[-1]) if self.not_a_digit else 0.0  # "not a digit"
         p = every[: 10 * len(self.scripts)].reshape(len(self.scripts), 10)
         if script != AUTO:
             return self._in(self.scripts.index(script), p, answer, top_k, junk)
         mass = p.sum(axis=1)
-        order = np.argsort(-mass, kind="stable")
         latin = self.scripts.index(LATIN) if LATIN in self.scripts else -1
-        foreign = np.delete(p, latin, axis=0) if latin >= 0 else p
-        values = foreign.sum(axis=0)  # each value's probability in any other script
+        values = p[self._foreign].sum(axis=0)  # each value's probability in any other script
         abroad = float(values.sum())
         sure = self.foreign_sure if foreign_sure is None else foreign_sure
         doubtful = answer.verdict in REJECTED and (abroad < sure or junk >= abroad)
@@ -178,7 +177,7 @@ class ScriptModel:
             return chosen  # not read as a digit: no other script's reading to offer
         others = [
             Alternative(s, d, digit_char(s, d), round(float(mass[k]), 6))
-            for k in order
+            for k in np.argsort(-mass, kind="stable")
             if k != best and mass[k] >= CLOSE
             for s, d in [(self.scripts[k], int(p[k].argmax()))]
             if d != chosen.digit
