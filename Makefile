@@ -51,9 +51,9 @@ bench: $(VENV)/.dev  ## inference, HTTP (golden PNG and a realistic mix), not-a-
 
 SCRIPT_HOME ?= build/scripts
 
-script-model: $(VENV)/.dev  ## digits of other scripts: draw them from fonts, train and tune the script model (about 75 min)
+script-model: $(VENV)/.dev  ## digits of other scripts: draw them from fonts, train and tune the script model (about an hour)
 	out=src/digitrec/script_model/$$(date -u +%Y%m%d-%H%M%S) && \
-	  $(BIN)/python scripts/train_script_model.py --home $(SCRIPT_HOME) --out $$out --draw 3000 && \
+	  $(BIN)/python scripts/train_script_model.py --home $(SCRIPT_HOME) --out $$out --draw 3000 --threads 2 && \
 	  $(BIN)/python scripts/tune_script_model.py $$out --home $(SCRIPT_HOME)
 
 bench-scripts: $(VENV)/.dev  ## per-script accuracy on held-out fonts (after make script-model)

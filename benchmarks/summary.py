@@ -627,7 +627,7 @@ def scripts_table(data: dict[str, Any]) -> str:
                 _share(r["given_not_a_digit"]),
                 mark(r["auto"], targets["auto"]),
                 _share(r["auto_not_a_digit"]),
-                f"{r['auto_uncertain'] * 100:.1f} %",
+                _share(r["auto_uncertain"]),
             ]
         )
     mnist = data["mnist_test"]
@@ -670,10 +670,10 @@ def script_numbers_table(data: dict[str, Any]) -> str:
         [
             script,
             f"{got['count']:,}",
-            f"{got['given'] * 100:.1f} %",
+            _share(got["given"]),
             _share(got["given_miscounted"]),
-            f"{got['auto'] * 100:.1f} %",
-            f"{got['latin_cuts'] * 100:.1f} %",
+            _share(got["auto"]),
+            _share(got["latin_cuts"]),
         ]
         for script, r in data["scripts"].items()
         for got in [r["numbers"]]

@@ -101,7 +101,8 @@ class ScriptModel:
         self.path = path  # the ONNX file, which the page's offline mode downloads
         self.manifest = manifest
         self.scripts: tuple[str, ...] = tuple(manifest["scripts"])
-        self._foreign = [k for k, name in enumerate(self.scripts) if name != LATIN]
+        self._latin = self.scripts.index(LATIN) if LATIN in self.scripts else -1
+        self._foreign = [k for k in range(len(self.scripts)) if k != self._latin]
         self.not_a_digit = bool(manifest.get("not_a_digit"))  # a last class for non-digits
         auto = manifest.get("auto", {})  # chosen on validation by scripts/tune_script_model.py
         self.latin_keep = float(auto.get("latin_keep", LATIN_KEEP))
@@ -162,7 +163,7 @@ class ScriptModel:
         if script != AUTO:
             return self._in(self.scripts.index(script), p, answer, top_k, junk)
         mass = p.sum(axis=1)
-        latin = self.scripts.index(LATIN) if LATIN in self.scripts else -1
+        latin = self._latin
         values = p[self._foreign].sum(axis=0)  # each value's probability in any other script
         abroad = float(values.sum())
         sure = self.foreign_sure if foreign_sure is None else foreign_sure
@@ -195,9 +196,9 @@ class ScriptModel:
         """``auto``'s test for Latin, given each script's probability (``mass``) and the
         digit model's verdict: Latin holds at least as much as every other script
         together, or the digit model accepts the digit and Latin holds ``latin_keep``."""
-        if LATIN not in self.scripts:
+        if self._latin < 0:
             return False
-        latin = float(mass[self.scripts.index(LATIN)])
+        latin = float(mass[self._latin])
         keep = self.latin_keep if latin_keep is None else latin_keep
         return latin >= float(mass.sum()) - latin or (verdict == "digit" and latin >= keep)
 

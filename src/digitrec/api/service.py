@@ -229,7 +229,6 @@ class Service:
             with served.batcher.arriving():
                 prepared = await self.decoder.prepare(predictor, raw)
             prepared_at = time.perf_counter()
-            seen = None
             if scripts is not None:  # both models at once, on two cores
                 seen = asyncio.get_running_loop().run_in_executor(
                     self.decoder.threads, scripts.logits_for, prepared.image
@@ -237,7 +236,7 @@ class Service:
             logits = await served.batcher.submit(prepared.tensor)
             inferred_at = time.perf_counter()
             answer = predictor.answer(prepared, logits, top_k, started)
-            if scripts is not None and seen is not None:
+            if scripts is not None:
                 answer = scripts.read(await seen, answer, script, top_k)
         metrics.record_prediction(answer, prepared_at - started, inferred_at - prepared_at)
         answer = dataclasses.replace(answer, arm=arm)
