@@ -132,6 +132,40 @@ def test_corrections_are_stored_replaced_and_refused_when_unknown(
     assert stored[0].input.shape == (28, 28) and stored[0].right is True
 
 
+def test_a_correction_waits_for_its_answer_while_the_database_is_busy(tmp_path: Path) -> None:
+    """An answer still queued in the log, because another writer holds SQLite's lock for
+    longer than the log's flush interval, is written and then found, not called unknown."""
+    import sqlite3
+
+    path = tmp_path / "busy.db"
+    settings = Settings(
+        home=tmp_path / "home",
+        data_dir=MNIST_CACHE,
+        database_url=f"sqlite:///{path}",
+        log_flush_s=0.05,
+        rate_limit_per_minute=0,
+        web_rate_limit_per_minute=0,
+    )
+    with TestClient(create_app(settings)) as client:
+        holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")  # a real write lock: the log's insert must wait
+        try:
+            answer = client.post(PREDICT, content=image(), headers={"content-type": "image/png"})
+            release = threading.Timer(1.0, holder.execute, ("COMMIT",))
+            release.start()
+            started = time.monotonic()
+            fixed = client.post(
+                FEEDBACK, json={"prediction_id": answer.json()["prediction_id"], "label": 7}
+            )
+            waited = time.monotonic() - started
+            release.join()
+        finally:
+            holder.close()
+        assert fixed.status_code == 200, fixed.text
+        assert waited >= 0.5  # it did wait for the lock's release
+        assert fixed.json()["label"] == 7
+
+
 def test_ab_assignment_is_sticky_and_each_answer_names_its_model(
     lifecycle_settings: Settings,
 ) -> None:

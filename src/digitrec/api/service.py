@@ -33,7 +33,7 @@ from digitrec.api import metrics
 from digitrec.api.decoding import Decoder
 from digitrec.api.models import ModelSet, Routing
 from digitrec.config import Settings
-from digitrec.db import Database
+from digitrec.db import BUSY_TIMEOUT_S, Database
 from digitrec.errors import (
     DigitrecError,
     ModelNotReady,
@@ -313,10 +313,12 @@ class Service:
         try:
             stored = await run_in_threadpool(record)
         except NotFound:
-            # The answer may still wait in a log's queue: this process's, or (with several
-            # workers) another's, which writes it within ``log_flush_s``.
+            # The answer may still wait in a log's queue: this process's, written as soon
+            # as the database takes it (a write waits up to BUSY_TIMEOUT_S for a lock, so
+            # waiting less would call a queued answer unknown), or (with several workers)
+            # another's, which writes it within ``log_flush_s``.
             if self.log is not None:
-                await run_in_threadpool(self.log.flush, self.settings.log_flush_s * 2)
+                await run_in_threadpool(self.log.flush, BUSY_TIMEOUT_S)
             await asyncio.sleep(self.settings.log_flush_s)
             stored = await run_in_threadpool(record)
         metrics.record_correction(stored.model.partition(":")[2], stored.right)
