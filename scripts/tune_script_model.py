@@ -1,4 +1,4 @@
-"""Choose the two thresholds of ``script=auto`` (#14) on validation data, never on test.
+"""Choose the thresholds of ``script=auto`` (#14) on validation data, never on test.
 
 ``auto`` keeps the digit model's answer when it accepts a digit and Latin holds at least
 ``latin_keep`` of the script model's probability, and accepts a mark the digit model
@@ -10,7 +10,10 @@ chose its thresholds on (``negatives``). Of the pairs that cost Latin nothing, t
 that reads the other scripts' values best (then: accepts the most of them as digits,
 then: flags the most non-digits) is written into the model's manifest (``auto``), with
 the whole grid and the share of non-digits the digit model flags alone, so what
-``auto`` costs there is on record.
+``auto`` costs there is on record. Beside them, ``number_junk``: how sure "not a digit"
+must be for a piece of a number read in another script (``multiscript.read_number``),
+the highest that still flags ``NUMBER_KEEP_FLAGGED`` of the validation non-digits that
+"not a digit" flags alone.
 
     python scripts/tune_script_model.py src/digitrec/script_model/VERSION --home DIR
 """
@@ -27,12 +30,17 @@ from train_script_model import as_served, splits
 
 from digitrec import negatives
 from digitrec.config import Settings
-from digitrec.multiscript import LATIN, REJECTED, ScriptModel
+from digitrec.multiscript import LATIN, REJECTED, SURE, ScriptModel
 from digitrec.predict import Prediction, Predictor
 from digitrec.preprocess import from_image
+from digitrec.rejection import softmax
 
 LATIN_KEEP = (0.1, 0.2, 0.3, 0.5, 0.7)
 FOREIGN_SURE = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+NUMBER_JUNK = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+# number_junk: the highest value that still flags this share of the validation
+# non-digits that "not a digit" flags alone (at multiscript.SURE)
+NUMBER_KEEP_FLAGGED = 0.99
 NEGATIVES = 1000  # validation non-digits of each kind
 
 
@@ -87,6 +95,26 @@ def grid(
     return rows
 
 
+def number_grid(
+    model: ScriptModel, digits: tuple[np.ndarray, np.ndarray], non_digits: np.ndarray
+) -> list[dict[str, Any]]:
+    """For each ``number_junk``: the share of the other scripts' validation digits a
+    number would call "not a digit", and of validation non-digits it still flags."""
+    images, labels = digits
+    junk = softmax(model.infer(images[:, None].astype(np.float32) / 255.0))[:, -1]
+    neg_junk = softmax(model.infer(non_digits[:, None].astype(np.float32) / 255.0))[:, -1]
+    script = labels // 10
+    foreign = (script != model.scripts.index(LATIN)) & (script < len(model.scripts))
+    return [
+        {
+            "number_junk": t,
+            "other_scripts_rejected": round(float((junk[foreign] >= t).mean()), 4),
+            "non_digits_flagged": round(float((neg_junk >= t).mean()), 4),
+        }
+        for t in NUMBER_JUNK
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="the script model's folder")
@@ -123,13 +151,20 @@ def main() -> None:
             r["non_digits_flagged"],
         ),
     )
+    numbers = number_grid(model, (val_x, val_y), neg)
+    alone = next(r["non_digits_flagged"] for r in numbers if r["number_junk"] == SURE)
+    number_junk = max(
+        r["number_junk"] for r in numbers if r["non_digits_flagged"] >= NUMBER_KEEP_FLAGGED * alone
+    )
     manifest = dict(model.manifest)
     manifest["auto"] = {
         "latin_keep": best["latin_keep"],
         "foreign_sure": best["foreign_sure"],
+        "number_junk": number_junk,
         "chosen_on": "the validation share and validation non-digits (never the test fonts)",
         "digit_model_alone_flags": round(alone_flagged, 4),
         "grid": rows,
+        "number_grid": numbers,
     }
     (args.folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(json.dumps({k: v for k, v in manifest["auto"].items() if k != "grid"}, indent=1))

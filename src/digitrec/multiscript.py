@@ -74,6 +74,10 @@ LATIN_KEEP = 0.5
 # and reads a mark the digit model calls "not a digit" as another script's digit only
 # when that script is at least this likely:
 FOREIGN_SURE = 0.9
+# In a number, a piece is called "not a digit" only when the script model gives that at
+# least this (alone: SURE): between other digits a piece is likelier to be a digit than a
+# mark on its own, and one piece called so leaves the whole number incomplete.
+NUMBER_JUNK = 0.8
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class ScriptModel:
         auto = manifest.get("auto", {})  # chosen on validation by scripts/tune_script_model.py
         self.latin_keep = float(auto.get("latin_keep", LATIN_KEEP))
         self.foreign_sure = float(auto.get("foreign_sure", FOREIGN_SURE))
+        self.number_junk = float(auto.get("number_junk", NUMBER_JUNK))
         self.mean = float(manifest["preprocessing"]["mean"])
         self.std = float(manifest["preprocessing"]["std"])
         options = ort.SessionOptions()
@@ -234,13 +239,16 @@ class ScriptModel:
         )
 
 
-def within(ten: np.ndarray, top_k: int, junk: float = 0.0) -> tuple[dict[str, Any], np.ndarray]:
-    """One script's ten digit probabilities (and the "not a digit" one, ``junk``) -> the
-    answer's digit, confidence, top-k and verdict; and the ten, summing to 1."""
+def within(
+    ten: np.ndarray, top_k: int, junk: float = 0.0, junk_sure: float = SURE
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One script's ten digit probabilities (and the "not a digit" one, ``junk``: the
+    verdict when it holds ``junk_sure``) -> the answer's digit, confidence, top-k and
+    verdict; and the ten, summing to 1."""
     probs = ten / ten.sum()
     order = np.argsort(-probs, kind="stable")[:top_k]
     digit, confidence = int(order[0]), round(float(probs[order[0]]), 6)
-    verdict = "not_a_digit" if junk >= SURE else "digit" if confidence >= SURE else "unsure"
+    verdict = "not_a_digit" if junk >= junk_sure else "digit" if confidence >= SURE else "unsure"
     top = [(int(d), round(float(probs[d]), 6)) for d in order]
     return {"digit": digit, "confidence": confidence, "top": top, "verdict": verdict}, probs
 
@@ -308,8 +316,9 @@ def read_number(model: ScriptModel, reading: NumberReading, script: str) -> Numb
     """A number read digit by digit, in one script for all of it: as given, or for
     ``auto`` the script that makes the digits likeliest together, except that it is
     Latin (the digit model's reading, as it is) whenever at least half its digits would
-    be read as Latin alone (``ScriptModel._is_latin``). Blocking (a forward pass): run
-    it off the event loop."""
+    be read as Latin alone (``ScriptModel._is_latin``). A piece is "not a digit" when
+    the script model gives that ``number_junk`` (more than alone). Blocking (a forward
+    pass): run it off the event loop."""
     if script == LATIN or not reading.digits:
         return reading
     pixels = np.stack([d.image for d in reading.digits])[:, None].astype(np.float32) / 255.0
@@ -326,7 +335,9 @@ def read_number(model: ScriptModel, reading: NumberReading, script: str) -> Numb
     k = model.scripts.index(script)
     digits = [
         dataclasses.replace(
-            piece, **within(ten, max(1, len(piece.top)), float(j))[0], script=script
+            piece,
+            **within(ten, max(1, len(piece.top)), float(j), model.number_junk)[0],
+            script=script,
         )
         for piece, ten, j in zip(reading.digits, p[:, k], junk, strict=True)
     ]
