@@ -12,7 +12,9 @@ Latin cuts (``numbers``); top-1 accuracy of the value with the script given and 
 often either called the digit "not a digit" (its value still counts in top-1, as MNIST
 accuracy counts the digits the digit model rejects), how often ``auto`` found the
 script, and how often it reported the script as uncertain. For
-MNIST test: the default model alone, with ``script=latin`` and with ``auto``. Model time
+MNIST test: the default model alone, with ``script=latin`` and with ``auto``, as clean
+28x28 files and as people upload them (``bench_realistic.realistic_mix``: canvas
+exports, photos, JPEG screenshots, light on dark). Model time
 per image at batch 1: the digit model alone, and with the script model beside it.
 
     python benchmarks/bench_scripts.py --home DIR   # DIR holds the fonts-* datasets
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bench_realistic import realistic_mix
 from common import machine_info, save_results, table
 from digitrec.config import Settings
 from digitrec.data import load_mnist
@@ -43,14 +46,15 @@ LATENCY_ROUNDS = 5  # HTTP rounds of each plan, interleaved
 
 
 def read_all(
-    predictor: Predictor, images: np.ndarray, scripts: tuple[str, ...]
+    predictor: Predictor, images: np.ndarray | list[bytes], scripts: tuple[str, ...]
 ) -> dict[str, list[Any]]:
-    """Each image uploaded as a PNG, read once by the digit model, then in each of
-    ``scripts``; a refused file (blank) counts as wrong."""
+    """Each image uploaded (an array as a PNG; bytes as they are), read once by the digit
+    model, then in each of ``scripts``; a refused file (blank) counts as wrong."""
     out: dict[str, list[Any]] = {s: [] for s in scripts}
     for image in images:
         try:
-            answer = predictor.predict_bytes(to_png(image), top_k=3)
+            body = image if isinstance(image, bytes) else to_png(image)
+            answer = predictor.predict_bytes(body, top_k=3)
         except DigitrecError:
             for s in scripts:
                 out[s].append(None)
@@ -214,6 +218,9 @@ def main() -> None:
     parser.add_argument(
         "--numbers", type=int, default=200, help="generated numbers per script (2-4 digits)"
     )
+    parser.add_argument(
+        "--realistic", type=int, default=2000, help="realistic Latin uploads (bench_realistic)"
+    )
     parser.add_argument("--output", type=Path, help="result file (default benchmarks/results/)")
     args = parser.parse_args()
     model = load_shipped()
@@ -228,6 +235,21 @@ def main() -> None:
     read = read_all(predictor, images, ("latin", "auto"))
     results["mnist_test"] = {
         "images": len(labels),
+        "latin": right(read["latin"], labels),
+        "auto": right(read["auto"], labels),
+        "latin_not_a_digit": rejected(read["latin"]),
+        "auto_not_a_digit": rejected(read["auto"]),
+        "auto_not_latin": round(
+            float(np.mean([a is not None and a.script != LATIN for a in read["auto"]])), 4
+        ),
+    }
+    # Latin digits as people upload them (canvas exports, photos, JPEG screenshots...):
+    # the files of bench_realistic.py, made from MNIST test digits
+    mix = realistic_mix(args.realistic)
+    read = read_all(predictor, [m["body"] for m in mix], ("latin", "auto"))
+    labels = np.array([m["label"] for m in mix])
+    results["mnist_realistic"] = {
+        "images": len(mix),
         "latin": right(read["latin"], labels),
         "auto": right(read["auto"], labels),
         "latin_not_a_digit": rejected(read["latin"]),
@@ -283,6 +305,7 @@ def main() -> None:
     ]
     print(table(["script", "images", "given", "auto", "auto found it", "auto unsure"], rows))
     print(f"MNIST test: {results['mnist_test']}")
+    print(f"MNIST test as uploaded: {results['mnist_realistic']}")
     for name, r in results["imported"].items():
         print(
             f"imported {name} ({r['script']}, {r['images']} images): "

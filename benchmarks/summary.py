@@ -645,6 +645,22 @@ def scripts_table(data: dict[str, Any]) -> str:
             "–",
         ]
     )
+    if "mnist_realistic" in data:  # the same digits as people upload them: no target
+        uploaded = data["mnist_realistic"]
+        rows.append(
+            [
+                "latin (MNIST test, as uploaded)",
+                "0123456789",
+                "MNIST training digits",
+                "–",
+                f"{uploaded['images']:,}",
+                f"{uploaded['latin'] * 100:.2f} %",
+                _share(uploaded["latin_not_a_digit"]),
+                f"{uploaded['auto'] * 100:.2f} %",
+                _share(uploaded["auto_not_a_digit"]),
+                "–",
+            ]
+        )
     return md_table(
         [
             "script",

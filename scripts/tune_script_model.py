@@ -128,7 +128,9 @@ def main() -> None:
     data = model.manifest["data"]
     seed = model.manifest["training"]["seed"]
     per_latin = data.get("per_latin", data["per_script"])  # models before it: as the others
-    val_x, val_y = splits(settings, model.scripts, data["per_script"], seed, per_latin)["val"]
+    share = data.get("latin_realistic_share", 0.0)  # models before it: none
+    parts = splits(settings, model.scripts, data["per_script"], seed, per_latin, share)
+    val_x, val_y = parts["val"]
     val_x = as_served(val_x, spec)
     fonts = negatives.require_fonts(negatives.TRAIN_FONTS, "training")
     neg_seed = negatives.SEEDS["validation"]

@@ -81,6 +81,8 @@ SCRIPT_PACKAGES: dict[str, tuple[str, ...]] = {
         "fonts-nakula",
         "fonts-sahadeva",
         "fonts-sarai",
+        "fonts-aksharyogini2",
+        "fonts-sil-annapurna",
     ),
     "bengali": ("fonts-lohit-beng-bengali", "fonts-beng-extra"),
     "gurmukhi": ("fonts-lohit-guru", "fonts-guru-extra"),
