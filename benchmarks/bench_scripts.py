@@ -64,6 +64,24 @@ def read_all(
     return out
 
 
+def latin_digits(
+    predictor: Predictor, images: np.ndarray | list[bytes], labels: np.ndarray
+) -> dict[str, Any]:
+    """Latin digits read with ``script=latin`` and with ``auto``: top-1, how often each
+    called them not a digit, and how often ``auto`` took them for another script."""
+    read = read_all(predictor, images, ("latin", "auto"))
+    return {
+        "images": len(labels),
+        "latin": right(read["latin"], labels),
+        "auto": right(read["auto"], labels),
+        "latin_not_a_digit": rejected(read["latin"]),
+        "auto_not_a_digit": rejected(read["auto"]),
+        "auto_not_latin": round(
+            float(np.mean([a is not None and a.script != LATIN for a in read["auto"]])), 4
+        ),
+    }
+
+
 def right(answers: list[Any], labels: np.ndarray) -> float:
     return round(
         float(
@@ -232,32 +250,12 @@ def main() -> None:
     mnist = load_mnist(settings, progress=False)
     n = args.n or None
     images, labels = mnist.test_images[:n], mnist.test_labels[:n]
-    read = read_all(predictor, images, ("latin", "auto"))
-    results["mnist_test"] = {
-        "images": len(labels),
-        "latin": right(read["latin"], labels),
-        "auto": right(read["auto"], labels),
-        "latin_not_a_digit": rejected(read["latin"]),
-        "auto_not_a_digit": rejected(read["auto"]),
-        "auto_not_latin": round(
-            float(np.mean([a is not None and a.script != LATIN for a in read["auto"]])), 4
-        ),
-    }
+    results["mnist_test"] = latin_digits(predictor, images, labels)
     # Latin digits as people upload them (canvas exports, photos, JPEG screenshots...):
     # the files of bench_realistic.py, made from MNIST test digits
     mix = realistic_mix(args.realistic)
-    read = read_all(predictor, [m["body"] for m in mix], ("latin", "auto"))
     labels = np.array([m["label"] for m in mix])
-    results["mnist_realistic"] = {
-        "images": len(mix),
-        "latin": right(read["latin"], labels),
-        "auto": right(read["auto"], labels),
-        "latin_not_a_digit": rejected(read["latin"]),
-        "auto_not_a_digit": rejected(read["auto"]),
-        "auto_not_latin": round(
-            float(np.mean([a is not None and a.script != LATIN for a in read["auto"]])), 4
-        ),
-    }
+    results["mnist_realistic"] = latin_digits(predictor, [m["body"] for m in mix], labels)
     results["non_digits"] = non_digits(settings, predictor)
     results["scripts"] = {}
     for script in model.scripts:
