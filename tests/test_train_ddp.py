@@ -117,6 +117,20 @@ def only_run(home: Path) -> Path:
     return run
 
 
+def processes_with(variable: str) -> list[int]:
+    """The pids of the live processes whose environment holds ``variable`` (NAME=VALUE)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if variable.encode() in environ.read_bytes().split(b"\0"):
+                stat = (environ.parent / "stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] != "Z":  # not a zombie
+                    found.append(int(environ.parent.name))
+        except OSError:
+            continue  # gone, or not ours to read
+    return found
+
+
 def steps_taken(run: Path) -> int:
     with safe_open(str(run / CHECKPOINT), framework="pt") as fh:
         return int(json.loads(fh.metadata()["scheduler"])["_step_count"]) - 1
@@ -221,7 +235,7 @@ def test_resume_on_two_processes_after_the_group_is_killed(
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,  # the launcher and its ranks: one group, killed at once
+        start_new_session=True,  # the launcher's group (PyTorch starts each rank in its own)
     )
     deadline = time.monotonic() + 120
     checkpoints: list[Path] = []
@@ -231,6 +245,12 @@ def test_resume_on_two_processes_after_the_group_is_killed(
     assert checkpoints, "no checkpoint was written"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # The ranks die with their launcher: none goes on training and writing as an orphan
+    # (which would then race the resumed run to the registry).
+    deadline = time.monotonic() + 10
+    while (left := processes_with(f"DIGITREC_HOME={home}")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"ranks outlived their launcher: {left}"
     run = checkpoints[0].parent
     assert not (run / "model.json").exists(), "the run ended before the kill"
     assert steps_taken(run) == STEPS // 2  # killed after epoch 1 of 2

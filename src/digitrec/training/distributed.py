@@ -18,9 +18,12 @@ world of one and nothing here changes what a run computes.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import signal
 import socket
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +45,11 @@ T = TypeVar("T")
 # validates and writes the checkpoint while the others wait for the next step; a rank
 # that died is noticed much sooner (its sockets close, and the launcher stops the rest).
 TIMEOUT = timedelta(minutes=10)
+# Set by ``launch`` for its ranks: the launcher's pid. PyTorch's launcher starts each rank
+# in a session of its own, so a launcher killed outright (SIGKILL, the OOM killer) would
+# leave them training, and writing, as orphans; ``die_with_launcher`` prevents that.
+LAUNCHER_PID = "DIGITREC_LAUNCHER_PID"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def shard(order: torch.Tensor, rank: int, size: int) -> torch.Tensor:
@@ -122,6 +130,7 @@ class World:
         if self.size == 1:
             yield self
             return
+        die_with_launcher()
         device = self.device(settings.device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -167,6 +176,19 @@ class World:
         return {"world_size": self.size, "backend": self.backend or "none"}
 
 
+def die_with_launcher() -> None:
+    """In a rank ``launch`` started: be killed when the launcher dies (Linux's parent-death
+    signal), and exit now if it already has. Elsewhere (torchrun, another OS): nothing."""
+    launcher = os.environ.get(LAUNCHER_PID)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("could not tie this rank to its launcher (errno %d)", ctypes.get_errno())
+    if os.getppid() != int(launcher):  # it died before the signal was set
+        os._exit(1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -183,6 +205,7 @@ def launch(argv: Sequence[str], nproc: int) -> int:
 
     # Each rank gets its share of the cores (the launcher would give it 1 thread).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, local_cores() // nproc)))
+    os.environ[LAUNCHER_PID] = str(os.getpid())  # see die_with_launcher
     args = get_args_parser().parse_args(
         [
             f"--nproc-per-node={nproc}",
