@@ -88,6 +88,36 @@ def test_the_log_writes_many_answers_in_few_transactions(db: Database) -> None:
     assert (log.written, log.dropped, log.failed) == (2000, 0, 0)
 
 
+def test_waiting_for_one_answer_waits_only_for_an_answer_queued_here(tmp_path: Path) -> None:
+    # Another writer holds SQLite's lock: the queued answer cannot be written until it
+    # lets go. A correction of an id never queued here does not wait at all.
+    import sqlite3
+    import threading
+
+    path = tmp_path / "busy.db"
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    log = PredictionLog(db, batch_size=1000, flush_s=10)
+    log.start()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        record = prediction_record()
+        log.add(record)
+        unknown = new_prediction_id()
+        started = time.monotonic()
+        assert not log.queued(unknown) and log.wait_written(unknown, timeout=5)
+        assert time.monotonic() - started < 0.5
+        assert log.queued(record.id) and not log.wait_written(record.id, timeout=0.3)
+        threading.Timer(0.3, holder.execute, ("COMMIT",)).start()
+        assert log.wait_written(record.id, timeout=10)  # written as soon as the lock goes
+        assert not log.queued(record.id) and _count(db, PredictionRow) == 1
+    finally:
+        log.stop()
+        holder.close()
+        db.dispose()
+
+
 def test_answers_trickling_in_wait_for_their_batch(db: Database) -> None:
     commits = _writing_transactions(db)
     log = PredictionLog(db, batch_size=1000, flush_s=10)

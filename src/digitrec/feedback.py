@@ -173,6 +173,7 @@ class PredictionLog:
         self._pending: deque[tuple[float, PredictionRecord]] = deque()  # (arrival, record)
         self._cond = threading.Condition()
         self._added = self._done = self._flush_to = 0  # counts of records; see flush()
+        self._unwritten: set[str] = set()  # ids queued or being written; see wait_written()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._next_purge = float("inf")
@@ -205,6 +206,7 @@ class PredictionLog:
                 dropped = self.dropped
             else:
                 self._pending.append((time.monotonic(), record))
+                self._unwritten.add(record.id)
                 self._added += 1
                 if len(self._pending) in (1, self.batch_size):  # a new deadline, or full
                     self._cond.notify_all()
@@ -218,6 +220,19 @@ class PredictionLog:
             self._flush_to = max(self._flush_to, target)
             self._cond.notify_all()
             return self._cond.wait_for(lambda: self._done >= target, timeout)
+
+    def queued(self, prediction_id: str) -> bool:
+        """Is this answer waiting here to be written (queued, or in the batch being written)?"""
+        with self._cond:
+            return prediction_id in self._unwritten
+
+    def wait_written(self, prediction_id: str, timeout: float | None = 10.0) -> bool:
+        """Wait until this answer, if queued here, is written (or failed); False on timeout.
+        An id never queued here returns at once, whatever the database is doing."""
+        with self._cond:
+            self._flush_to = max(self._flush_to, self._added)  # write it now, not in flush_s
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: prediction_id not in self._unwritten, timeout)
 
     def stop(self, timeout: float | None = 10.0) -> None:
         """Write what is queued, then end the thread; later answers are dropped."""
@@ -279,6 +294,7 @@ class PredictionLog:
             self.written += written
             self.failed += len(batch) - written
             self._done += len(batch)
+            self._unwritten.difference_update(record.id for record in batch)
             self._cond.notify_all()
 
     def _purge(self) -> None:

@@ -315,11 +315,13 @@ class Service:
         except NotFound:
             # The answer may still wait in a log's queue: this process's, written as soon
             # as the database takes it (a write waits up to BUSY_TIMEOUT_S for a lock, so
-            # waiting less would call a queued answer unknown), or (with several workers)
-            # another's, which writes it within ``log_flush_s``.
-            if self.log is not None:
-                await run_in_threadpool(self.log.flush, BUSY_TIMEOUT_S)
-            await asyncio.sleep(self.settings.log_flush_s)
+            # waiting less would call a queued answer unknown; an id not queued here waits
+            # for nothing), or (with several workers) another's, which writes it within
+            # ``log_flush_s``.
+            if self.log is not None and self.log.queued(prediction_id):
+                await run_in_threadpool(self.log.wait_written, prediction_id, BUSY_TIMEOUT_S)
+            else:
+                await asyncio.sleep(self.settings.log_flush_s)
             stored = await run_in_threadpool(record)
         metrics.record_correction(stored.model.partition(":")[2], stored.right)
         return stored
