@@ -57,10 +57,8 @@ def grid(
     digits: tuple[np.ndarray, np.ndarray, list[Prediction]],
     non_digits: tuple[np.ndarray, list[Prediction]],
 ) -> list[dict[str, Any]]:
-    images, labels, digit_answers = digits
-    logits = model.infer(images[:, None].astype(np.float32) / 255.0)
-    neg_images, neg_answers = non_digits
-    neg_logits = model.infer(neg_images[:, None].astype(np.float32) / 255.0)
+    logits, labels, digit_answers = digits
+    neg_logits, neg_answers = non_digits
     rows = []
     for keep in LATIN_KEEP:
         for sure in FOREIGN_SURE:
@@ -95,14 +93,17 @@ def grid(
     return rows
 
 
+def infer(model: ScriptModel, images: np.ndarray) -> np.ndarray:
+    return model.infer(images[:, None].astype(np.float32) / 255.0)
+
+
 def number_grid(
-    model: ScriptModel, digits: tuple[np.ndarray, np.ndarray], non_digits: np.ndarray
+    model: ScriptModel, digits: tuple[np.ndarray, np.ndarray], neg_logits: np.ndarray
 ) -> list[dict[str, Any]]:
     """For each ``number_junk``: the share of the other scripts' validation digits a
     number would call "not a digit", and of validation non-digits it still flags."""
-    images, labels = digits
-    junk = softmax(model.infer(images[:, None].astype(np.float32) / 255.0))[:, -1]
-    neg_junk = softmax(model.infer(non_digits[:, None].astype(np.float32) / 255.0))[:, -1]
+    logits, labels = digits
+    junk, neg_junk = softmax(logits)[:, -1], softmax(neg_logits)[:, -1]
     script = labels // 10
     foreign = (script != model.scripts.index(LATIN)) & (script < len(model.scripts))
     return [
@@ -141,7 +142,8 @@ def main() -> None:
         ]
     )
     neg_answers = answers(predictor, neg)
-    rows = grid(model, (val_x, val_y, answers(predictor, val_x)), (neg, neg_answers))
+    logits, neg_logits = infer(model, val_x), infer(model, neg)  # each once, for both grids
+    rows = grid(model, (logits, val_y, answers(predictor, val_x)), (neg_logits, neg_answers))
     alone_flagged = float(np.mean([a.verdict != "digit" for a in neg_answers]))
     latin_alone = max(r["per_script"][LATIN] for r in rows)
     fair = [r for r in rows if r["per_script"][LATIN] >= latin_alone]
@@ -153,7 +155,7 @@ def main() -> None:
             r["non_digits_flagged"],
         ),
     )
-    numbers = number_grid(model, (val_x, val_y), neg)
+    numbers = number_grid(model, (logits, val_y), neg_logits)
     alone = next(r["non_digits_flagged"] for r in numbers if r["number_junk"] == SURE)
     number_junk = max(
         r["number_junk"] for r in numbers if r["non_digits_flagged"] >= NUMBER_KEEP_FLAGGED * alone

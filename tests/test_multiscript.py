@@ -137,7 +137,7 @@ def test_latin_stays_the_digit_models_answer(predictor: Predictor, mnist) -> Non
 def test_auto_reads_latin_digits_as_people_upload_them(predictor: Predictor, mnist) -> None:  # type: ignore[no-untyped-def]
     # Canvas exports, photos, JPEG screenshots, light on dark (the realistic variants of
     # the performance section): the marks of an upload must not pull a Latin digit
-    # towards another script (the model before this test read 89 % of them right).
+    # towards another script (the model before this test read 170 of these 180 right).
     from digitrec.realistic import LIGHT_ON_DARK, VARIANTS, realistic_set
 
     files = realistic_set(
