@@ -148,11 +148,15 @@ def test_same_access_control_as_the_api(tmp_path: Path, predictor: Predictor) ->
 
 
 def test_minutes_histogram_and_verdicts_in_sql(db: Database) -> None:
-    now = datetime.now(UTC)
+    # answers of one minute come at different seconds: a minute is one bucket, not sixty
+    now = datetime.now(UTC).replace(second=50, microsecond=0)
+    earlier = now - timedelta(minutes=3)
     records = [
-        prediction_record(created_at=now - timedelta(minutes=3), latency_ms=10.0),
-        prediction_record(created_at=now - timedelta(minutes=3), latency_ms=30.0),
-        prediction_record(created_at=now, digit=1, confidence=0.05, verdict="not_a_digit"),
+        prediction_record(created_at=earlier - timedelta(seconds=45), latency_ms=10.0),
+        prediction_record(created_at=earlier + timedelta(seconds=9.5), latency_ms=30.0),
+        prediction_record(
+            created_at=now - timedelta(seconds=50), digit=1, confidence=0.05, verdict="not_a_digit"
+        ),
         prediction_record(created_at=now, digit=1, confidence=1.0),
         prediction_record(created_at=now - timedelta(hours=2), confidence=0.55),  # a day
         prediction_record(created_at=now - timedelta(days=2)),  # neither window

@@ -110,9 +110,10 @@ def compute(
 
 
 def _minute_of(db: Database) -> ColumnElement[Any]:
-    """Minutes since the epoch of an answer's time, in SQL (SQLite stores naive UTC text)."""
+    """Whole minutes since the epoch of an answer's time, in SQL (SQLite stores naive UTC
+    text). ``//``: SQLAlchemy 2 renders ``/`` as true division, which would group by second."""
     if db.dialect == "sqlite":
-        return cast(func.strftime("%s", PredictionRow.created_at), Integer) / 60
+        return cast(func.strftime("%s", PredictionRow.created_at), Integer) // 60
     return cast(func.floor(func.extract("epoch", PredictionRow.created_at) / 60), Integer)
 
 
